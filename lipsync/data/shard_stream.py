@@ -1,0 +1,158 @@
+"""Streaming expert batches from WebDataset shards, one reader per training process.
+
+Each reader (Ray Train worker x optional DataLoader worker) gets its own part of the data:
+whole shards when there are at least as many shards as readers, otherwise every reader
+scans all shards and keeps every ``n_readers``-th clip (small corpora, e.g. one val shard).
+The shard order is shuffled per epoch with a seed shared by all readers so the split stays
+disjoint; window sampling uses a per-reader seed. Several windows are cut from each
+decoded clip (frames decoded once, lazily) and mixed in a shuffle buffer so a batch mixes
+clips, speakers and labels.
+
+This module is Ray-free on purpose: the same reader runs inside Ray Train workers, a
+plain DataLoader, or the loader benchmark (which measured it against Ray Data ingest, see
+benchmarks/loader.py).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+import torch
+from webdataset.tariterators import tarfile_samples
+
+from lipsync.data.clip_sample import decode_clip_sample
+from lipsync.data.windows import ExpertSampling, ExpertWindow, collate_expert, sample_expert_windows
+from lipsync.errors import ConfigError
+
+
+def list_shards(shards_dir: str | Path, split: str) -> list[Path]:
+    """Sorted ``<split>-*.tar`` shards under ``shards_dir``; ConfigError when there are none."""
+    root = Path(shards_dir)
+    if not root.is_dir():
+        raise ConfigError(f"{root}: shard directory does not exist")
+    paths = sorted(root.glob(f"{split}-*.tar"))
+    if not paths:
+        raise ConfigError(f"{root}: no '{split}-*.tar' shards (run workflows/preprocess.py first)")
+    return paths
+
+
+def iter_clips(shard_paths: list[Path]) -> Iterator:
+    """Decoded ClipSamples of the given shards, in order."""
+    for sample in tarfile_samples([{"url": str(p)} for p in shard_paths]):
+        yield decode_clip_sample(sample)
+
+
+def _reader_slot(rank: int, world_size: int) -> tuple[int, int]:
+    """Global reader index/count: Ray Train rank x DataLoader worker."""
+    info = torch.utils.data.get_worker_info()
+    if info is None:
+        return rank, world_size
+    return rank * info.num_workers + info.id, world_size * info.num_workers
+
+
+class ExpertBatchStream(torch.utils.data.IterableDataset):
+    """Endless (or ``epochs``-long) stream of collated expert batches for one reader.
+
+    Yields dicts from :func:`lipsync.data.windows.collate_expert`. ``seed`` should differ per
+    resume (e.g. mix in the step) so a restored run does not replay the same windows.
+    """
+
+    def __init__(
+        self,
+        shard_paths: list[Path],
+        *,
+        rank: int = 0,
+        world_size: int = 1,
+        batch_size: int = 64,
+        windows_per_clip: int = 8,
+        shuffle_buffer: int = 2048,
+        seed: int = 0,
+        sampling: ExpertSampling = ExpertSampling(),
+        epochs: int | None = None,
+    ):
+        super().__init__()
+        if not shard_paths:
+            raise ConfigError("no shards given to the expert batch stream")
+        if batch_size < 1 or windows_per_clip < 1:
+            raise ConfigError(f"batch size and windows per clip must be >= 1 (got {batch_size}, {windows_per_clip})")
+        self.shard_paths = [Path(p) for p in shard_paths]
+        self.rank, self.world_size = rank, world_size
+        self.batch_size = batch_size
+        self.windows_per_clip = windows_per_clip
+        self.shuffle_buffer = max(shuffle_buffer, batch_size)
+        self.seed = seed
+        self.sampling = sampling
+        self.epochs = epochs
+        self.clips_seen = 0
+        self.clips_skipped = 0
+
+    def _epoch_clips(self, epoch: int, reader: int, n_readers: int) -> Iterator:
+        order = np.random.default_rng([self.seed, epoch, 7]).permutation(len(self.shard_paths))
+        shards = [self.shard_paths[i] for i in order]
+        if len(shards) >= n_readers:
+            yield from iter_clips(shards[reader::n_readers])
+            return
+        for i, clip in enumerate(iter_clips(shards)):
+            if i % n_readers == reader:
+                yield clip
+
+    def windows(self) -> Iterator[ExpertWindow]:
+        """Shuffled windows for this reader (before batching)."""
+        reader, n_readers = _reader_slot(self.rank, self.world_size)
+        rng = np.random.default_rng([self.seed, reader, 11])
+        buffer: list[ExpertWindow] = []
+        epoch = 0
+        while self.epochs is None or epoch < self.epochs:
+            produced = 0
+            for clip in self._epoch_clips(epoch, reader, n_readers):
+                self.clips_seen += 1
+                new = sample_expert_windows(clip, self.windows_per_clip, rng, self.sampling)
+                if not new:
+                    self.clips_skipped += 1
+                    continue
+                produced += len(new)
+                buffer.extend(new)
+                while len(buffer) >= self.shuffle_buffer:
+                    i = int(rng.integers(len(buffer)))
+                    buffer[i], buffer[-1] = buffer[-1], buffer[i]
+                    yield buffer.pop()
+            if produced == 0:
+                raise ConfigError(
+                    f"reader {reader}/{n_readers} got no usable clip from {len(self.shard_paths)} shard(s) "
+                    f"(clips seen {self.clips_seen}, too short for T={self.sampling.T} and "
+                    f"min offset {self.sampling.min_offset}: {self.clips_skipped})"
+                )
+            epoch += 1
+        rng.shuffle(buffer)
+        yield from buffer
+
+    def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
+        batch: list[ExpertWindow] = []
+        for window in self.windows():
+            batch.append(window)
+            if len(batch) == self.batch_size:
+                yield collate_expert(batch)
+                batch = []
+        if batch:
+            yield collate_expert(batch)
+
+
+def fixed_expert_windows(
+    shard_paths: list[Path],
+    windows_per_clip: int,
+    seed: int,
+    sampling: ExpertSampling = ExpertSampling(),
+    max_clips: int | None = None,
+) -> list[ExpertWindow]:
+    """A deterministic evaluation set: the same windows for the same shards and seed."""
+    rng = np.random.default_rng([seed, 13])
+    out: list[ExpertWindow] = []
+    for i, clip in enumerate(iter_clips(list(shard_paths))):
+        if max_clips is not None and i >= max_clips:
+            break
+        out.extend(sample_expert_windows(clip, windows_per_clip, rng, sampling))
+    if not out:
+        raise ConfigError(f"no evaluation windows could be cut from {len(shard_paths)} shard(s)")
+    return out

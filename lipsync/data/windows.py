@@ -1,0 +1,324 @@
+"""Training windows cut from one clip sample (face crops + the clip's mel spectrogram).
+
+Two consumers:
+
+* the lip-sync **expert** (SyncNet): a window is T=5 consecutive face crops (lower half
+  only) and one 16-step mel window (200 ms = 5 video frames at 25 fps). Positives use the
+  audio aligned with the frames (window starting at the first frame, as the original's
+  ``crop_audio_window``); negatives keep the same frames and take the audio from another
+  position of the *same* clip, ``min_offset`` or more frames away, so identity, lighting and
+  voice cannot give the answer away — only the lip motion against the audio can.
+* the **generator** (Wav2Lip): the same T ground-truth frames, a reference window from
+  elsewhere in the clip (identity), one mel window per output frame and the sync mel.
+
+Why ``min_offset=2`` by default (the original's negatives can be 1 frame off):
+a 1-frame shift (40 ms) is below the ~45 ms at which viewers start to notice audio
+leading the picture, and it is within the alignment uncertainty of the data itself
+(the original trains its generator and runs inference one frame apart, its released
+expert may have been trained with a +1 window, and LRS2 clips are not all perfectly in
+sync). Labelling such pairs "off-sync" feeds the expert contradictory labels — one reason
+users see the loss stuck at ln 2 — while 2 frames (80 ms) is clearly visible and still
+teaches the fine-grained sensitivity the generator's sync loss needs. The flag allows 1
+for paper parity.
+
+Frames in the face tensor are frame-major BGR scaled to [0, 1] (f0 B,G,R, f1 B,G,R, …),
+lower half of a ``face_size`` square resized with cv2 bilinear, exactly as the original's
+expert expects. Windows keep faces as uint8 until collation (4x smaller shuffle buffers).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+import torch
+
+from lipsync.audio import MEL_STEP, WINDOW_POLICY, mel_start_index, mel_windows
+from lipsync.errors import ConfigError
+
+EXPERT_T = 5
+DEFAULT_MIN_OFFSET = 2
+
+
+@dataclass(frozen=True)
+class ExpertSampling:
+    """How expert windows are cut. ``face_size=None`` keeps the shard's crop size."""
+
+    T: int = EXPERT_T
+    face_size: int | None = None
+    min_offset: int = DEFAULT_MIN_OFFSET
+    augment: bool = False
+
+    def __post_init__(self):
+        if self.T < 1:
+            raise ConfigError(f"expert window length T must be >= 1, got {self.T}")
+        if self.min_offset < 1:
+            raise ConfigError(f"--min-offset must be >= 1 frame, got {self.min_offset}")
+        if self.face_size is not None and (self.face_size < 4 or self.face_size % 2):
+            raise ConfigError(f"--face-size must be an even number >= 4, got {self.face_size}")
+
+
+@dataclass
+class ExpertWindow:
+    """One expert training pair. ``offset`` = audio start frame - video start frame (0 = in sync)."""
+
+    face: np.ndarray  # uint8 (3T, S/2, S): frame-major BGR lower halves
+    mel: np.ndarray  # float32 (1, 80, 16)
+    label: float  # 1.0 in sync, 0.0 off sync
+    offset: int
+    start: int
+    key: str
+
+
+@dataclass
+class GeneratorWindow:
+    """One generator training sample (numpy; see :func:`generator_tensors`)."""
+
+    gt: np.ndarray  # uint8 (T, S, S, 3) BGR ground-truth frames
+    ref: np.ndarray  # uint8 (T, S, S, 3) BGR reference (identity) frames from elsewhere in the clip
+    indiv_mels: np.ndarray  # float32 (T, 1, 80, 16): one window per output frame
+    mel: np.ndarray  # float32 (1, 80, 16): sync-loss window aligned with the T frames
+    start: int
+    ref_start: int
+    key: str
+
+
+# ----------------------------------------------------------------------------- frame access
+
+
+def _clip_fps(clip) -> float:
+    return float((clip.meta or {}).get("fps", 25.0))
+
+
+def _n_frames(clip) -> int:
+    if getattr(clip, "frames", None) is not None:
+        return len(clip.frames)
+    return int(clip.meta["n_frames"])
+
+
+class _FrameCache:
+    """Decodes each needed frame of a clip once (several windows per clip share frames)."""
+
+    def __init__(self, clip, face_size: int | None):
+        self.clip = clip
+        self.face_size = face_size
+        self._cache: dict[int, np.ndarray] = {}
+        self._lazy = callable(getattr(clip, "frame", None))
+
+    def get(self, idx: int) -> np.ndarray:
+        frame = self._cache.get(idx)
+        if frame is None:
+            frame = self.clip.frame(idx) if self._lazy else self.clip.frames[idx]
+            s = self.face_size
+            if s is not None and (frame.shape[0] != s or frame.shape[1] != s):
+                frame = cv2.resize(frame, (s, s), interpolation=cv2.INTER_LINEAR)
+            self._cache[idx] = frame
+        return frame
+
+    def window(self, start: int, T: int) -> np.ndarray:
+        return np.stack([self.get(start + i) for i in range(T)])
+
+
+# ----------------------------------------------------------------------------- geometry
+
+
+def valid_expert_starts(n_frames: int, mel_frames: int, fps: float = 25.0, T: int = EXPERT_T) -> int:
+    """Number of frame starts k (0..n-1) whose T frames and 16-step mel window both fit."""
+    if n_frames < T:
+        return 0
+    ks = np.arange(n_frames - T + 1)
+    fits = mel_start_index(ks, fps) + MEL_STEP <= mel_frames
+    return int(np.count_nonzero(fits))
+
+
+def expert_face_array(frames: np.ndarray) -> np.ndarray:
+    """(T, S, S, 3) uint8 BGR -> (3T, S/2, S) uint8, lower halves stacked frame-major."""
+    T, S = frames.shape[0], frames.shape[1]
+    lower = frames[:, S // 2 :, :, :]  # (T, S/2, S, 3)
+    return np.ascontiguousarray(lower.transpose(0, 3, 1, 2)).reshape(T * 3, S - S // 2, frames.shape[2])
+
+
+def expert_face_tensor(frames: np.ndarray) -> torch.Tensor:
+    """(T, S, S, 3) uint8 BGR -> float32 tensor (3T, S/2, S) in [0, 1], the expert's face input."""
+    return torch.from_numpy(expert_face_array(frames)).float().div_(255.0)
+
+
+def _mel_window(mel: np.ndarray, frame_start: int, fps: float) -> np.ndarray:
+    s = int(mel_start_index(np.array([frame_start]), fps)[0])
+    return mel[:, s : s + MEL_STEP]
+
+
+# ----------------------------------------------------------------------------- augmentation
+
+
+def augment_window(frames: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Sync-preserving augmentation: ONE random colour jitter, scale/shift and horizontal
+    flip drawn per window and applied identically to all T frames (audio untouched), so
+    lip motion relative to the audio is unchanged. Input/output (T, S, S, 3) uint8 BGR."""
+    T, S = frames.shape[0], frames.shape[1]
+    out = frames
+    if rng.random() < 0.5:
+        out = out[:, :, ::-1, :]
+    scale = rng.uniform(0.95, 1.05)
+    dx, dy = rng.uniform(-0.03, 0.03, size=2) * S
+    if abs(scale - 1.0) > 1e-3 or abs(dx) > 0.25 or abs(dy) > 0.25:
+        m = cv2.getRotationMatrix2D((S / 2.0, S / 2.0), 0.0, scale)
+        m[:, 2] += (dx, dy)
+        out = np.stack(
+            [cv2.warpAffine(np.ascontiguousarray(f), m, (S, S), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT101) for f in out]
+        )
+    x = out.astype(np.float32)
+    brightness = rng.uniform(0.9, 1.1)
+    contrast = rng.uniform(0.9, 1.1)
+    saturation = rng.uniform(0.9, 1.1)
+    mean = x.mean()
+    x = (x - mean) * contrast + mean
+    x *= brightness
+    gray = x @ np.array([0.114, 0.587, 0.299], dtype=np.float32)  # BGR luma weights
+    x = gray[..., None] + (x - gray[..., None]) * saturation
+    return np.clip(x + 0.5, 0, 255).astype(np.uint8)
+
+
+# ----------------------------------------------------------------------------- expert windows
+
+
+def _negative_pair(n_valid: int, min_offset: int, rng: np.random.Generator) -> tuple[int, int]:
+    """(video start k, audio start j) with |j - k| >= min_offset, both uniform over valid pairs."""
+    # k must have a partner: k - m >= 0 or k + m <= n_valid - 1.
+    ks = np.concatenate([np.arange(min_offset, n_valid), np.arange(0, max(0, n_valid - min_offset))])
+    ks = np.unique(ks)
+    k = int(ks[rng.integers(len(ks))])
+    left = np.arange(0, max(0, k - min_offset + 1))
+    right = np.arange(k + min_offset, n_valid)
+    js = np.concatenate([left, right])
+    return k, int(js[rng.integers(len(js))])
+
+
+def sample_expert_windows(
+    clip,
+    n: int,
+    rng: np.random.Generator,
+    sampling: ExpertSampling = ExpertSampling(),
+) -> list[ExpertWindow]:
+    """``n`` expert windows from one clip, alternating positive/negative (exactly balanced
+    for even ``n``; the first is positive or negative at random). Returns [] when the clip is
+    too short for a negative ``min_offset`` frames away (caller counts and skips it)."""
+    fps = _clip_fps(clip)
+    T = sampling.T
+    n_valid = valid_expert_starts(_n_frames(clip), clip.mel.shape[1], fps, T)
+    if n_valid <= sampling.min_offset or n <= 0:
+        return []
+    cache = _FrameCache(clip, sampling.face_size)
+    first_positive = bool(rng.integers(2))
+    windows = []
+    for i in range(n):
+        positive = (i % 2 == 0) == first_positive
+        if positive:
+            k = j = int(rng.integers(n_valid))
+        else:
+            k, j = _negative_pair(n_valid, sampling.min_offset, rng)
+        frames = cache.window(k, T)
+        if sampling.augment:
+            frames = augment_window(frames, rng)
+        windows.append(
+            ExpertWindow(
+                face=expert_face_array(frames),
+                mel=_mel_window(clip.mel, j, fps)[None].astype(np.float32, copy=False),
+                label=1.0 if positive else 0.0,
+                offset=j - k,
+                start=k,
+                key=str(clip.key),
+            )
+        )
+    return windows
+
+
+def collate_expert(windows: list[ExpertWindow]) -> dict[str, torch.Tensor]:
+    """Batch of windows -> face (B,3T,S/2,S) float32 [0,1], mel (B,1,80,16), label (B,1), offset (B,)."""
+    face = torch.from_numpy(np.stack([w.face for w in windows])).float().div_(255.0)
+    mel = torch.from_numpy(np.stack([w.mel for w in windows]))
+    label = torch.tensor([[w.label] for w in windows], dtype=torch.float32)
+    offset = torch.tensor([w.offset for w in windows], dtype=torch.int64)
+    return {"face": face, "mel": mel, "label": label, "offset": offset}
+
+
+# ----------------------------------------------------------------------------- generator windows
+
+
+def _per_frame_mel_starts(start: int, T: int, mode: str) -> np.ndarray:
+    if mode == "inference":  # output frame k <- window starting at frame k (inference.py)
+        return np.arange(start, start + T)
+    if mode == "training":  # the original's get_segmented_mels: window starts at frame k-1
+        return np.arange(start - 1, start + T - 1)
+    raise ConfigError(f"per-frame mel mode must be 'inference' or 'training', got {mode!r}")
+
+
+def sample_generator_window(
+    clip,
+    rng: np.random.Generator,
+    T: int = EXPERT_T,
+    face_size: int | None = None,
+    mel_mode: str = WINDOW_POLICY,
+    min_ref_distance: int | None = None,
+) -> GeneratorWindow | None:
+    """One generator sample from a clip (the original's wav2lip_train Dataset, from shards).
+
+    * ``gt``: T consecutive frames starting at a random k.
+    * ``ref``: T consecutive frames starting at a random r with |r - k| >= ``min_ref_distance``
+      (default T, so reference and target never overlap: the reference gives identity and
+      pose, never the answer).
+    * ``indiv_mels``: one 16-step window per output frame, aligned as
+      ``lipsync.audio.frame_mel_windows`` does for the same ``mel_mode`` (default: the library's
+      policy ``WINDOW_POLICY``, so training and inference see the same alignment):
+      ``"training"`` = window starting at frame k-1, ``"inference"`` = starting at frame k.
+    * ``mel``: the sync-loss window starting at k (as the expert is trained).
+
+    Returns None when the clip is too short for a non-overlapping reference.
+    """
+    fps = _clip_fps(clip)
+    n = _n_frames(clip)
+    mel_frames = clip.mel.shape[1]
+    dist = T if min_ref_distance is None else min_ref_distance
+    first = 1 if mel_mode == "training" else 0
+    ks = np.arange(first, max(first, n - T + 1))
+    if len(ks) == 0:
+        return None
+    last_mel_frame = ks + T - 1 - (1 if mel_mode == "training" else 0)
+    fits = (mel_start_index(last_mel_frame, fps) + MEL_STEP <= mel_frames) & (
+        mel_start_index(ks, fps) + MEL_STEP <= mel_frames
+    )
+    ks = ks[fits]
+    refs_all = np.arange(0, max(0, n - T + 1))
+    candidates = [(int(k), refs_all[np.abs(refs_all - k) >= dist]) for k in ks]
+    candidates = [(k, r) for k, r in candidates if len(r)]
+    if not candidates:
+        return None
+    k, refs = candidates[int(rng.integers(len(candidates)))]
+    r = int(refs[rng.integers(len(refs))])
+    cache = _FrameCache(clip, face_size)
+    per_frame = mel_windows(clip.mel, _per_frame_mel_starts(k, T, mel_mode), fps=fps, step=MEL_STEP)
+    return GeneratorWindow(
+        gt=cache.window(k, T),
+        ref=cache.window(r, T),
+        indiv_mels=np.asarray(per_frame, dtype=np.float32)[:, None],
+        mel=_mel_window(clip.mel, k, fps)[None].astype(np.float32, copy=False),
+        start=k,
+        ref_start=r,
+        key=str(clip.key),
+    )
+
+
+def generator_tensors(window: GeneratorWindow) -> dict[str, torch.Tensor]:
+    """The original's generator tensors: x (6,T,S,S) = [GT with lower half zeroed ; reference],
+    gt (3,T,S,S), indiv_mels (T,1,80,16), mel (1,80,16); BGR in [0, 1]."""
+    gt = torch.from_numpy(np.ascontiguousarray(window.gt.transpose(3, 0, 1, 2))).float().div_(255.0)
+    ref = torch.from_numpy(np.ascontiguousarray(window.ref.transpose(3, 0, 1, 2))).float().div_(255.0)
+    masked = gt.clone()
+    masked[:, :, gt.shape[2] // 2 :, :] = 0.0
+    return {
+        "x": torch.cat([masked, ref], dim=0),
+        "gt": gt,
+        "indiv_mels": torch.from_numpy(window.indiv_mels),
+        "mel": torch.from_numpy(window.mel),
+    }

@@ -1,0 +1,1 @@
+"""Per-step training logic (losses, metrics) kept free of Ray and MLflow."""
