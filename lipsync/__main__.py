@@ -1,0 +1,5 @@
+import sys
+
+from lipsync.cli import main
+
+sys.exit(main())

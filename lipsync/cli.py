@@ -1,0 +1,60 @@
+"""The `lipsync` command line: a thin layer over the library.
+
+Each subcommand lives with the code it drives and exposes `add_arguments(parser)` and
+`run(args) -> int`; they are imported only when chosen, so `lipsync infer` never pays
+for the synthetic-corpus code and vice versa. Errors the user can fix
+(`lipsync.errors.LipsyncError`) print one line and exit 2, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from lipsync import __version__
+from lipsync.errors import LipsyncError
+
+# name -> (module, add-arguments function, run function, help)
+SUBCOMMANDS = {
+    "synth": ("lipsync.synth.cli", "add_arguments", "run",
+              "write a synthetic talking-face corpus (real speech, real faces, audio-driven mouths)"),
+    "synth-preview": ("lipsync.synth.cli", "add_preview_arguments", "run_preview",
+                      "save a PNG frame strip of a clip above its audio waveform"),
+    "infer": ("lipsync.inference.cli", "add_arguments", "run",
+              "lip-sync a face video or image to an audio track"),
+}
+
+
+def build_parser(selected: str | None = None) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="lipsync", description="Audio-driven lip-sync (Wav2Lip method).")
+    parser.add_argument("--version", action="version", version=f"lipsync {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, (module, add_fn, _run_fn, help_text) in SUBCOMMANDS.items():
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        if name == selected:  # import only the module of the chosen subcommand
+            getattr(importlib.import_module(module), add_fn)(p)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    selected = next((a for a in argv if a in SUBCOMMANDS), None)
+    parser = build_parser(selected)
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 2
+    module, _add_fn, run_fn, _help = SUBCOMMANDS[args.command]
+    try:
+        return int(getattr(importlib.import_module(module), run_fn)(args) or 0)
+    except LipsyncError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
