@@ -1,0 +1,466 @@
+"""Video I/O on PyAV: probe, streaming decode with rotation and frame-rate resampling, H.264+AAC mp4 out.
+
+Frames are numpy uint8 (H, W, 3) in BGR order (the library's convention; conversion happens here).
+
+Reading
+    * Any container/codec PyAV (FFmpeg) decodes. Only the first video stream is read.
+    * Rotation: phone videos store a display matrix instead of rotating pixels. PyAV exposes it per
+      decoded frame as ``VideoFrame.rotation`` (degrees counter-clockwise, FFmpeg's convention);
+      with ``rotate=True`` frames are turned so they look as a player shows them. Flips in the
+      display matrix are rare and ignored.
+    * Frame rate: with ``fps`` given, frames are resampled by their timestamps, so variable frame
+      rate and any native rate become a constant ``fps``: output frame i (time t0 + i/fps, t0 = first
+      frame's timestamp) is the input frame whose presentation time is nearest (ties go to the later
+      frame), like FFmpeg's fps filter; frames are dropped or repeated, never blended. The output
+      count is round(duration * fps), where duration runs from the first frame to the end of the last.
+    * Memory is bounded by one or two decoded frames in ``iter_frames``.
+
+Writing
+    ``VideoWriter`` encodes H.264 (libx264 when FFmpeg has it, else another H.264 encoder) in
+    yuv420p and AAC audio into one mp4 in a single pass (no temporary AVI, no ffmpeg subprocess).
+    yuv420p needs even sizes: an odd width/height is padded by repeating the last column/row.
+    Output goes to a temporary file next to the target and is renamed on success, so a failure
+    never leaves a partial file (and never clobbers an existing one).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from fractions import Fraction
+from typing import Iterator
+
+import av
+import cv2
+import numpy as np
+
+from lipsync.audio import SAMPLE_RATE, load_audio
+from lipsync.errors import MediaError
+
+
+@dataclass
+class VideoInfo:
+    """What ``probe`` learns without decoding the whole file.
+
+    ``width``/``height`` are the *displayed* size (after rotation, as ``iter_frames`` yields them);
+    ``rotation`` is the display rotation in degrees counter-clockwise, normalised to 0/90/180/270;
+    ``n_frames`` is the container's count or, failing that, duration * fps (an estimate for VFR).
+    """
+
+    path: str
+    fps: float
+    n_frames: int
+    width: int
+    height: int
+    rotation: int
+    duration: float
+    has_video: bool
+    has_audio: bool
+    audio_sample_rate: int | None
+
+
+@dataclass
+class Video:
+    """A decoded clip: frames (N, H, W, 3) uint8 BGR, their fps, and 16 kHz mono audio (or None)."""
+
+    frames: np.ndarray
+    fps: float
+    audio: np.ndarray | None
+    sample_rate: int = SAMPLE_RATE
+
+
+# ------------------------------------------------------------------------------------------ reading
+
+
+def _check_file(path: str) -> None:
+    if not os.path.exists(path):
+        raise MediaError(f"{path}: no such file")
+    if os.path.isdir(path):
+        raise MediaError(f"{path}: is a directory, not a media file")
+    if os.path.getsize(path) == 0:
+        raise MediaError(f"{path}: file is empty (0 bytes)")
+
+
+def _open(path: str) -> av.container.InputContainer:
+    _check_file(path)
+    try:
+        return av.open(path)
+    except (av.error.FFmpegError, ValueError, OSError) as e:
+        raise MediaError(f"{path}: not a readable video or audio file ({e})") from e
+
+
+def _stream_fps(stream) -> float:
+    for rate in (stream.average_rate, stream.guessed_rate, stream.base_rate):
+        if rate is not None and rate > 0:
+            return float(rate)
+    return 0.0
+
+
+def _normalise_rotation(degrees: int) -> int:
+    return int(round(degrees / 90.0)) * 90 % 360
+
+
+def probe(path: str | os.PathLike) -> VideoInfo:
+    """Stream facts of a media file. Decodes at most one video frame (for its rotation).
+
+    Raises MediaError for a missing, empty or unreadable file, or one with neither video nor audio.
+    An audio-only file gives ``has_video=False`` with zero fps/size.
+    """
+    path = os.fspath(path)
+    with _open(path) as container:
+        has_audio = bool(container.streams.audio)
+        audio_rate = container.streams.audio[0].sample_rate if has_audio else None
+        if not container.streams.video:
+            if not has_audio:
+                raise MediaError(f"{path}: contains no video or audio stream")
+            duration = _container_duration(container, container.streams.audio[0])
+            return VideoInfo(path, 0.0, 0, 0, 0, 0, duration, False, True, audio_rate)
+
+        stream = container.streams.video[0]
+        fps = _stream_fps(stream)
+        duration = _container_duration(container, stream)
+        width, height = stream.codec_context.width, stream.codec_context.height
+        rotation = 0
+        try:
+            for frame in container.decode(stream):
+                rotation = _normalise_rotation(frame.rotation)
+                width, height = frame.width, frame.height
+                break
+            else:
+                raise MediaError(f"{path}: video stream has no decodable frames")
+        except av.error.FFmpegError as e:
+            raise MediaError(f"{path}: cannot decode video ({e})") from e
+        if rotation in (90, 270):
+            width, height = height, width
+        n_frames = stream.frames or int(round(duration * fps))
+        return VideoInfo(path, fps, n_frames, width, height, rotation, duration, True, has_audio, audio_rate)
+
+
+def _container_duration(container, stream) -> float:
+    if stream.duration is not None and stream.time_base is not None:
+        return float(stream.duration * stream.time_base)
+    if container.duration is not None:
+        return container.duration / av.time_base
+    return 0.0
+
+
+def _to_bgr(frame: av.VideoFrame, rotate: bool) -> np.ndarray:
+    image = frame.to_ndarray(format="bgr24")
+    if rotate:
+        turn = _normalise_rotation(frame.rotation)
+        # frame.rotation is counter-clockwise: turn the pixels the same way a player does.
+        if turn == 90:
+            image = cv2.rotate(image, cv2.ROTATE_90_COUNTERCLOCKWISE)
+        elif turn == 180:
+            image = cv2.rotate(image, cv2.ROTATE_180)
+        elif turn == 270:
+            image = cv2.rotate(image, cv2.ROTATE_90_CLOCKWISE)
+    return np.ascontiguousarray(image)
+
+
+def _timed_frames(path: str, container, stream) -> Iterator[tuple[av.VideoFrame, float]]:
+    """(frame, presentation time in s) in presentation order, times forced increasing."""
+    nominal = 1.0 / (_stream_fps(stream) or 25.0)
+    last_t = None
+    try:
+        for index, frame in enumerate(container.decode(stream)):
+            t = frame.time if frame.time is not None else index * nominal
+            if last_t is not None and t <= last_t:  # broken/duplicate timestamps: keep order
+                t = last_t + 1e-6
+            last_t = t
+            yield frame, t
+    except av.error.FFmpegError as e:
+        raise MediaError(f"{path}: cannot decode video ({e})") from e
+
+
+def _last_frame_end(stream, last_t: float) -> float:
+    """When the last frame stops showing: the stream's end if the container records it, else one
+    nominal frame later. (Decoded frames' own durations are unreliable with B-frame reordering.)"""
+    nominal = 1.0 / (_stream_fps(stream) or 25.0)
+    if stream.duration is not None and stream.time_base is not None:
+        start = stream.start_time or 0
+        end = float((start + stream.duration) * stream.time_base)
+        if last_t < end <= last_t + max(1.0, 2 * nominal):
+            return end
+    return last_t + nominal
+
+
+def iter_frames(
+    path: str | os.PathLike, fps: float | None = None, rotate: bool = True
+) -> Iterator[np.ndarray]:
+    """Yield BGR frames one at a time (bounded memory), resampled to ``fps`` when given.
+
+    See the module docstring for the resampling rule. Raises MediaError when the file is missing,
+    unreadable, or has no video stream.
+    """
+    path = os.fspath(path)
+    if fps is not None and fps <= 0:
+        raise ValueError(f"fps must be positive, got {fps}")
+    with _open(path) as container:
+        if not container.streams.video:
+            raise MediaError(f"{path}: has no video stream")
+        stream = container.streams.video[0]
+        stream.thread_type = "AUTO"
+        timed = _timed_frames(path, container, stream)
+        if fps is None:
+            for frame, _ in timed:
+                yield _to_bgr(frame, rotate)
+            return
+        yield from _resample_frames(timed, float(fps), rotate, lambda t: _last_frame_end(stream, t))
+
+
+def _resample_frames(timed, fps: float, rotate: bool, end_of) -> Iterator[np.ndarray]:
+    """Nearest-timestamp selection onto the grid t0 + i/fps; converts only frames that are kept.
+    ``end_of(last_t)`` gives the time the last frame stops showing."""
+    prev_frame, prev_t = None, 0.0
+    prev_image: np.ndarray | None = None  # converted prev_frame, reused (copied) for repeats
+    t0 = 0.0
+    emitted = 0
+
+    def emit():
+        nonlocal prev_image
+        if prev_image is None:
+            prev_image = _to_bgr(prev_frame, rotate)
+            return prev_image
+        return prev_image.copy()
+
+    for frame, t in timed:
+        if prev_frame is None:
+            t0 = t
+        else:
+            midpoint = (prev_t + t) / 2.0
+            while t0 + emitted / fps < midpoint:
+                yield emit()
+                emitted += 1
+        prev_frame, prev_t, prev_image = frame, t, None
+    if prev_frame is None:
+        return
+    total = max(1, int(round((end_of(prev_t) - t0) * fps)))
+    while emitted < total:
+        yield emit()
+        emitted += 1
+
+
+def read_video(
+    path: str | os.PathLike,
+    fps: float | None = None,
+    *,
+    require_audio: bool = False,
+    rotate: bool = True,
+) -> Video:
+    """Decode a whole clip: frames (resampled to ``fps`` when given), fps, and 16 kHz mono audio.
+
+    Audio is None when the file has no audio stream, unless ``require_audio`` (then MediaError).
+    The audio is shifted so that sample 0 lines up with the first video frame when the streams start
+    at different times (leading silence added, or leading samples dropped).
+    """
+    path = os.fspath(path)
+    info = probe(path)
+    if not info.has_video:
+        raise MediaError(f"{path}: has no video stream")
+    if require_audio and not info.has_audio:
+        raise MediaError(f"{path}: has no audio stream (audio is required)")
+    frames = list(iter_frames(path, fps=fps, rotate=rotate))
+    if not frames:
+        raise MediaError(f"{path}: video stream has no frames")
+    out_fps = float(fps) if fps is not None else info.fps
+    audio = None
+    if info.has_audio:
+        audio = load_audio(path, sr=SAMPLE_RATE)
+        audio = _align_audio_to_video(path, audio)
+    return Video(np.stack(frames), out_fps, audio, SAMPLE_RATE)
+
+
+def _align_audio_to_video(path: str, audio: np.ndarray) -> np.ndarray:
+    with av.open(path) as container:
+        v, a = container.streams.video[0], container.streams.audio[0]
+        if v.start_time is None or a.start_time is None:
+            return audio
+        offset = float(a.start_time * a.time_base) - float(v.start_time * v.time_base)
+    shift = int(round(offset * SAMPLE_RATE))
+    if shift > 0:  # audio starts after the video: pad the gap with silence
+        return np.concatenate([np.zeros(shift, np.float32), audio])
+    if shift < 0:  # audio starts before the video: drop what precedes the first frame
+        return audio[-shift:]
+    return audio
+
+
+def read_image(path: str | os.PathLike) -> np.ndarray:
+    """Read a still image as a BGR uint8 (H, W, 3) frame; MediaError if missing or not an image."""
+    path = os.fspath(path)
+    _check_file(path)
+    data = np.fromfile(path, dtype=np.uint8)  # imdecode handles non-ASCII paths, imread may not
+    image = cv2.imdecode(data, cv2.IMREAD_COLOR)
+    if image is None:
+        raise MediaError(f"{path}: not a readable image")
+    return image
+
+
+# ------------------------------------------------------------------------------------------ writing
+
+_H264_ENCODERS = ("libx264", "libopenh264", "h264")
+
+
+def _h264_encoder() -> str:
+    for name in _H264_ENCODERS:
+        try:
+            av.codec.Codec(name, "w")
+            return name
+        except (av.error.FFmpegError, ValueError):
+            continue
+    raise MediaError("this PyAV/FFmpeg build has no H.264 encoder (tried libx264, libopenh264, h264)")
+
+
+class VideoWriter:
+    """H.264 (yuv420p) + AAC mp4 writer, one pass. Use as a context manager.
+
+    ``write(frame)`` takes BGR uint8 (height, width, 3) frames; ``write_audio(samples)`` takes
+    float32 mono chunks at ``audio_sample_rate`` and may be called before, between or after frames.
+    ``audio_sample_rate=None`` writes no audio track; if a rate is given but no audio is ever
+    written, the track is filled with silence as long as the video so the file stays consistent.
+    On an exception inside the ``with`` block (or ``abort()``), nothing is left at ``path``.
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike,
+        fps: float,
+        width: int,
+        height: int,
+        audio_sample_rate: int | None = SAMPLE_RATE,
+        crf: int = 18,
+        preset: str = "fast",
+        audio_bitrate: int = 128_000,
+    ):
+        if fps <= 0:
+            raise ValueError(f"fps must be positive, got {fps}")
+        if width <= 0 or height <= 0:
+            raise ValueError(f"frame size must be positive, got {width}x{height}")
+        self.path = os.fspath(path)
+        self.fps = float(fps)
+        self.width, self.height = int(width), int(height)
+        self.audio_sample_rate = audio_sample_rate
+        self.frames_written = 0
+        self.samples_written = 0
+        root, ext = os.path.splitext(self.path)
+        self._tmp_path = f"{root}.partial-{os.getpid()}{ext or '.mp4'}"
+        parent = os.path.dirname(os.path.abspath(self.path))
+        if not os.path.isdir(parent):
+            raise MediaError(f"{self.path}: output folder {parent} does not exist")
+
+        self._container = av.open(self._tmp_path, mode="w", format="mp4")
+        try:
+            encoder = _h264_encoder()
+            rate = Fraction(self.fps).limit_denominator(10000)
+            self._video = self._container.add_stream(encoder, rate=rate)
+            self._video.width = self.width + self.width % 2
+            self._video.height = self.height + self.height % 2
+            self._video.pix_fmt = "yuv420p"
+            if encoder == "libx264":
+                self._video.options = {"crf": str(crf), "preset": preset}
+            else:
+                self._video.bit_rate = 8_000_000
+            self._video_time_base = Fraction(1) / rate
+            self._audio = None
+            if audio_sample_rate is not None:
+                self._audio = self._container.add_stream("aac", rate=int(audio_sample_rate))
+                self._audio.layout = "mono"
+                self._audio.bit_rate = int(audio_bitrate)
+        except BaseException:
+            self.abort()
+            raise
+        self._closed = False
+
+    def write(self, frame: np.ndarray) -> None:
+        """Encode one BGR uint8 frame of the size given at construction."""
+        frame = np.asarray(frame)
+        if frame.shape != (self.height, self.width, 3) or frame.dtype != np.uint8:
+            raise ValueError(
+                f"{self.path}: expected uint8 frame of shape {(self.height, self.width, 3)}, "
+                f"got {frame.dtype} {frame.shape}"
+            )
+        if self.width % 2 or self.height % 2:
+            frame = np.pad(frame, ((0, self.height % 2), (0, self.width % 2), (0, 0)), mode="edge")
+        video_frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(frame), format="bgr24")
+        video_frame.pts = self.frames_written
+        video_frame.time_base = self._video_time_base
+        self._container.mux(self._video.encode(video_frame))
+        self.frames_written += 1
+
+    def write_audio(self, samples: np.ndarray) -> None:
+        """Encode a chunk of float32 mono audio at ``audio_sample_rate`` (clipped to [-1, 1])."""
+        if self._audio is None:
+            raise ValueError(f"{self.path}: writer was opened without audio (audio_sample_rate=None)")
+        samples = np.asarray(samples, dtype=np.float32)
+        if samples.ndim != 1:
+            raise ValueError(f"{self.path}: audio must be mono (N,), got shape {samples.shape}")
+        if samples.size == 0:
+            return
+        chunk = np.clip(samples, -1.0, 1.0).reshape(1, -1)
+        audio_frame = av.AudioFrame.from_ndarray(chunk, format="flt", layout="mono")
+        audio_frame.sample_rate = int(self.audio_sample_rate)
+        audio_frame.pts = self.samples_written
+        audio_frame.time_base = Fraction(1, int(self.audio_sample_rate))
+        self._container.mux(self._audio.encode(audio_frame))
+        self.samples_written += samples.size
+
+    def close(self) -> None:
+        """Flush encoders, finish the mp4 and move it into place."""
+        if self._closed:
+            return
+        try:
+            if self._audio is not None and self.samples_written == 0 and self.frames_written:
+                silence = int(round(self.frames_written / self.fps * self.audio_sample_rate))
+                self.write_audio(np.zeros(silence, np.float32))
+            self._container.mux(self._video.encode(None))
+            if self._audio is not None:
+                self._container.mux(self._audio.encode(None))
+            self._container.close()
+        except BaseException:
+            self.abort()
+            raise
+        self._closed = True
+        os.replace(self._tmp_path, self.path)
+
+    def abort(self) -> None:
+        """Stop writing and delete the partial output."""
+        self._closed = True
+        try:
+            self._container.close()
+        except Exception:  # the file is discarded anyway; a broken muxer must not mask the cause
+            pass
+        if os.path.exists(self._tmp_path):
+            os.remove(self._tmp_path)
+
+    def __enter__(self) -> "VideoWriter":
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is not None:
+            self.abort()
+        else:
+            self.close()
+
+
+def write_video(
+    path: str | os.PathLike,
+    frames,
+    fps: float,
+    audio: np.ndarray | None = None,
+    sample_rate: int = SAMPLE_RATE,
+    crf: int = 18,
+) -> None:
+    """Write BGR frames (an (N, H, W, 3) array or any iterable of frames) and optional mono audio."""
+    iterator = iter(frames)
+    try:
+        first = np.asarray(next(iterator))
+    except StopIteration:
+        raise ValueError(f"{os.fspath(path)}: no frames to write") from None
+    height, width = first.shape[:2]
+    rate = sample_rate if audio is not None else None
+    with VideoWriter(path, fps, width, height, audio_sample_rate=rate, crf=crf) as writer:
+        if audio is not None:
+            writer.write_audio(audio)
+        writer.write(first)
+        for frame in iterator:
+            writer.write(frame)
