@@ -49,6 +49,7 @@ import warnings
 
 import av
 import numpy as np
+from numpy.lib.stride_tricks import sliding_window_view
 
 from lipsync.errors import MediaError
 
@@ -219,7 +220,7 @@ def mel_windows(
 ) -> np.ndarray:
     """Windows of ``step`` mel frames starting at each video frame in ``start_frames``: (K, 80, step).
 
-    One fancy-indexing gather for all K windows (no Python loop). Start indices are clamped into
+    One gather over a sliding-window view for all K windows (no Python loop). Start indices are clamped into
     ``[0, T - step]``: a window before the audio starts at 0, one past the end ends exactly at T.
     Raises ValueError when the mel is shorter than one window.
     """
@@ -233,9 +234,11 @@ def mel_windows(
             f"({step / MEL_FPS * 1000:.0f} ms of audio)"
         )
     starts = np.clip(mel_start_index(np.atleast_1d(start_frames), fps), 0, total - step)
-    index = starts[:, None] + np.arange(step)[None, :]  # (K, step)
-    # mel[:, index] -> (n_mels, K, step); move K first and make it contiguous for torch.from_numpy.
-    return np.ascontiguousarray(mel[:, index].transpose(1, 0, 2), dtype=np.float32)
+    # A zero-copy view of every possible window, (T - step + 1, n_mels, step); one fancy-index
+    # gather then copies the K wanted windows into a fresh C-contiguous array (rows of `step`
+    # contiguous floats, so the copy streams through memory).
+    every_window = sliding_window_view(mel, step, axis=1).transpose(1, 0, 2)
+    return np.ascontiguousarray(every_window[starts], dtype=np.float32)
 
 
 def frame_mel_windows(

@@ -26,6 +26,7 @@ Writing
 from __future__ import annotations
 
 import os
+import tempfile
 from dataclasses import dataclass
 from fractions import Fraction
 from typing import Iterator
@@ -260,15 +261,37 @@ def read_video(
         raise MediaError(f"{path}: has no video stream")
     if require_audio and not info.has_audio:
         raise MediaError(f"{path}: has no audio stream (audio is required)")
-    frames = list(iter_frames(path, fps=fps, rotate=rotate))
-    if not frames:
-        raise MediaError(f"{path}: video stream has no frames")
     out_fps = float(fps) if fps is not None else info.fps
+    frames = _collect_frames(path, iter_frames(path, fps=fps, rotate=rotate), info, out_fps)
     audio = None
     if info.has_audio:
         audio = load_audio(path, sr=SAMPLE_RATE)
         audio = _align_audio_to_video(path, audio)
-    return Video(np.stack(frames), out_fps, audio, SAMPLE_RATE)
+    return Video(frames, out_fps, audio, SAMPLE_RATE)
+
+
+def _collect_frames(path: str, frames: Iterator[np.ndarray], info: VideoInfo, fps: float) -> np.ndarray:
+    """Fill one preallocated array (no list-then-stack double peak); np.empty pages that stay
+    unused are never touched, so over-estimating the count costs no memory."""
+    estimate = max(int(round(info.duration * fps)) if fps else info.n_frames, info.n_frames) + 2
+    buffer = None
+    extra: list[np.ndarray] = []
+    count = 0
+    for frame in frames:
+        if buffer is None:
+            buffer = np.empty((estimate, *frame.shape), np.uint8)
+        if frame.shape != buffer.shape[1:]:
+            raise MediaError(f"{path}: frame size changes mid-stream ({buffer.shape[1:]} -> {frame.shape})")
+        if count < estimate:
+            buffer[count] = frame
+        else:
+            extra.append(frame)
+        count += 1
+    if buffer is None:
+        raise MediaError(f"{path}: video stream has no frames")
+    if extra:
+        return np.concatenate([buffer, np.stack(extra)])
+    return buffer[:count]
 
 
 def _align_audio_to_video(path: str, audio: np.ndarray) -> np.ndarray:
@@ -330,7 +353,7 @@ class VideoWriter:
         audio_sample_rate: int | None = SAMPLE_RATE,
         crf: int = 18,
         preset: str = "fast",
-        audio_bitrate: int = 128_000,
+        audio_bitrate: int = 64_000,
     ):
         if fps <= 0:
             raise ValueError(f"fps must be positive, got {fps}")
@@ -342,13 +365,19 @@ class VideoWriter:
         self.audio_sample_rate = audio_sample_rate
         self.frames_written = 0
         self.samples_written = 0
-        root, ext = os.path.splitext(self.path)
-        self._tmp_path = f"{root}.partial-{os.getpid()}{ext or '.mp4'}"
         parent = os.path.dirname(os.path.abspath(self.path))
         if not os.path.isdir(parent):
             raise MediaError(f"{self.path}: output folder {parent} does not exist")
-
-        self._container = av.open(self._tmp_path, mode="w", format="mp4")
+        # A hidden temporary file in the same folder: renamed over `path` only on success.
+        handle, self._tmp_path = tempfile.mkstemp(
+            prefix=f".{os.path.basename(self.path)}.", suffix=".partial.mp4", dir=parent
+        )
+        os.close(handle)
+        try:
+            self._container = av.open(self._tmp_path, mode="w", format="mp4")
+        except (av.error.FFmpegError, OSError) as e:
+            os.remove(self._tmp_path)
+            raise MediaError(f"{self.path}: cannot create output ({e})") from e
         try:
             encoder = _h264_encoder()
             rate = Fraction(self.fps).limit_denominator(10000)

@@ -214,3 +214,19 @@ def test_video_frames_for_audio():
     assert audio.video_frames_for_audio(16000, fps=25) == 25
     assert audio.video_frames_for_audio(16001, fps=25) == 26
     assert audio.video_frames_for_audio(48000, fps=30000 / 1001) == 90
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")  # audioread's own imports, via librosa.load
+@pytest.mark.parametrize("subtype,fmt,sr", [("PCM_16", "FLAC", 22050), ("PCM_24", "WAV", 48000)])
+def test_load_audio_equals_librosa_load(tmp_path, subtype, fmt, sr):
+    # The original loaded audio with librosa.load(path, sr=16000); current librosa uses soxr_hq.
+    import librosa
+
+    rng = np.random.default_rng(2)
+    stereo = (0.2 * rng.standard_normal((int(sr * 0.8), 2))).astype(np.float32)
+    path = tmp_path / f"clip.{fmt.lower()}"
+    soundfile.write(path, stereo, sr, subtype=subtype, format=fmt)
+    expected, _ = librosa.load(path, sr=16000)
+    ours = audio.load_audio(path)
+    assert ours.shape == expected.shape
+    assert np.abs(ours - expected).max() < 1e-6

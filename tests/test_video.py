@@ -33,10 +33,10 @@ def _frame_index(frame):
     return sum(1 << b for b, on in enumerate(bits) if on)
 
 
-def _mux_with_pyav(path, frames, pts_ms, rotation=None):
+def _mux_with_pyav(path, frames, pts_ms, rotation=None, codec="libx264", rate=25):
     """Write frames at explicit millisecond timestamps (VFR), optionally with a display rotation."""
     with av.open(str(path), "w") as container:
-        stream = container.add_stream("libx264", rate=25)
+        stream = container.add_stream(codec, rate=rate)
         stream.height, stream.width = frames.shape[1:3]
         stream.pix_fmt = "yuv420p"
         stream.codec_context.time_base = Fraction(1, 1000)
@@ -156,6 +156,15 @@ def test_variable_frame_rate_resampled_by_timestamps(tmp_path):
     assert got[:11] == expected  # e.g. 0.28 s repeats the 0.26 s frame, 0.10 s is dropped
     assert len(got) == 11  # last frame shown until 0.44 s
     assert [_frame_index(f) for f in video.iter_frames(path)] == list(range(10))
+
+
+def test_other_container_and_codec(tmp_path):
+    # Matroska + MPEG-4 part 2 at 50 fps: no per-stream duration in the container, other decoder.
+    path = tmp_path / "clip.mkv"
+    _mux_with_pyav(path, _indexed_frames(20, 48, 64), [20 * i for i in range(20)], codec="mpeg4", rate=50)
+    assert video.probe(path).fps == pytest.approx(50.0)
+    got = [_frame_index(f) for f in video.iter_frames(path, fps=25)]
+    assert got == list(range(0, 20, 2))
 
 
 # ---------------------------------------------------------------------------------- rotation
