@@ -44,8 +44,8 @@ def main():
     rng = np.random.default_rng(0)
     n_samples = int(args.seconds * audio.SAMPLE_RATE)
     t = np.arange(n_samples) / audio.SAMPLE_RATE
-    wav = (0.2 * np.sin(2 * np.pi * 180 * t * (1 + 0.3 * np.sin(t))) + 0.02 * rng.standard_normal(n_samples))
-    wav = wav.astype(np.float32)
+    voice = 0.2 * np.sin(2 * np.pi * 180 * t * (1 + 0.3 * np.sin(t)))
+    wav = (voice + 0.02 * rng.standard_normal(n_samples)).astype(np.float32)
     n_frames = audio.video_frames_for_audio(n_samples, args.fps)
 
     mel_ms, mel = _median_ms(lambda: audio.melspectrogram(wav), args.repeats)
@@ -57,7 +57,8 @@ def main():
           f"-> windows {vec.shape} ({vec.nbytes / 2**20:.1f} MiB)")
     print(f"melspectrogram:                  {mel_ms:8.2f} ms")
     print(f"per-frame windows, vectorised:   {vec_ms:8.2f} ms")
-    print(f"per-frame windows, naive loop:   {naive_ms:8.2f} ms   (naive / vectorised = {naive_ms / vec_ms:.1f}x)")
+    print(f"per-frame windows, naive loop:   {naive_ms:8.2f} ms   "
+          f"(naive / vectorised = {naive_ms / vec_ms:.1f}x)")
     print(f"mel + all windows (vectorised):  {mel_ms + vec_ms:8.2f} ms   "
           f"({args.seconds / ((mel_ms + vec_ms) / 1000):.0f}x real time)")
 

@@ -220,8 +220,8 @@ def mel_windows(
 ) -> np.ndarray:
     """Windows of ``step`` mel frames starting at each video frame in ``start_frames``: (K, 80, step).
 
-    One gather over a sliding-window view for all K windows (no Python loop). Start indices are clamped into
-    ``[0, T - step]``: a window before the audio starts at 0, one past the end ends exactly at T.
+    One gather over a sliding-window view for all K windows (no Python loop). Start indices are
+    clamped into ``[0, T - step]``: a window before the audio starts at 0, one past the end ends exactly at T.
     Raises ValueError when the mel is shorter than one window.
     """
     mel = np.asarray(mel)

@@ -134,7 +134,9 @@ def probe(path: str | os.PathLike) -> VideoInfo:
         if rotation in (90, 270):
             width, height = height, width
         n_frames = stream.frames or int(round(duration * fps))
-        return VideoInfo(path, fps, n_frames, width, height, rotation, duration, True, has_audio, audio_rate)
+        return VideoInfo(
+            path, fps, n_frames, width, height, rotation, duration, True, has_audio, audio_rate
+        )
 
 
 def _container_duration(container, stream) -> float:
@@ -266,7 +268,7 @@ def read_video(
     audio = None
     if info.has_audio:
         audio = load_audio(path, sr=SAMPLE_RATE)
-        audio = _align_audio_to_video(path, audio)
+        audio = align_audio_to_video(path, audio)
     return Video(frames, out_fps, audio, SAMPLE_RATE)
 
 
@@ -281,7 +283,9 @@ def _collect_frames(path: str, frames: Iterator[np.ndarray], info: VideoInfo, fp
         if buffer is None:
             buffer = np.empty((estimate, *frame.shape), np.uint8)
         if frame.shape != buffer.shape[1:]:
-            raise MediaError(f"{path}: frame size changes mid-stream ({buffer.shape[1:]} -> {frame.shape})")
+            raise MediaError(
+                f"{path}: frame size changes mid-stream ({buffer.shape[1:]} -> {frame.shape})"
+            )
         if count < estimate:
             buffer[count] = frame
         else:
@@ -294,8 +298,16 @@ def _collect_frames(path: str, frames: Iterator[np.ndarray], info: VideoInfo, fp
     return buffer[:count]
 
 
-def _align_audio_to_video(path: str, audio: np.ndarray) -> np.ndarray:
-    with av.open(path) as container:
+def align_audio_to_video(path: str | os.PathLike, audio: np.ndarray) -> np.ndarray:
+    """Shift 16 kHz ``audio`` decoded from ``path`` so sample 0 is the first video frame's time.
+
+    Uses the streams' start times in the container: a later audio start is padded with leading
+    silence, an earlier one loses the samples before the first frame. Unchanged without video.
+    """
+    path = os.fspath(path)
+    with _open(path) as container:
+        if not container.streams.video or not container.streams.audio:
+            return audio
         v, a = container.streams.video[0], container.streams.audio[0]
         if v.start_time is None or a.start_time is None:
             return audio
@@ -306,6 +318,9 @@ def _align_audio_to_video(path: str, audio: np.ndarray) -> np.ndarray:
     if shift < 0:  # audio starts before the video: drop what precedes the first frame
         return audio[-shift:]
     return audio
+
+
+_align_audio_to_video = align_audio_to_video  # old private name, used by pipelines/stages.py
 
 
 def read_image(path: str | os.PathLike) -> np.ndarray:

@@ -161,7 +161,8 @@ def test_variable_frame_rate_resampled_by_timestamps(tmp_path):
 def test_other_container_and_codec(tmp_path):
     # Matroska + MPEG-4 part 2 at 50 fps: no per-stream duration in the container, other decoder.
     path = tmp_path / "clip.mkv"
-    _mux_with_pyav(path, _indexed_frames(20, 48, 64), [20 * i for i in range(20)], codec="mpeg4", rate=50)
+    frames = _indexed_frames(20, 48, 64)
+    _mux_with_pyav(path, frames, [20 * i for i in range(20)], codec="mpeg4", rate=50)
     assert video.probe(path).fps == pytest.approx(50.0)
     got = [_frame_index(f) for f in video.iter_frames(path, fps=25)]
     assert got == list(range(0, 20, 2))
