@@ -1,0 +1,107 @@
+"""Preprocess raw talking-head videos into WebDataset shards + manifest.parquet.
+
+Local (starts a private Ray cluster on 127.0.0.1):
+    python workflows/preprocess.py --input data/lrs2 --layout lrs2 --output shards/
+
+On a cluster (the driver joins it through RAY_ADDRESS, which ray job submit sets):
+    ray job submit --address http://HEAD:8265 --working-dir . -- \\
+        python workflows/preprocess.py --input /data/lrs2 --layout lrs2 --output /data/shards
+
+Re-running the same command resumes: inputs already in completed shards are skipped.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+# Run as a script (python workflows/preprocess.py): make the repo importable.
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from lipsync.errors import LipsyncError  # noqa: E402
+from pipelines.preprocess import PreprocessConfig, run_preprocess  # noqa: E402
+from pipelines.shards import parse_size  # noqa: E402
+from pipelines.sources import LAYOUTS  # noqa: E402
+from pipelines.splits import parse_fractions  # noqa: E402
+
+
+def build_parser() -> argparse.ArgumentParser:
+    d = PreprocessConfig(input="", output="")
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    io = p.add_argument_group("input / output")
+    io.add_argument("--input", required=True, help="corpus root (or a filelist for --layout filelist)")
+    io.add_argument("--layout", choices=LAYOUTS, default=d.layout)
+    io.add_argument("--output", required=True, help="directory for shards, manifest.parquet, summary.json")
+    io.add_argument("--speaker-regex", default=None,
+                    help="folder layout: regex on the relative path; group 1 is the speaker")
+    io.add_argument("--filelists", default=None, help="lrs2: directory holding train/val/test.txt")
+    io.add_argument("--split-fractions", default="0.8,0.1,0.1",
+                    help="train,val,test fractions of speakers when there are no official lists")
+    io.add_argument("--split-seed", default=d.split_seed)
+    io.add_argument("--shard-size", default="256MB", help="target shard size, e.g. 256MB, 1G")
+    io.add_argument("--codec", choices=("jpeg", "png"), default=d.codec,
+                    help="face crop encoding in shards (png is lossless)")
+    io.add_argument("--jpeg-quality", type=int, default=d.jpeg_quality)
+    io.add_argument("--overwrite", action="store_true", help="discard earlier output instead of resuming")
+    clips = p.add_argument_group("clips")
+    clips.add_argument("--max-clip-seconds", type=float, default=d.max_clip_seconds,
+                       help="split longer videos into clips of at most this long (0: never)")
+    clips.add_argument("--min-clip-seconds", type=float, default=d.min_clip_seconds)
+    clips.add_argument("--scene-cut-threshold", type=float, default=d.scene_cut_threshold,
+                       help="mean abs frame difference (0-255) that starts a new clip (0: off)")
+    faces = p.add_argument_group("faces")
+    faces.add_argument("--detector", choices=("auto", "dlib", "s3fd"), default=d.detector)
+    faces.add_argument("--detector-weights", default=None, help="S3FD weights file")
+    faces.add_argument("--detect-every", type=int, default=d.detect_every)
+    faces.add_argument("--detect-downscale-to", type=int, default=d.detect_downscale_to)
+    faces.add_argument("--detect-upsample", type=int, default=d.detect_upsample)
+    faces.add_argument("--detect-batch-size", type=int, default=d.detect_batch_size)
+    faces.add_argument("--face-policy", choices=("largest", "central", "reject-multiple"), default=d.face_policy)
+    faces.add_argument("--min-face-size", type=float, default=d.min_face_size)
+    faces.add_argument("--min-detection-rate", type=float, default=d.min_detection_rate)
+    faces.add_argument("--smooth-window", type=int, default=d.smooth_window)
+    faces.add_argument("--crop-size", type=int, nargs="+", default=list(d.crop_sizes),
+                       help="crop size(s) in px; the first is the primary one (e.g. 96 192)")
+    faces.add_argument("--pads", type=int, nargs=4, default=list(d.pads), metavar=("TOP", "BOTTOM", "LEFT", "RIGHT"))
+    res = p.add_argument_group("resources / tracking")
+    res.add_argument("--num-cpus", type=int, default=None)
+    res.add_argument("--num-gpus", type=float, default=None)
+    res.add_argument("--ray-address", default=None, help="default: RAY_ADDRESS, else a local cluster")
+    res.add_argument("--tracking-uri", default=None, help="MLflow tracking URI; logs the run summary")
+    res.add_argument("--experiment", default=d.experiment)
+    res.add_argument("--no-progress", action="store_true")
+    return p
+
+
+def config_from_args(args: argparse.Namespace) -> PreprocessConfig:
+    return PreprocessConfig(
+        input=args.input, output=args.output, layout=args.layout, speaker_regex=args.speaker_regex,
+        filelists=args.filelists, split_fractions=parse_fractions(args.split_fractions),
+        split_seed=args.split_seed, max_clip_seconds=args.max_clip_seconds,
+        min_clip_seconds=args.min_clip_seconds, scene_cut_threshold=args.scene_cut_threshold,
+        detector=args.detector, detector_weights=args.detector_weights, detect_every=args.detect_every,
+        detect_downscale_to=args.detect_downscale_to, detect_upsample=args.detect_upsample,
+        detect_batch_size=args.detect_batch_size, face_policy=args.face_policy,
+        min_face_size=args.min_face_size, min_detection_rate=args.min_detection_rate,
+        smooth_window=args.smooth_window, crop_sizes=tuple(args.crop_size), pads=tuple(args.pads),
+        codec=args.codec, jpeg_quality=args.jpeg_quality, shard_size=parse_size(args.shard_size),
+        overwrite=args.overwrite, num_cpus=args.num_cpus, num_gpus=args.num_gpus,
+        ray_address=args.ray_address or os.environ.get("RAY_ADDRESS"), tracking_uri=args.tracking_uri,
+        experiment=args.experiment, progress=not args.no_progress,
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        run_preprocess(config_from_args(args))
+    except LipsyncError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
