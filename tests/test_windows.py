@@ -121,7 +121,7 @@ def test_generator_window(mode, shift):
 def test_offset_buckets_and_summary():
     idx = offset_bucket_index(np.array([0, -2, 2, 7, -15, 40]))
     names = [OFFSET_BUCKETS[i][0] for i in idx]
-    assert names == ["0", "2", "2", "6-10", "11-20", "21+"]
+    assert names == ["0", "2", "2", "6-10", "11-20", "21plus"]
     sums = torch.zeros(len(OFFSET_BUCKETS), 3, dtype=torch.float64)
     sums[0] = torch.tensor([9, 10, 1.0])
     sums[2] = torch.tensor([5, 10, 7.0])

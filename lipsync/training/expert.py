@@ -22,7 +22,7 @@ from lipsync.models import sync_probability
 # Buckets of |offset| in frames; 1 only occurs with --min-offset 1.
 OFFSET_BUCKETS: tuple[tuple[str, int, int], ...] = (
     ("0", 0, 0), ("1", 1, 1), ("2", 2, 2), ("3", 3, 3), ("4", 4, 4), ("5", 5, 5),
-    ("6-10", 6, 10), ("11-20", 11, 20), ("21+", 21, 1 << 30),
+    ("6-10", 6, 10), ("11-20", 11, 20), ("21plus", 21, 1 << 30),
 )
 _EPS = 1e-6
 

@@ -1,0 +1,103 @@
+"""Train a stage of the model from preprocessed shards (Ray Train + MLflow).
+
+Local (starts a private Ray cluster on 127.0.0.1, logs to ./mlruns.db):
+    python workflows/train.py --stage expert --shards shards/ --num-workers 2
+
+On a cluster (the driver joins it through RAY_ADDRESS, which ray job submit sets):
+    ray job submit --address http://HEAD:8265 --working-dir . -- \\
+        python workflows/train.py --stage expert --shards /data/shards --num-workers 8 --use-gpu \\
+            --storage-path /shared/ray_results --tracking-uri http://mlflow:5000
+
+Continue an earlier run (same Ray run directory, same MLflow run):
+    python workflows/train.py --stage expert --shards shards/ --run-name NAME --resume --max-steps 20000
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from dataclasses import asdict
+from pathlib import Path
+
+# Run as a script (python workflows/train.py): make the repo importable.
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from lipsync.errors import ConfigError, LipsyncError  # noqa: E402
+from pipelines.train_expert import ExpertTrainConfig, train_expert  # noqa: E402
+
+STAGES = ("expert", "generator")
+
+
+def _resources(text: str) -> dict:
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise argparse.ArgumentTypeError(f"--worker-resources must be JSON, e.g. '{{\"slot\": 1}}' ({exc})")
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError("--worker-resources must be a JSON object")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    d = ExpertTrainConfig(shards="")
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--stage", choices=STAGES, required=True)
+    p.add_argument("--shards", required=True, help="directory with {train,val}-NNNNNN.tar (workflows/preprocess.py)")
+    m = p.add_argument_group("model and recipe (defaults: the paper's)")
+    m.add_argument("--width", type=float, default=d.width, help="channel multiplier (1 = official)")
+    m.add_argument("--face-size", type=int, default=d.face_size)
+    m.add_argument("--batch-size", type=int, default=d.batch_size, help="global batch, split over workers")
+    m.add_argument("--lr", type=float, default=d.lr)
+    m.add_argument("--max-steps", type=int, default=d.max_steps)
+    m.add_argument("--min-offset", type=int, default=d.min_offset,
+                   help="negatives take audio at least this many frames away (original: 1)")
+    m.add_argument("--augment", action="store_true", help="sync-preserving augmentation (off = paper parity)")
+    data = p.add_argument_group("data")
+    data.add_argument("--windows-per-clip", type=int, default=d.windows_per_clip)
+    data.add_argument("--shuffle-buffer", type=int, default=d.shuffle_buffer)
+    data.add_argument("--val-windows-per-clip", type=int, default=d.val_windows_per_clip)
+    data.add_argument("--val-max-clips", type=int, default=None)
+    data.add_argument("--seed", type=int, default=d.seed)
+    data.add_argument("--manifest", default=None, help="default: <shards>/manifest.parquet")
+    cad = p.add_argument_group("cadence")
+    cad.add_argument("--log-every", type=int, default=d.log_every)
+    cad.add_argument("--checkpoint-every", type=int, default=d.checkpoint_every, help="also validates")
+    cad.add_argument("--keep-checkpoints", type=int, default=d.keep_checkpoints)
+    sc = p.add_argument_group("scaling and fault tolerance")
+    sc.add_argument("--num-workers", type=int, default=d.num_workers)
+    sc.add_argument("--use-gpu", action="store_true")
+    sc.add_argument("--cpus-per-worker", type=float, default=d.cpus_per_worker)
+    sc.add_argument("--worker-resources", type=_resources, default={},
+                    help="extra Ray resources per worker as JSON, e.g. to pin workers to nodes")
+    sc.add_argument("--max-failures", type=int, default=d.max_failures)
+    sc.add_argument("--fail-at-step", type=int, default=None, help=argparse.SUPPRESS)  # fault-injection tests
+    bk = p.add_argument_group("tracking")
+    bk.add_argument("--storage-path", default=d.storage_path, help="Ray Train run storage")
+    bk.add_argument("--run-name", default=None)
+    bk.add_argument("--resume", action="store_true", help="continue --run-name (same MLflow run)")
+    bk.add_argument("--tracking-uri", default=None, help="MLflow server; default MLFLOW_TRACKING_URI or ./mlruns.db")
+    bk.add_argument("--experiment", default=d.experiment)
+    bk.add_argument("--no-register", dest="register", action="store_false")
+    bk.add_argument("--no-system-metrics", dest="system_metrics", action="store_false")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        if args.stage == "generator":
+            raise ConfigError("--stage generator is not implemented yet (next issue); only --stage expert trains")
+        if args.resume and not args.run_name:
+            raise ConfigError("--resume needs --run-name of the run to continue")
+        values = {k: v for k, v in vars(args).items() if k != "stage"}
+        result = train_expert(ExpertTrainConfig(**values))
+    except LipsyncError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(json.dumps(asdict(result), indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
