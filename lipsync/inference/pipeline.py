@@ -1,0 +1,319 @@
+"""`LipSyncer`: a face video (or image) + an audio track -> a lip-synced mp4, streaming.
+
+    decode ──q── face boxes ──q── generate ──q── blend + encode (+ audio mux)
+    (thread)     (thread)         (thread)       (caller's thread)
+
+Every arrow is a bounded queue (``queue_frames`` frames), so memory does not grow with the
+video's length: the whole video is never in RAM, only the audio and its mel spectrogram
+(a few MB per minute). The output has exactly one frame per audio frame
+(``lipsync.audio.video_frames_for_audio``) and the whole audio track, so its duration is
+the audio's: a longer video is cut, a shorter one loops or ping-pongs.
+
+Mel windows come from ``lipsync.audio.frame_mel_windows`` with its default mode -- the
+foundation's choice (``WINDOW_POLICY = "training"``): frame k's window starts at frame k-1,
+which is what the generator (ours and the official weights) saw in training, instead of the
+original inference script's window one frame (40 ms) later.
+
+Frames without a face are written unchanged (or stop the run with ``on_no_face="error"``);
+a video without a face in any frame is an error. The output is written to a temporary file
+and moved into place only on success (``lipsync.video.VideoWriter``), so an error never
+leaves a partial file.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import time
+from collections import deque
+from dataclasses import asdict, dataclass, field
+from typing import Iterator
+
+import cv2
+import numpy as np
+
+from lipsync.errors import MediaError, NoFaceError
+from lipsync.inference.blend import composite
+from lipsync.inference.generator import FaceGenerator
+from lipsync.inference.options import InferenceOptions
+from lipsync.inference.source import FaceSource
+from lipsync.inference.tracking import SparseFaceTracker, pad_box, select_face, smooth_stream
+
+AUDIO_CHUNK_SECONDS = 1.0  # audio is muxed in step with the video, one second at a time
+
+
+@dataclass
+class InferenceResult:
+    out_path: str
+    n_frames: int
+    fps: float
+    width: int
+    height: int
+    audio_seconds: float
+    frames_with_face: int
+    frames_passed_through: int
+    first_frame_without_face: int | None
+    frames_detected: int
+    seconds: float
+    stage_seconds: dict = field(default_factory=dict)
+    generator: dict = field(default_factory=dict)
+
+    @property
+    def fps_end_to_end(self) -> float:
+        return self.n_frames / self.seconds if self.seconds > 0 else float("inf")
+
+    def to_dict(self) -> dict:
+        return {**asdict(self), "fps_end_to_end": self.fps_end_to_end}
+
+
+@dataclass
+class _Item:
+    index: int  # output frame index
+    source: int  # source frame index (boxes are cached per source frame)
+    frame: np.ndarray
+    fresh: bool  # False: the array is shared (static input), copy before drawing
+    box: tuple[int, int, int, int] | None = None
+    face: np.ndarray | None = None
+
+
+class LipSyncer:
+    """Lip-sync faces to audio with a Wav2Lip generator.
+
+    ``model``: a checkpoint path (ours or the official wav2lip.pth / wav2lip_gan.pth), an
+    MLflow model URI (``models:/wav2lip@champion``, ``runs:/<id>/<path>``), or an already
+    built ``lipsync.models.Wav2Lip`` module.
+    """
+
+    def __init__(self, model, options: InferenceOptions | None = None, *, tracking_uri: str | None = None):
+        import torch
+
+        self.options = (options or InferenceOptions()).validate()
+        if isinstance(model, torch.nn.Module):
+            module, face_size = model, int(getattr(model, "face_size", 96))
+            self.model_config = None
+        else:
+            from lipsync.inference.model_source import load_generator
+
+            module, config = load_generator(model, trust=self.options.trust_checkpoint, tracking_uri=tracking_uri)
+            face_size = int(getattr(config, "face_size", 96))
+            self.model_config = config
+        self.face_size = face_size
+        self.generator = FaceGenerator(module, face_size, device=self.options.device,
+                                       precision=self.options.precision,
+                                       channels_last=self.options.channels_last)
+        self._detector = None
+
+    # ------------------------------------------------------------------ public
+
+    def sync(self, face: str | os.PathLike, audio, out: str | os.PathLike) -> InferenceResult:
+        """Write ``out`` (mp4): ``face`` lip-synced to ``audio`` (a path, or float32 16 kHz mono)."""
+        from lipsync.audio import SAMPLE_RATE, frame_mel_windows, load_audio, melspectrogram, video_frames_for_audio
+        from lipsync.video import VideoWriter
+
+        opts = self.options
+        started = time.perf_counter()
+        face, out = os.fspath(face), os.fspath(out)
+        audio_name = os.fspath(audio) if isinstance(audio, (str, os.PathLike)) else "<audio array>"
+        wav = load_audio(audio) if isinstance(audio, (str, os.PathLike)) else np.asarray(audio, np.float32)
+        if wav.ndim != 1 or wav.size == 0:
+            raise MediaError(f"{audio_name}: audio is empty")
+        source = FaceSource(face, opts)  # MediaError for unreadable input, before any output exists
+        fps = source.info.fps
+        n_out = video_frames_for_audio(wav.size, fps)
+        try:
+            mel = melspectrogram(wav)
+            kwargs = {} if opts.mel_mode is None else {"mode": opts.mel_mode}
+            mels = frame_mel_windows(mel, n_out, fps=fps, **kwargs)
+        except ValueError as e:
+            raise MediaError(f"{audio_name}: audio too short to lip-sync ({wav.size / SAMPLE_RATE * 1000:.0f} ms; {e})") from e
+        del mel
+
+        stats = {"detect": 0.0, "generate": 0.0, "compose": 0.0, "encode": 0.0}
+        counts = {"with_face": 0, "first_without": None}
+        width, height = source.info.width, source.info.height
+
+        from lipsync.inference.threads import StageGroup
+
+        group = StageGroup()
+        q = opts.queue_frames
+        try:
+            items = group.threaded(self._decode_stage(source, n_out), q, "decode")
+            items = group.threaded(self._box_stage(items, source, stats), q, "boxes")
+            items = group.threaded(self._generate_stage(items, mels, stats), q, "generate")
+            progress = _progress(n_out, opts.progress)
+            chunk = int(round(AUDIO_CHUNK_SECONDS * SAMPLE_RATE))
+            audio_pos = 0
+            with VideoWriter(out, fps, width, height, audio_sample_rate=SAMPLE_RATE, crf=opts.crf,
+                             preset=opts.preset) as writer:
+                for item in items:
+                    t0 = time.perf_counter()
+                    frame = item.frame
+                    if item.face is not None:
+                        frame = frame if item.fresh else frame.copy()
+                        composite(frame, item.face, item.box, opts.compositing)
+                        counts["with_face"] += 1
+                    elif counts["first_without"] is None:
+                        counts["first_without"] = item.index
+                    t1 = time.perf_counter()
+                    writer.write(frame)
+                    # Audio up to the end of this frame (one chunk at a time) keeps the mux interleaved.
+                    due = min(wav.size, int(round((item.index + 1) / fps * SAMPLE_RATE)))
+                    if due - audio_pos >= chunk or item.index == n_out - 1:
+                        writer.write_audio(wav[audio_pos:due])
+                        audio_pos = due
+                    stats["compose"] += t1 - t0
+                    stats["encode"] += time.perf_counter() - t1
+                    progress.update(1)
+                if writer.frames_written != n_out:
+                    raise RuntimeError(f"pipeline wrote {writer.frames_written} of {n_out} frames")
+                if audio_pos < wav.size:
+                    writer.write_audio(wav[audio_pos:])
+                if counts["with_face"] == 0:
+                    raise NoFaceError(f"{face}: no face found in any frame (try --box, --pads, --resize-factor "
+                                      f"or a larger --detect-max-side)")
+            progress.close()
+        finally:
+            group.close()
+        seconds = time.perf_counter() - started
+        return InferenceResult(
+            out_path=out, n_frames=n_out, fps=fps, width=width, height=height,
+            audio_seconds=wav.size / SAMPLE_RATE, frames_with_face=counts["with_face"],
+            frames_passed_through=n_out - counts["with_face"], first_frame_without_face=counts["first_without"],
+            frames_detected=int(stats.pop("frames_detected", 0)), seconds=seconds,
+            stage_seconds={k: round(v, 3) for k, v in stats.items()}, generator=self.generator.describe(),
+        )
+
+    # ------------------------------------------------------------------ stages
+
+    @staticmethod
+    def _decode_stage(source: FaceSource, n_out: int) -> Iterator[_Item]:
+        for index, (src, frame, fresh) in enumerate(source.frames(n_out)):
+            yield _Item(index, src, frame, fresh)
+
+    def _detector_fn(self, stats: dict):
+        """list[frame] -> list[box|None] (one face per frame, unpadded)."""
+        from lipsync.faces.detect import make_detector
+
+        opts = self.options
+        if self._detector is None:
+            device = str(self.generator.device)
+            self._detector = make_detector(opts.detector, device=device,
+                                           downscale_to=opts.detect_max_side or None,
+                                           batch_size=opts.face_det_batch_size)
+
+        def detect(frames: list[np.ndarray]) -> list:
+            t0 = time.perf_counter()
+            found = self._detector.detect(frames)
+            stats["detect"] += time.perf_counter() - t0
+            stats["frames_detected"] = stats.get("frames_detected", 0) + len(frames)
+            return [select_face(d, f.shape, opts.face_select) for d, f in zip(found, frames)]
+
+        return detect
+
+    def _box_stage(self, items: Iterator[_Item], source: FaceSource, stats: dict) -> Iterator[_Item]:
+        opts = self.options
+        h, w = source.info.height, source.info.width
+        if opts.box is not None:
+            top, bottom, left, right = opts.box
+            fixed = _int_box(np.array([left, top, right, bottom], float), h, w)
+            if fixed is None:
+                raise NoFaceError(f"--box {tuple(opts.box)} lies outside the {w}x{h} frame")
+            for item in items:
+                item.box = fixed
+                yield item
+            return
+        detect = self._detector_fn(stats)
+        # Boxes of the first pass over the source, reused when the video repeats (loop/ping-pong).
+        cache: list = []
+        pending: deque = deque()
+        leftover: list[_Item] = []
+
+        def first_pass_frames():
+            for item in items:
+                if item.source != item.index:  # repeats start: boxes come from the cache
+                    leftover.append(item)
+                    return
+                pending.append(item)
+                yield item.frame
+
+        if source.info.static:
+            frames = first_pass_frames()
+            first = next(frames)
+            pairs = iter([(first, pad_box(detect([first])[0], opts.pads, first.shape))])
+        else:
+            tracker = SparseFaceTracker(detect, every=opts.detect_every, chunk=max(opts.detect_every, 4 * opts.detect_every))
+            pairs = ((f, pad_box(b, opts.pads, f.shape)) for f, b in tracker.track(first_pass_frames()))
+            if not opts.nosmooth:
+                pairs = smooth_stream(pairs, opts.smooth_window)
+        for _frame, box in pairs:
+            item = pending.popleft()
+            item.box = _int_box(box, h, w)
+            cache.append(item.box)
+            yield self._check_face(item, source)
+        for item in itertools.chain(leftover, items):
+            item.box = cache[item.source % len(cache)]
+            yield self._check_face(item, source)
+
+    def _check_face(self, item: _Item, source: FaceSource) -> _Item:
+        if item.box is None and self.options.on_no_face == "error":
+            raise NoFaceError(f"{source.path}: no face in frame {item.source} "
+                              f"(t={item.source / source.info.fps:.2f}s); use --on-no-face pass to keep such frames")
+        return item
+
+    def _generate_stage(self, items: Iterator[_Item], mels: np.ndarray, stats: dict) -> Iterator[_Item]:
+        batch_size = self.options.wav2lip_batch_size
+        s = self.face_size
+        batch: list[_Item] = []
+        n_faces = 0
+
+        def flush():
+            with_face = [it for it in batch if it.box is not None]
+            if with_face:
+                crops = np.stack([_crop(it.frame, it.box, s) for it in with_face])
+                windows = mels[[it.index for it in with_face]]
+                t0 = time.perf_counter()
+                faces = self.generator(crops, windows)
+                stats["generate"] += time.perf_counter() - t0
+                for it, f in zip(with_face, faces):
+                    it.face = f
+            yield from batch
+            batch.clear()
+
+        for item in items:
+            batch.append(item)
+            n_faces += item.box is not None
+            if n_faces >= batch_size or len(batch) >= 2 * batch_size:
+                yield from flush()
+                n_faces = 0
+        yield from flush()
+
+
+def _int_box(box, h: int, w: int) -> tuple[int, int, int, int] | None:
+    if box is None:
+        return None
+    x1, y1, x2, y2 = (int(round(float(v))) for v in box)
+    x1, y1, x2, y2 = max(0, x1), max(0, y1), min(w, x2), min(h, y2)
+    if x2 - x1 < 4 or y2 - y1 < 4:
+        return None
+    return x1, y1, x2, y2
+
+
+def _crop(frame: np.ndarray, box, size: int) -> np.ndarray:
+    x1, y1, x2, y2 = box
+    return cv2.resize(frame[y1:y2, x1:x2], (size, size), interpolation=cv2.INTER_LINEAR)
+
+
+class _NoProgress:
+    def update(self, n=1):
+        pass
+
+    def close(self):
+        pass
+
+
+def _progress(total: int, enabled: bool):
+    if not enabled:
+        return _NoProgress()
+    from tqdm import tqdm
+
+    return tqdm(total=total, unit="frame", desc="lipsync", dynamic_ncols=True)
