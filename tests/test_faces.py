@@ -117,6 +117,15 @@ def test_batched_detection_equals_per_frame():
     assert detector.detect(np.stack(frames[:3])) == batched[:3]
 
 
+def test_detectors_pickle_for_worker_processes(s3fd_torch_home):
+    # Ray Data ships detector objects to workers; both must survive pickling.
+    img, _ = astronaut_frame(100)
+    dlib_copy = pickle.loads(pickle.dumps(DlibHogDetector(upsample=1)))
+    assert dlib_copy.upsample == 1 and len(dlib_copy.detect([img])[0]) == 1
+    s3fd_copy = pickle.loads(pickle.dumps(S3FDDetector("cpu", weights_path=s3fd_torch_home[1])))
+    assert len(s3fd_copy.detect([background(64, 64)])) == 1
+
+
 def test_detector_rejects_bad_frames():
     with pytest.raises(ValueError, match="frame 1"):
         DlibHogDetector().detect([background(50, 50), np.zeros((50, 50), np.uint8)])
@@ -351,3 +360,14 @@ def test_crop_without_a_box_names_the_frame():
         crop_faces(frames, boxes)
     with pytest.raises(NoFaceError, match="frame 0"):
         crop_faces([frames[0]], np.array([[60, 60, 80, 80]]))
+
+
+def test_dlib_min_face_estimate_matches_detection():
+    detector = DlibHogDetector(downscale_to=640)
+    assert detector.min_face_px(720, 1280) == pytest.approx(120)
+    assert DlibHogDetector(downscale_to=640, upsample=1).min_face_px(720, 1280) == pytest.approx(60)
+    assert DlibHogDetector().min_face_px(160, 160) == pytest.approx(60)
+    img, expected = astronaut_frame(135, frame=(720, 1280), at=(500, 200))
+    assert iou(detector.detect([img])[0][0].box, expected) > 0.6
+    img, _ = astronaut_frame(90, frame=(720, 1280), at=(500, 200))
+    assert detector.detect([img]) == [[]]
