@@ -36,6 +36,7 @@ import os
 import pickle
 import re
 import struct
+import warnings
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -322,7 +323,9 @@ def _read_file(path: Path, trust: bool, map_location):
         if not trust:
             raise CheckpointError(_untrusted_message(path, "a TorchScript archive (compiled model code)"))
         try:
-            return torch.jit.load(str(path), map_location=_device_of(map_location)), "torchscript"
+            with warnings.catch_warnings():  # torch.jit is deprecated, but the re-uploads use it
+                warnings.simplefilter("ignore", DeprecationWarning)
+                return torch.jit.load(str(path), map_location=_device_of(map_location)), "torchscript"
         except Exception as e:  # noqa: BLE001 — any failure here is a bad file
             raise CheckpointError(f"{path}: unreadable TorchScript archive: {_first_line(e)}") from None
     try:
