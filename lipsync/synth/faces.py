@@ -43,9 +43,7 @@ class FacePhoto:
 
 
 def _detect_largest(image_bgr: np.ndarray):
-    import dlib
-
-    detector = _dlib_detector()
+    detector = dlib_detector()
     rects = detector(np.ascontiguousarray(image_bgr[:, :, ::-1]), 0)
     if len(rects) == 0:
         return None
@@ -54,7 +52,8 @@ def _detect_largest(image_bgr: np.ndarray):
 
 
 @functools.lru_cache(maxsize=1)
-def _dlib_detector():
+def dlib_detector():
+    """dlib's frontal HOG face detector (building it takes about a second, so once)."""
     import dlib
 
     return dlib.get_frontal_face_detector()

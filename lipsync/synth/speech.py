@@ -7,11 +7,9 @@ project's 16 kHz.
 
 Determinism: some voice variants add breath/flutter noise from espeak's own random
 generator, which is seeded from the clock unless told otherwise, so every utterance
-calls ``espeak_ng_SetRandSeed`` first. The same text, voice and seed then give
-byte-identical samples in any process.
-
-espeak-ng keeps global state, so one process holds one engine (`_engine()`), and calls
-are serialised with a lock.
+calls ``espeak_ng_SetRandSeed`` first; and espeak keeps synthesis state across
+utterances, so the library is loaded fresh for each one (see `_Engine`). The same text,
+voice and seed then give byte-identical samples in any process, in any order.
 """
 
 from __future__ import annotations
@@ -157,17 +155,36 @@ _Callback = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.POINTER(ctypes.c_short), ctype
 
 
 class _Engine:
-    """The process's espeak-ng instance (library state is global)."""
+    """One espeak-ng run: load the library, speak one text, unload it again.
+
+    espeak-ng keeps synthesis state in static variables (pitch flutter index, waveform
+    phase, ...) that survive espeak_Terminate/espeak_Initialize, so the same text would
+    come out a few samples different depending on what was spoken before. Unloading the
+    library (dlclose) after every utterance gives each one fresh state: the output then
+    depends only on text, voice and seed, whatever order clips are made in and by which
+    worker process. Loading costs ~20 ms.
+    """
+
+    _lock = threading.Lock()   # the library's state is process-global
 
     def __init__(self) -> None:
         try:
             import espeakng_loader
-            lib_path = espeakng_loader.get_library_path()
-            data_path = espeakng_loader.get_data_path()
-            self.lib = ctypes.CDLL(lib_path)
-        except (ImportError, OSError, RuntimeError) as exc:
-            raise SpeechError(f"cannot load espeak-ng from espeakng-loader: {exc}") from exc
-        lib = self.lib
+            self.lib_path = espeakng_loader.get_library_path()
+            self.data_path = espeakng_loader.get_data_path()
+        except (ImportError, RuntimeError) as exc:
+            raise SpeechError(f"cannot find espeak-ng via espeakng-loader: {exc}") from exc
+        self.rate = ESPEAK_RATE
+        self._chunks: list[np.ndarray] = []
+        self._events: list[tuple[int, int, str]] = []
+        # Keep a reference: ctypes frees the trampoline if the Python object dies.
+        self._callback = _Callback(self._on_samples)
+
+    def _load(self):
+        try:
+            lib = ctypes.CDLL(self.lib_path)
+        except OSError as exc:
+            raise SpeechError(f"cannot load {self.lib_path}: {exc}") from exc
         lib.espeak_Initialize.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_char_p, ctypes.c_int]
         lib.espeak_Initialize.restype = ctypes.c_int
         lib.espeak_SetSynthCallback.argtypes = [_Callback]
@@ -176,17 +193,21 @@ class _Engine:
         lib.espeak_Synth.argtypes = [ctypes.c_char_p, ctypes.c_size_t, ctypes.c_uint, ctypes.c_int,
                                      ctypes.c_uint, ctypes.c_uint, ctypes.c_void_p, ctypes.c_void_p]
         lib.espeak_ng_SetRandSeed.argtypes = [ctypes.c_long]
-        rate = lib.espeak_Initialize(_AUDIO_OUTPUT_SYNCHRONOUS, 0, data_path.encode(),
+        rate = lib.espeak_Initialize(_AUDIO_OUTPUT_SYNCHRONOUS, 0, self.data_path.encode(),
                                      _INIT_PHONEME_EVENTS | _INIT_DONT_EXIT)
         if rate <= 0:
-            raise SpeechError(f"espeak_Initialize failed (data path {data_path})")
+            self._unload(lib)
+            raise SpeechError(f"espeak_Initialize failed (data path {self.data_path})")
         self.rate = rate
-        self.lock = threading.Lock()
-        self._chunks: list[np.ndarray] = []
-        self._events: list[tuple[int, int, str]] = []
-        # Keep a reference: ctypes frees the trampoline if the Python object dies.
-        self._callback = _Callback(self._on_samples)
         lib.espeak_SetSynthCallback(self._callback)
+        return lib
+
+    @staticmethod
+    def _unload(lib) -> None:
+        import _ctypes
+
+        lib.espeak_Terminate()
+        _ctypes.dlclose(lib._handle)
 
     def _on_samples(self, wav, n_samples, events) -> int:
         if n_samples > 0:
@@ -195,27 +216,32 @@ class _Engine:
         while events[i].type != _EVENT_LIST_TERMINATED:
             ev = events[i]
             if ev.type == _EVENT_PHONEME:
-                self._events.append((ev.type, ev.sample, bytes(ev.id.string).split(b"\0")[0].decode("ascii", "replace")))
+                name = bytes(ev.id.string).split(b"\0")[0].decode("ascii", "replace")
+                self._events.append((ev.type, ev.sample, name))
             elif ev.type == _EVENT_WORD:
                 self._events.append((ev.type, ev.sample, f"{ev.text_position}:{ev.length}"))
             i += 1
         return 0
 
     def synthesize(self, text: str, voice: Voice, seed: int) -> tuple[np.ndarray, list]:
-        lib = self.lib
-        with self.lock:
-            if lib.espeak_SetVoiceByName(voice.name.encode()) != 0:
-                raise SpeechError(f"espeak-ng has no voice {voice.name!r}")
-            for param, value in ((_PARAM_RATE, voice.rate), (_PARAM_PITCH, voice.pitch),
-                                 (_PARAM_RANGE, voice.pitch_range), (_PARAM_WORDGAP, voice.word_gap),
-                                 (_PARAM_VOLUME, 100)):
-                lib.espeak_SetParameter(param, int(value), 0)
-            lib.espeak_ng_SetRandSeed(int(seed) & 0x7FFFFFFF)
-            self._chunks, self._events = [], []
-            data = text.encode("utf-8")
-            status = lib.espeak_Synth(data, len(data) + 1, 0, _POS_CHARACTER, 0, _CHARS_UTF8, None, None)
-            if status != 0 or lib.espeak_Synchronize() != 0:
-                raise SpeechError(f"espeak_Synth failed with status {status} for {text!r}")
+        with self._lock:
+            lib = self._load()
+            try:
+                if lib.espeak_SetVoiceByName(voice.name.encode()) != 0:
+                    raise SpeechError(f"espeak-ng has no voice {voice.name!r}")
+                for param, value in ((_PARAM_RATE, voice.rate), (_PARAM_PITCH, voice.pitch),
+                                     (_PARAM_RANGE, voice.pitch_range), (_PARAM_WORDGAP, voice.word_gap),
+                                     (_PARAM_VOLUME, 100)):
+                    lib.espeak_SetParameter(param, int(value), 0)
+                # Breath/flutter noise of some variants is seeded from the clock otherwise.
+                lib.espeak_ng_SetRandSeed(int(seed) & 0x7FFFFFFF)
+                self._chunks, self._events = [], []
+                data = text.encode("utf-8")
+                status = lib.espeak_Synth(data, len(data) + 1, 0, _POS_CHARACTER, 0, _CHARS_UTF8, None, None)
+                if status != 0 or lib.espeak_Synchronize() != 0:
+                    raise SpeechError(f"espeak_Synth failed with status {status} for {text!r}")
+            finally:
+                self._unload(lib)
             samples = np.concatenate(self._chunks) if self._chunks else np.zeros(0, np.int16)
             return samples, list(self._events)
 
