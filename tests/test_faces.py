@@ -244,7 +244,7 @@ def test_tracking_policies():
     central = track_faces(frames, policy="central", frame_size=(480, 640))
     assert central.boxes[0, 0] == 270
     rejected = track_faces(frames, policy="reject-multiple")
-    assert "several faces" in rejected.reject_reason
+    assert "several faces" in rejected.reject_reason and rejected.reject_code == "multiple_faces"
     with pytest.raises(NoFaceError, match="clip7.mp4: several faces"):
         rejected.require("clip7.mp4")
     # One spurious second face in 40 frames is tolerated (within 5%).
@@ -262,9 +262,12 @@ def test_min_face_and_no_face():
     frames = [[det(10, 10, 40)] for _ in range(5)]
     small = track_faces(frames, min_face=60)
     assert small.reject_reason == "no face of at least 60 px" and not small.found.any()
+    assert small.reject_code == "face_too_small"
     assert np.isnan(small.boxes).all()
-    assert track_faces([[] for _ in range(5)]).reject_reason == "no face detected"
-    assert track_faces(frames, min_face=30).found.all()
+    none = track_faces([[] for _ in range(5)])
+    assert none.reject_reason == "no face detected" and none.reject_code == "no_face"
+    ok = track_faces(frames, min_face=30)
+    assert ok.found.all() and ok.reject_code is None and ok.reject_reason is None
 
 
 def test_gaps_are_interpolated_and_split_tracks_merged():
@@ -302,6 +305,9 @@ def test_keyframe_detection_with_interpolation():
     dets[2] = []  # one keyframe missed: bridged by the default max gap
     track = track_keyframes(n, keys, dets)
     np.testing.assert_allclose(track.boxes, truth)
+    assert np.isnan(track.stats.jitter)  # the miss leaves no three evenly spaced detections
+    full = track_keyframes(n, keys, [[Detection(tuple(truth[k]), 1.0)] for k in keys])
+    assert full.stats.jitter == pytest.approx(0.0)  # measured over keyframes 0, 5, 10, 15, 20
     assert track.stats.n_evaluated == 6 and track.stats.detection_rate == pytest.approx(5 / 6)
 
 

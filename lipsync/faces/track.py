@@ -34,8 +34,9 @@ class TrackStats:
     ``mean_face_size``: mean sqrt(width*height) of the tracked box in px over detected
     frames. ``detection_rate``: detected / evaluated frames (frames given as ``None`` were
     not evaluated). ``jitter``: mean absolute second difference of the box coordinates over
-    runs of three consecutive detected frames, divided by the mean face size — 0 for a box
-    moving at constant speed, NaN when there is no such run. ``multi_face_ratio``: share of
+    runs of three consecutive evaluated frames where the face was detected (keyframes when
+    detecting every k-th frame), divided by the mean face size — 0 for a box moving at
+    constant speed, NaN when there is no such run. ``multi_face_ratio``: share of
     evaluated frames with two or more faces of at least ``min_face`` px.
     """
 
@@ -59,7 +60,8 @@ class FaceTrack:
     ``found``: (N,) bool, frames where the detector saw the tracked face (not filled in).
     ``scores``: (N,) detector scores, NaN where not found. ``n_faces_max``: the most faces
     (of at least ``min_face`` px) in one frame. ``reject_reason``: why the clip fails the
-    policy (no face, several faces), or None.
+    policy, in words, or None; ``reject_code`` the same as a stable code for manifests:
+    "no_face", "face_too_small" or "multiple_faces".
     """
 
     boxes: np.ndarray
@@ -69,6 +71,7 @@ class FaceTrack:
     policy: str
     reject_reason: str | None = None
     stats: TrackStats = field(default=None)  # type: ignore[assignment]
+    reject_code: str | None = None
 
     @property
     def valid(self) -> np.ndarray:
@@ -91,6 +94,7 @@ class FaceTrack:
             policy=self.policy,
             reject_reason=self.reject_reason,
             stats=self.stats,
+            reject_code=self.reject_code,
         )
 
 
@@ -202,13 +206,17 @@ def _merge_split_tracks(main: _Tracklet, others: list[_Tracklet]) -> _Tracklet:
     return merged
 
 
-def box_jitter(boxes: np.ndarray) -> float:
-    """Mean |second difference| of box coordinates over consecutive valid triples / mean size."""
+def box_jitter(boxes: np.ndarray, frame_index: np.ndarray | None = None) -> float:
+    """Mean |second difference| of box coordinates / mean face size, over triples of
+    consecutive valid rows. ``frame_index``: the frame number of each row (default 0..N-1);
+    only evenly spaced triples count, so sparse keyframes with an irregular last step work."""
     boxes = np.asarray(boxes, dtype=np.float64)
     if len(boxes) < 3:
         return float("nan")
+    index = np.arange(len(boxes)) if frame_index is None else np.asarray(frame_index)
     accel = boxes[2:] - 2 * boxes[1:-1] + boxes[:-2]
-    ok = ~np.isnan(accel).any(axis=1)
+    even = (index[2:] - index[1:-1]) == (index[1:-1] - index[:-2])
+    ok = ~np.isnan(accel).any(axis=1) & even
     sizes = _size(boxes[~np.isnan(boxes).any(axis=1)])
     if not ok.any() or not len(sizes) or sizes.mean() <= 0:
         return float("nan")
@@ -248,6 +256,7 @@ def track_faces(
         n_small_only += bool(dets) and not kept
         per_frame.append(kept)
     evaluated = [d for d in per_frame if d is not None]
+    evaluated_idx = np.array([t for t, d in enumerate(per_frame) if d is not None], dtype=np.int64)
     n_faces_max = max((len(d) for d in evaluated), default=0)
     n_multi = sum(len(d) >= 2 for d in evaluated)
     multi_ratio = n_multi / len(evaluated) if evaluated else 0.0
@@ -255,10 +264,13 @@ def track_faces(
     boxes = np.full((n, 4), np.nan)
     scores = np.full(n, np.nan)
     found = np.zeros(n, dtype=bool)
-    reject = None
+    reject = code = None
     tracks = _associate(per_frame, iou_threshold, max_link_gap)
     if not tracks:
-        reject = f"no face of at least {min_face:g} px" if n_small_only else "no face detected"
+        if n_small_only:
+            reject, code = f"no face of at least {min_face:g} px", "face_too_small"
+        else:
+            reject, code = "no face detected", "no_face"
     else:
         if policy == "central":
             height, width = frame_size  # type: ignore[misc]
@@ -280,6 +292,7 @@ def track_faces(
         scores[idx] = np.array(main.scores)
         found[idx] = True
         if policy == "reject-multiple" and multi_ratio > max_multi_ratio:
+            code = "multiple_faces"
             reject = (
                 f"several faces: {n_multi} of {len(evaluated)} frames have 2+ faces "
                 f"(up to {n_faces_max}; tolerance {max_multi_ratio:.0%})"
@@ -292,10 +305,10 @@ def track_faces(
         n_found=int(found.sum()),
         mean_face_size=float(sizes.mean()) if len(sizes) else float("nan"),
         detection_rate=float(found.sum() / len(evaluated)) if evaluated else 0.0,
-        jitter=box_jitter(boxes),
+        jitter=box_jitter(boxes[evaluated_idx], evaluated_idx),
         multi_face_ratio=float(multi_ratio),
     )
-    return FaceTrack(boxes, found, scores, n_faces_max, policy, reject, stats)
+    return FaceTrack(boxes, found, scores, n_faces_max, policy, reject, stats, code)
 
 
 def interpolate_missing(boxes: np.ndarray, max_gap: int = 5, hold_edges: bool = True) -> np.ndarray:
