@@ -129,8 +129,10 @@ class FaceDetector:
             for start in range(0, len(indices), self.batch_size):
                 chunk = indices[start : start + self.batch_size]
                 batch = [self._shrink(frames[i], scale) for i in chunk]
+                # Exact per-axis factors of the rounded copy size, for mapping boxes back.
+                sy, sx = batch[0].shape[0] / height, batch[0].shape[1] / width
                 for i, raw in zip(chunk, self._detect_same_size(batch)):
-                    results[i] = _to_detections(raw, scale, height, width)
+                    results[i] = _to_detections(raw, sx, sy, height, width)
         return results  # type: ignore[return-value]
 
     def detect_one(self, frame: np.ndarray) -> list[Detection]:
@@ -152,11 +154,11 @@ class FaceDetector:
         raise NotImplementedError
 
 
-def _to_detections(raw: np.ndarray, scale: float, height: int, width: int) -> list[Detection]:
+def _to_detections(raw: np.ndarray, sx: float, sy: float, height: int, width: int) -> list[Detection]:
     raw = np.asarray(raw, dtype=np.float64).reshape(-1, 5)
     if len(raw) == 0:
         return []
-    boxes = raw[:, :4] / scale
+    boxes = raw[:, :4] / np.array([sx, sy, sx, sy])
     boxes[:, [0, 2]] = boxes[:, [0, 2]].clip(0, width)
     boxes[:, [1, 3]] = boxes[:, [1, 3]].clip(0, height)
     order = np.argsort(-raw[:, 4], kind="stable")
@@ -356,6 +358,23 @@ class S3FDDetector(FaceDetector):
         }
 
     def _detect_same_size(self, frames: list[np.ndarray]) -> list[np.ndarray]:
+        import torch
+
+        try:
+            return self._run_batch(frames)
+        except torch.OutOfMemoryError as exc:
+            # As the original: halve the batch on out-of-memory, give up at one frame.
+            if len(frames) == 1:
+                raise ConfigError(
+                    f"S3FD ran out of memory on one {frames[0].shape[1]}x{frames[0].shape[0]} frame; "
+                    f"set a smaller downscale_to"
+                ) from exc
+            if self.device.startswith("cuda"):
+                torch.cuda.empty_cache()
+            half = len(frames) // 2
+            return self._detect_same_size(frames[:half]) + self._detect_same_size(frames[half:])
+
+    def _run_batch(self, frames: list[np.ndarray]) -> list[np.ndarray]:
         import torch
 
         batch = torch.from_numpy(np.stack(frames)).to(self.device)
