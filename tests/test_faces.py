@@ -173,6 +173,29 @@ def test_s3fd_loads_weights_from_torch_home_cache(s3fd_torch_home, monkeypatch):
     assert detector.describe()["weights"] == str(target)
 
 
+def test_s3fd_matches_face_alignment_postprocessing(s3fd_torch_home):
+    """Our vectorised decode + NMS keeps exactly the boxes face-alignment's own loop keeps."""
+    from face_alignment.detection.sfd.sfd_detector import SFDDetector
+
+    _, target, _ = s3fd_torch_home
+    ours = S3FDDetector("cpu", weights_path=target)
+    reference = SFDDetector("cpu", path_to_detector=str(target))
+    frames = [background(64, 96, seed=s) for s in (3, 4)]
+    # face-alignment takes RGB (B, 3, H, W) and flips it to BGR itself.
+    rgb = torch.from_numpy(np.stack(frames)[..., ::-1].copy()).permute(0, 3, 1, 2).float()
+    expected = reference.detect_from_batch(rgb)
+    got = ours.detect(frames)
+    for exp, dets in zip(expected, got):
+        exp = np.array(exp).reshape(-1, 5)
+        # We clip boxes to the frame and drop those left empty (entirely outside it).
+        exp[:, [0, 2]] = exp[:, [0, 2]].clip(0, 96)
+        exp[:, [1, 3]] = exp[:, [1, 3]].clip(0, 64)
+        exp = exp[(exp[:, 2] > exp[:, 0]) & (exp[:, 3] > exp[:, 1])]
+        assert len(exp) == len(dets) > 0
+        mine = np.array([[*d.box, d.score] for d in dets])
+        np.testing.assert_allclose(mine, exp, rtol=1e-4, atol=1e-3)
+
+
 def test_s3fd_explicit_path_and_auto_choice(s3fd_torch_home, tmp_path, monkeypatch):
     _, target, _ = s3fd_torch_home
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "empty"))
