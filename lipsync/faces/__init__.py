@@ -12,13 +12,11 @@ from lipsync.faces.detect import (
     resolve_s3fd_weights,
     s3fd_cache_path,
 )
+from lipsync.faces.temporal import box_jitter, box_sizes, interpolate_missing, smooth_boxes
 from lipsync.faces.track import (
     FaceTrack,
     TrackStats,
-    box_jitter,
-    interpolate_missing,
     keyframe_indices,
-    smooth_boxes,
     spread_keyframes,
     track_faces,
     track_keyframes,
@@ -33,6 +31,7 @@ __all__ = [
     "S3FDDetector",
     "TrackStats",
     "box_jitter",
+    "box_sizes",
     "crop_faces",
     "download_s3fd_weights",
     "interpolate_missing",
