@@ -173,9 +173,18 @@ def _train_loop(config: dict) -> None:
         [Path(p) for p in config["val_shards"]], cfg.val_windows_per_clip, cfg.seed, val_sampling, cfg.val_max_clips
     )[rank::world]
 
+    # Where each rank runs (node, device): provenance, and proof that DDP spans nodes.
+    placement = f"{ray.get_runtime_context().get_node_id()}/{device}"
+    placements = [placement]
+    if world > 1:
+        placements = [None] * world
+        dist.all_gather_object(placements, placement)
+
     logger = None
     if rank == 0:
         logger = ResumableRunLogger(config["mlflow_run_id"], config["tracking_uri"], system_metrics=cfg.system_metrics)
+        logger.client.set_tag(config["mlflow_run_id"], "lipsync.worker_placement", ",".join(placements))
+        logger.client.set_tag(config["mlflow_run_id"], "lipsync.world_size", str(world))
 
     def all_reduce(t: torch.Tensor) -> torch.Tensor:
         if world > 1:
@@ -229,6 +238,9 @@ def _train_loop(config: dict) -> None:
                 window_start, window_steps = time.perf_counter(), 0
 
             if step % cfg.checkpoint_every == 0 or step == cfg.max_steps:
+                if world > 1:  # BN running stats drift per rank: validate exactly the model rank 0 saves
+                    for buf in bare.buffers():
+                        dist.broadcast(buf.data, src=0)
                 sums = all_reduce(
                     evaluate_expert(bare, val_windows, per_worker_batch, device, amp_dtype)
                 )
