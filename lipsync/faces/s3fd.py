@@ -27,6 +27,9 @@ S3FD_URL = "https://www.adrianbulat.com/downloads/python-fan/s3fd-619a316812.pth
 S3FD_FILE_NAME = S3FD_URL.rsplit("/", 1)[-1]
 S3FD_SHA256_PREFIX = "619a316812"
 
+# Priors below this face probability are never candidates (the original's constant).
+_CANDIDATE_THRESHOLD = 0.05
+
 # S3FD was trained (Caffe) on BGR images with these per-channel means subtracted.
 _S3FD_BGR_MEAN = (104.0, 117.0, 123.0)
 
@@ -187,7 +190,7 @@ class S3FDDetector(FaceDetector):
             boxes = torch.cat(boxes, dim=1)
         out = []
         for b in range(len(frames)):
-            keep = scores[b] > self.threshold
+            keep = scores[b] > max(self.threshold, _CANDIDATE_THRESHOLD)
             cand = torch.cat([boxes[b][keep], scores[b][keep, None]], dim=1).double().cpu().numpy()
             out.append(cand[_nms(cand, self.nms_iou)] if len(cand) else cand.reshape(0, 5))
         return out
