@@ -80,29 +80,3 @@ def run_tags(manifest_path: str | os.PathLike | None = None) -> dict[str, str]:
         tags["lipsync.manifest_path"] = str(Path(manifest_path).resolve())
     return tags
 
-
-def register_artifact(run_id: str, artifact_path: str, name: str, alias: str | None = ALIAS_CANDIDATE,
-                      tags: dict[str, str] | None = None, client: "mlflow.MlflowClient | None" = None):
-    """Register a run's logged artifact *folder* (e.g. a checkpoint directory) as a new model version.
-
-    MLflow 3's `register_model("runs:/…")` only accepts logged *models*; our checkpoints are
-    plain artifacts the library loads without MLflow, so we create the version from the
-    artifact's URI directly. The version is then reachable as `models:/<name>@<alias>`.
-    It must be a folder: `models:/` downloads list the source as a directory.
-    """
-    client = client or mlflow.MlflowClient()
-    run = client.get_run(run_id)
-    try:
-        client.get_registered_model(name)
-    except mlflow.exceptions.MlflowException:
-        client.create_registered_model(name)
-    source = f"{run.info.artifact_uri.rstrip('/')}/{artifact_path.strip('/')}"
-    version = client.create_model_version(name, source=source, run_id=run_id, tags=tags or {})
-    if alias:
-        client.set_registered_model_alias(name, alias, version.version)
-    return version
-
-
-def download_model_artifact(model_uri: str, dst_dir: str | os.PathLike | None = None) -> Path:
-    """Fetch what `models:/name@alias` (or `runs:/…`) points at to a local path."""
-    return Path(mlflow.artifacts.download_artifacts(artifact_uri=model_uri, dst_path=dst_dir and str(dst_dir)))

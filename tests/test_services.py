@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import subprocess
+from pathlib import Path
 import urllib.error
 import urllib.request
 
@@ -42,9 +43,10 @@ def test_mlflow_server_tracks_and_registers(mlflow_server, tmp_path):
     client = MlflowClient(mlflow_server.uri)
     assert client.get_metric_history(run.info.run_id, "x")[0].value == 1.5
 
-    from pipelines.tracking import download_model_artifact, register_artifact
-    version = register_artifact(run.info.run_id, "model", "fixture-model", alias="candidate",
-                                tags={"val_accuracy": "0.9"}, client=client)
-    assert client.get_model_version_by_alias("fixture-model", "candidate").version == version.version
-    local = download_model_artifact("models:/fixture-model@candidate", tmp_path / "dl")
-    assert (local / "a.txt").read_text() == "hello"
+    from pipelines.registry import register_checkpoint
+    version = register_checkpoint(run.info.run_id, "model", "fixture-model", alias="candidate",
+                                  tags={"val_accuracy": "0.9"}, tracking_uri=mlflow_server.uri)
+    assert client.get_model_version_by_alias("fixture-model", "candidate").version == version
+    local = mlflow.artifacts.download_artifacts(artifact_uri="models:/fixture-model@candidate",
+                                                dst_path=str(tmp_path / "dl"))
+    assert (Path(local) / "a.txt").read_text() == "hello"
