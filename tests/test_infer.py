@@ -1,0 +1,350 @@
+"""`lipsync infer` / LipSyncer: real videos (PyAV), a real face photo, real models and checkpoints.
+
+Inputs are made here: skimage's astronaut photo (a real face dlib finds) as a short mp4,
+optionally followed by frames without a face, and a synthetic voiced-like audio track.
+The generator is a tiny-width Wav2Lip with random weights where the model is not the point;
+its output is garbage, which is what lets the tests see exactly which pixels it touched.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+
+from lipsync.audio import SAMPLE_RATE, load_audio
+from lipsync.checkpoints import ModelConfig, save_checkpoint
+from lipsync.errors import MediaError, NoFaceError
+from lipsync.inference import InferenceOptions, LipSyncer
+from lipsync.inference.blend import blend_face, feather_mask, paste_face
+from lipsync.inference.source import pingpong_order
+from lipsync.inference.tracking import SparseFaceTracker, smooth_stream
+from lipsync.models import SyncNet, Wav2Lip
+from lipsync.video import iter_frames, probe, write_video
+
+REPO = Path(__file__).resolve().parent.parent
+FPS = 25
+FACE_FRAMES = 25  # frames 0..24 show the face
+BLANK_FRAMES = 15  # frames 25..39 show no face
+# Outputs are encoded losslessly (crf 0) in tests, so the only change to a frame that passes
+# through is the BGR -> yuv420p -> BGR conversion, which a plain re-encode of the input with
+# lipsync.video.write_video reproduces. "Unchanged" = equal to that re-encode, up to this.
+CODEC_TOL = 1.0
+
+
+def face_image() -> np.ndarray:
+    from skimage import data
+
+    img = cv2.cvtColor(data.astronaut(), cv2.COLOR_RGB2BGR)
+    return np.ascontiguousarray(img[20:276, 110:366])  # 256x256, face ~90 px wide
+
+
+def blank_image(i: int) -> np.ndarray:
+    y, x = np.mgrid[0:256, 0:256]
+    return np.dstack([(x + 3 * i) % 256, (y // 2) % 256, np.full_like(x, 90)]).astype(np.uint8)
+
+
+def speech_like(seconds: float, seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    t = np.arange(int(seconds * SAMPLE_RATE)) / SAMPLE_RATE
+    voiced = np.sin(2 * np.pi * 140 * t) + 0.5 * np.sin(2 * np.pi * 280 * t)
+    envelope = (np.sin(2 * np.pi * 3.0 * t) > -0.2).astype(np.float32)
+    return (0.25 * voiced * envelope + 0.01 * rng.standard_normal(t.size)).astype(np.float32)
+
+
+@pytest.fixture(scope="module")
+def media(tmp_path_factory):
+    root = tmp_path_factory.mktemp("infer_media")
+    face = face_image()
+    frames = [np.roll(face, i % 3, axis=1) for i in range(FACE_FRAMES)]
+    frames += [blank_image(i) for i in range(BLANK_FRAMES)]
+    write_video(root / "face_then_blank.mp4", np.stack(frames), FPS, crf=10)
+    write_video(root / "face.mp4", np.stack(frames[:FACE_FRAMES]), FPS, crf=10)
+    write_video(root / "noface.mp4", np.stack([blank_image(i) for i in range(20)]), FPS, crf=10)
+    cv2.imwrite(str(root / "face.png"), face)
+    sf.write(root / "speech_1_4s.wav", speech_like(1.4), SAMPLE_RATE)  # 35 frames: shorter than the video
+    sf.write(root / "speech_2_3s.wav", speech_like(2.3, 1), SAMPLE_RATE)  # 58 frames: longer
+    sf.write(root / "empty.wav", np.zeros(0, np.float32), SAMPLE_RATE)
+    (root / "not_a_video.mp4").write_text("this is not a video\n")
+
+    torch.manual_seed(0)
+    tiny = Wav2Lip(width=0.25).eval()
+    save_checkpoint(root / "tiny.safetensors", tiny, ModelConfig(kind="wav2lip", width=0.25))
+    save_checkpoint(root / "expert.safetensors", SyncNet(width=0.25).eval(), ModelConfig(kind="expert", width=0.25))
+    return root
+
+
+@pytest.fixture(scope="module")
+def tiny_model(media):
+    return str(media / "tiny.safetensors")
+
+
+def decoded(path) -> np.ndarray:
+    return np.stack(list(iter_frames(path)))
+
+
+def reencoded(path, tmp_path) -> np.ndarray:
+    """The input's frames after the same encode the pipeline does (crf 0), as float32."""
+    again = tmp_path / f"reencoded_{Path(path).stem}.mp4"
+    write_video(again, decoded(path), FPS, crf=0)
+    frames = decoded(again).astype(np.float32)
+    again.unlink()
+    return frames
+
+
+def opts(**kw) -> InferenceOptions:
+    return InferenceOptions(progress=False, crf=0, **kw)
+
+
+# ------------------------------------------------------------------ end to end
+
+
+def test_output_matches_audio_and_passes_faceless_frames_through(media, tiny_model, tmp_path):
+    out = tmp_path / "out.mp4"
+    wav = load_audio(media / "speech_1_4s.wav")
+    result = LipSyncer(tiny_model, opts()).sync(media / "face_then_blank.mp4", media / "speech_1_4s.wav", out)
+
+    n_expected = int(np.ceil(wav.size / SAMPLE_RATE * FPS - 1e-9))  # 35: the video (40) is cut
+    info = probe(out)
+    assert info.has_audio and info.audio_sample_rate == SAMPLE_RATE
+    assert info.fps == pytest.approx(FPS)
+    assert info.width == 256 and info.height == 256
+    got = decoded(out).astype(np.float32)
+    assert len(got) == n_expected == result.n_frames
+    assert abs(len(got) / FPS - wav.size / SAMPLE_RATE) <= 1 / FPS
+    muxed = load_audio(out)
+    assert abs(muxed.size - wav.size) / SAMPLE_RATE < 0.05  # AAC framing only
+
+    assert result.frames_with_face == FACE_FRAMES
+    assert result.first_frame_without_face == FACE_FRAMES
+    src = reencoded(media / "face_then_blank.mp4", tmp_path)[:n_expected]
+    diff = np.abs(got - src).mean(axis=(1, 2, 3))
+    # Faceless frames: the input, up to re-encoding. Face frames: the (random) generator drew on them.
+    assert diff[FACE_FRAMES:].max() < CODEC_TOL, diff
+    assert diff[:FACE_FRAMES].min() > CODEC_TOL, diff
+
+
+def test_pixels_outside_the_face_box_unchanged(media, tiny_model, tmp_path):
+    out = tmp_path / "boxed.mp4"
+    top, bottom, left, right = 60, 180, 70, 170
+    LipSyncer(tiny_model, opts(box=(top, bottom, left, right))).sync(
+        media / "face.mp4", media / "speech_1_4s.wav", out)
+    got = decoded(out).astype(np.float32)
+    assert len(got) == 35  # 1.4 s of audio > 25 video frames: the video loops
+    src = reencoded(media / "face.mp4", tmp_path)[[i % FACE_FRAMES for i in range(35)]]
+    outside = np.ones(got.shape[1:3], bool)
+    margin = 8  # x264 blocks around the box edge
+    outside[top - margin:bottom + margin, left - margin:right + margin] = False
+    delta = np.abs(got - src)
+    assert delta[:, outside].max() <= CODEC_TOL
+    mouth = delta[:, top + (bottom - top) * 2 // 3:bottom - 10, left + 30:right - 30]
+    assert mouth.mean() > 10  # the generator's output really was composited there
+
+
+def test_audio_longer_loops_and_pingpongs(media, tiny_model, tmp_path):
+    n_expected = int(np.ceil(2.3 * FPS))
+    src = reencoded(media / "face.mp4", tmp_path)
+    for mode, order in (("loop", [i % FACE_FRAMES for i in range(n_expected)]),
+                        ("pingpong", [pingpong_order(FACE_FRAMES)[i % 48] for i in range(n_expected)])):
+        out = tmp_path / f"{mode}.mp4"
+        result = LipSyncer(tiny_model, opts(audio_longer=mode, box=(0, 64, 0, 64))).sync(
+            media / "face.mp4", media / "speech_2_3s.wav", out)
+        got = decoded(out).astype(np.float32)
+        assert len(got) == result.n_frames == n_expected
+        # Outside the small fixed box every output frame is the scheduled source frame.
+        for i in (0, 24, 25, 30, 47, 50, 57):
+            assert np.abs(got[i, 100:, 100:] - src[order[i], 100:, 100:]).mean() < CODEC_TOL, (mode, i)
+
+
+def test_pingpong_order():
+    assert pingpong_order(4) == [0, 1, 2, 3, 2, 1]
+    assert pingpong_order(2) == [0, 1]
+    assert pingpong_order(1) == [0]
+
+
+def test_image_input(media, tiny_model, tmp_path):
+    out = tmp_path / "still.mp4"
+    result = LipSyncer(tiny_model, opts(fps=20.0)).sync(media / "face.png", media / "speech_1_4s.wav", out)
+    info = probe(out)
+    assert info.fps == pytest.approx(20.0) and info.has_audio
+    assert len(decoded(out)) == result.n_frames == 28  # 1.4 s at 20 fps
+    assert result.frames_with_face == 28
+
+
+def test_official_format_checkpoint_end_to_end(media, tmp_path):
+    """Random full-width weights under the official keys, saved as the original dict (with DataParallel prefixes)."""
+    torch.manual_seed(1)
+    model = Wav2Lip()
+    state = {f"module.{k}": v for k, v in model.state_dict().items()}
+    ckpt = tmp_path / "wav2lip_gan.pth"
+    torch.save({"state_dict": state, "optimizer": {}, "global_step": 258000, "global_epoch": 88}, ckpt)
+    out = tmp_path / "official.mp4"
+    result = LipSyncer(str(ckpt), opts()).sync(media / "face.mp4", media / "speech_1_4s.wav", out)
+    assert result.n_frames == 35 and result.frames_with_face == 35
+    assert probe(out).has_audio
+
+
+def test_bf16_close_to_fp32(media, tmp_path):
+    """The CPU speed path (bf16) must not change the picture much: mean |diff| of generated faces."""
+    from lipsync.inference.generator import FaceGenerator
+
+    torch.manual_seed(2)
+    model = Wav2Lip().eval()
+    for p in model.parameters():  # keep activations in a sane range for random weights
+        p.data.mul_(0.5)
+    faces = np.stack([cv2.resize(face_image()[40:200, 60:200], (96, 96))] * 4)
+    mels = np.random.default_rng(0).uniform(-4, 0, (4, 80, 16)).astype(np.float32)
+    ref = FaceGenerator(model, 96, "cpu", "fp32", channels_last=False)(faces, mels).astype(np.float32)
+    fast = FaceGenerator(model, 96, "cpu", "bf16", channels_last=True)(faces, mels).astype(np.float32)
+    assert np.abs(ref - fast).mean() < 3.0
+    # BN folding alone is exact up to float rounding.
+    eager = model(torch.from_numpy(mels)[:, None], _input(faces)).mul(255).add(0.5).clamp(0, 255).to(torch.uint8)
+    eager = eager.permute(0, 2, 3, 1).numpy().astype(np.float32)
+    assert np.abs(ref - eager).max() <= 1.0
+
+
+def _input(faces):
+    x = torch.from_numpy(faces).permute(0, 3, 1, 2).float() / 255
+    masked = x.clone()
+    masked[:, :, 48:] = 0
+    return torch.cat([masked, x], 1)
+
+
+def test_mlflow_model_uri(mlflow_server, media, tmp_path, monkeypatch):
+    import mlflow
+
+    from pipelines.tracking import register_artifact
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_server.uri)
+    mlflow.set_tracking_uri(mlflow_server.uri)
+    mlflow.set_registry_uri(mlflow_server.uri)
+    folder = tmp_path / "checkpoint"
+    folder.mkdir()
+    save_checkpoint(folder / "model.safetensors", Wav2Lip(width=0.25), ModelConfig(kind="wav2lip", width=0.25))
+    mlflow.set_experiment("infer-test")
+    with mlflow.start_run() as run:
+        mlflow.log_artifacts(str(folder), artifact_path="checkpoint")
+    register_artifact(run.info.run_id, "checkpoint", "wav2lip-infer-test", alias="champion")
+
+    out = tmp_path / "registry.mp4"
+    result = LipSyncer("models:/wav2lip-infer-test@champion", opts(), tracking_uri=mlflow_server.uri).sync(
+        media / "face.mp4", media / "speech_1_4s.wav", out)
+    assert result.n_frames == 35 and out.exists()
+    # The same through the command line, with the tracking server from the environment.
+    out2 = tmp_path / "registry_cli.mp4"
+    proc = _cli(["--face", media / "face.mp4", "--audio", media / "speech_1_4s.wav", "--out", out2,
+                 "--model", "models:/wav2lip-infer-test@champion"], env={"MLFLOW_TRACKING_URI": mlflow_server.uri})
+    assert proc.returncode == 0, proc.stderr
+    assert probe(out2).has_audio
+
+
+# ------------------------------------------------------------------ bad input
+
+def _cli(args, env=None) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, "-m", "lipsync", "infer", "--no-progress", *map(str, args)]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=REPO,
+                          env={**os.environ, "PYTHONPATH": str(REPO), **(env or {})})
+
+
+@pytest.mark.parametrize("case,face,audio,model,needle", [
+    ("no face anywhere", "noface.mp4", "speech_1_4s.wav", "tiny.safetensors", "no face found in any frame"),
+    ("empty audio", "face.mp4", "empty.wav", "tiny.safetensors", "empty.wav"),
+    ("unreadable video", "not_a_video.mp4", "speech_1_4s.wav", "tiny.safetensors", "not_a_video.mp4"),
+    ("wrong model kind", "face.mp4", "speech_1_4s.wav", "expert.safetensors", "expert"),
+])
+def test_bad_input_one_line_error_no_output(media, tmp_path, case, face, audio, model, needle):
+    out = tmp_path / "result.mp4"
+    proc = _cli(["--face", media / face, "--audio", media / audio, "--out", out, "--model", media / model])
+    assert proc.returncode != 0, case
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: "), proc.stderr
+    assert needle in lines[0], lines[0]
+    assert not out.exists()
+    assert glob.glob(str(tmp_path / "*")) == [], os.listdir(tmp_path)  # no partial/temp file either
+
+
+def test_on_no_face_error_names_first_frame(media, tiny_model, tmp_path):
+    out = tmp_path / "strict.mp4"
+    with pytest.raises(NoFaceError, match=rf"frame {FACE_FRAMES}\b"):
+        LipSyncer(tiny_model, opts(on_no_face="error")).sync(
+            media / "face_then_blank.mp4", media / "speech_2_3s.wav", out)
+    assert not out.exists() and os.listdir(tmp_path) == []
+
+
+def test_audio_shorter_than_one_window_is_a_media_error(media, tiny_model, tmp_path):
+    with pytest.raises(MediaError, match="too short"):
+        LipSyncer(tiny_model, opts()).sync(media / "face.mp4", np.zeros(800, np.float32), tmp_path / "x.mp4")
+    assert os.listdir(tmp_path) == []
+
+
+# ------------------------------------------------------------------ units
+
+
+def test_blend_touches_only_the_feathered_lower_face():
+    rng = np.random.default_rng(0)
+    frame = rng.integers(0, 256, (200, 300, 3), dtype=np.uint8)
+    orig = frame.copy()
+    face = np.full((96, 96, 3), 255, np.uint8)
+    box = (100, 40, 220, 180)
+    blend_face(frame, face, box)
+    changed = np.any(frame != orig, axis=2)
+    ys, xs = np.nonzero(changed)
+    assert ys.min() >= 40 and ys.max() < 180 and xs.min() >= 100 and xs.max() < 220
+    assert ys.min() > 40 + 0.3 * 140  # the upper face (eyes) is left alone
+    mask = feather_mask(140, 120)[..., 0]
+    assert mask.max() == 1.0 and mask[0].max() == 0 and mask[:, 0].max() == 0
+    pasted = orig.copy()
+    paste_face(pasted, face, box)
+    assert np.all(pasted[40:180, 100:220] == 255) and np.all(pasted[:40] == orig[:40])
+
+
+class _CountingDetector:
+    """Stands in for a face detector with a known answer per frame (frames carry their index)."""
+
+    def __init__(self, boxes):
+        self.boxes = boxes
+        self.calls = []
+
+    def __call__(self, frames):
+        idx = [int(f[0, 0, 0]) for f in frames]
+        self.calls.extend(idx)
+        return [None if self.boxes[i] is None else np.array(self.boxes[i], float) for i in idx]
+
+
+def _frames(n):
+    return [np.full((4, 4, 3), i, np.uint8) for i in range(n)]
+
+
+def test_tracker_interpolates_between_keyframes_and_redetects_gaps():
+    n = 23
+    boxes = [(10 + i, 10, 50 + i, 50) for i in range(n)]
+    for i in range(12, 17):
+        boxes[i] = None  # face gone for 5 frames, keyframe 15 among them
+    det = _CountingDetector(boxes)
+    out = list(SparseFaceTracker(det, every=5, chunk=10).track(_frames(n)))
+    assert len(out) == n
+    assert [int(f[0, 0, 0]) for f, _ in out] == list(range(n))
+    assert 0 in det.calls and 5 in det.calls and 22 in det.calls  # keyframes + the last frame
+    assert 1 not in det.calls and 7 not in det.calls  # interpolated, not detected
+    assert {11, 14, 16, 19} <= set(det.calls)  # gaps 10..15 and 15..20 change face/no-face: dense
+    for i, (_, box) in enumerate(out):
+        if boxes[i] is None:
+            assert box is None, i
+        else:
+            assert np.allclose(box, boxes[i]), (i, box)
+
+
+def test_smoothing_is_the_originals_forward_mean():
+    boxes = [np.array([i, 0, i + 10, 10], float) for i in range(8)]
+    out = [b for _, b in smooth_stream(((None, b) for b in boxes), window=5)]
+    assert np.allclose(out[0][0], np.mean(range(0, 5)))
+    assert np.allclose(out[3][0], np.mean(range(3, 8)))
+    assert np.allclose(out[6][0], np.mean(range(3, 8)))  # end: the last 5
