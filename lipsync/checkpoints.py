@@ -157,7 +157,10 @@ def load_checkpoint(path_or_obj, kind: str | None = None, trust: bool = False, m
     if config is None:
         config = infer_config(state_dict, found_kind, name)
 
-    model = config.build()
+    try:
+        model = config.build()
+    except ConfigError as e:  # a stored config this version cannot build
+        raise CheckpointError(f"{name}: {e}") from None
     _load_strict(model, state_dict, name)
     model.to(_device_of(map_location)).eval()
     return Checkpoint(model, config, train_state, source_format, name)
