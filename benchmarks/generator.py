@@ -18,6 +18,7 @@ import statistics
 import time
 
 import torch
+from torch.utils.flop_counter import FlopCounterMode
 
 from lipsync.models import Wav2Lip
 
@@ -69,9 +70,13 @@ def main(argv=None) -> None:
     model = Wav2Lip(width=args.width, face_size=args.face_size).eval().to(device)
     audio, face = make_inputs(args.batch, args.face_size, device)
     n_params = sum(p.numel() for p in model.parameters())
+    with torch.inference_mode(), FlopCounterMode(display=False) as counter:
+        model(audio[:1], face[:1])
+    gflop_per_frame = counter.get_total_flops() / 1e9  # multiply-add counted as 2
     print(f"Wav2Lip generator: width {args.width:g}, {args.face_size} px, {n_params:,} parameters; "
           f"batch {args.batch} on {device} ({platform.processor() or platform.machine()}, "
-          f"torch {torch.__version__}, {torch.get_num_threads()} threads); median of {args.iters} after {args.warmup} warm-up")
+          f"torch {torch.__version__}, {torch.get_num_threads()} threads); median of {args.iters} after {args.warmup} warm-up; "
+          f"{gflop_per_frame:.2f} GFLOP/frame")
 
     settings = {
         "fp32": dict(channels_last=False, bf16=False),
@@ -80,13 +85,14 @@ def main(argv=None) -> None:
         "bf16_contiguous": dict(channels_last=False, bf16=True),
     }
     baseline_s, baseline_out = None, None
-    print(f"{'variant':<18}{'ms/batch':>10}{'frames/s':>10}{'vs fp32':>9}{'max |Δ| vs fp32':>17}")
+    print(f"{'variant':<18}{'ms/batch':>10}{'frames/s':>10}{'GFLOP/s':>9}{'vs fp32':>9}{'max |Δ| vs fp32':>17}")
     for name in args.variants.split(","):
         seconds, out = time_variant(model, audio, face, warmup=args.warmup, iters=args.iters, **settings[name])
         if baseline_s is None:
             baseline_s, baseline_out = seconds, out
         diff = (out - baseline_out).abs().max().item()
-        print(f"{name:<18}{seconds * 1000:>10.0f}{args.batch / seconds:>10.1f}"
+        fps = args.batch / seconds
+        print(f"{name:<18}{seconds * 1000:>10.0f}{fps:>10.1f}{fps * gflop_per_frame:>9.0f}"
               f"{baseline_s / seconds:>8.2f}x{diff:>17.2e}")
 
 
