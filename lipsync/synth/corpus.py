@@ -37,7 +37,7 @@ from lipsync.synth.speech import SAMPLE_RATE, Voice, random_sentence, synthesize
 LAYOUTS = ("lrs2", "voxceleb2", "folder")
 SPLITS = ("train", "val", "test")
 NOISE_FLOOR = 3e-4        # ~ -70 dBFS of background hiss, so silence is not digital zero
-_VALIDATION_TIMES = 12    # poses checked per speaker look with the face detector
+_DETECTION_MARGIN = 0.45  # dlib SVM score a speaker's face must reach in every checked pose
 
 
 @dataclass(frozen=True)
@@ -192,15 +192,18 @@ def _repeatable_x264(writer) -> None:
 
 
 def _detectable(look: Look, photo: FacePhoto, size: tuple[int, int], detector) -> bool:
-    """True when dlib's HOG finds the face in every checked pose, mouth closed and wide open."""
+    """True when dlib's HOG finds the face, with a margin, at every extreme of the head motion,
+    with the mouth closed and wide open (so compression and in-between poses stay found)."""
     renderer = HeadRenderer(look, size, photo)
     style = MouthStyle()
-    for i in range(_VALIDATION_TIMES):
-        head = renderer.render(i * 0.37)
-        frame = head.image
-        draw_mouth(frame, head.mouth, head.mouth_width, head.angle_deg, float(i % 2), 1.0, style)
-        if len(detector(np.ascontiguousarray(frame[:, :, ::-1]), 0)) == 0:
-            return False
+    for pose in [(0.0, 0.0, 0.0)] + renderer.extreme_poses():
+        for opening, width in ((0.0, 1.0), (1.0, 1.15)):
+            head = renderer.render_pose(*pose)
+            frame = head.image
+            draw_mouth(frame, head.mouth, head.mouth_width, head.angle_deg, opening, width, style)
+            _, scores, _ = detector.run(np.ascontiguousarray(frame[:, :, ::-1]), 0, 0.0)
+            if not scores or max(scores) < _DETECTION_MARGIN:
+                return False
     return True
 
 

@@ -158,7 +158,7 @@ class Look:
             skin = np.array([0.62, 0.78, 1.0]) * rng.uniform(0.72, 1.05)   # BGR: warm skin tones
             gain = tuple(float(g) for g in np.clip(skin + rng.normal(0, 0.04, 3), 0.2, 1.3))
         else:
-            gain = tuple(float(g) for g in rng.uniform(0.82, 1.18, 3))
+            gain = tuple(float(g) for g in rng.uniform(0.9, 1.1, 3))
         c1 = tuple(int(c) for c in rng.integers(20, 236, 3))
         c2 = tuple(int(c) for c in rng.integers(20, 236, 3))
         return Look(
@@ -243,7 +243,15 @@ class HeadRenderer:
         return dx, dy, angle
 
     def render(self, t: float) -> HeadFrame:
-        dx, dy, angle = self.pose(t)
+        return self.render_pose(*self.pose(t))
+
+    def extreme_poses(self) -> list[tuple[float, float, float]]:
+        """The corners of the pose range `pose(t)` can reach (for checking detectability)."""
+        a = self.look.motion_amp
+        ax, ay = a[0] * self.width, a[1] * self.height
+        return [(sx * ax, sy * ay, sr * a[2]) for sx in (-1, 1) for sy in (-1, 1) for sr in (-1, 1)]
+
+    def render_pose(self, dx: float, dy: float, angle: float) -> HeadFrame:
         # Rotate about the face centre, then move the face centre to its target.
         m = cv2.getRotationMatrix2D(self.face_center, angle, 1.0)
         m[0, 2] += self.target[0] + dx - self.face_center[0]
