@@ -200,6 +200,25 @@ def test_bad_flags_raise_config_errors(tmp_path):
         make_corpus(tmp_path, speakers=1, clips_per_speaker=1, layout="lrs3", progress=False)
 
 
+def test_rerun_replaces_the_previous_corpus_and_refuses_foreign_folders(tmp_path):
+    root = tmp_path / "corpus"
+    first = make_corpus(root, speakers=2, clips_per_speaker=2, seed=1, seconds=(1.0, 1.0), workers=1,
+                        progress=False)
+    second = make_corpus(root, speakers=1, clips_per_speaker=1, seed=2, seconds=(1.0, 1.0), workers=1,
+                         progress=False)
+    assert sorted(root.rglob("*.mp4")) == second.files  # nothing of the first corpus is left
+    assert not set(first.speakers) & {p.name for p in (root / "main").iterdir()}
+    lines = [line for s in ("train", "val", "test") for line in (root / f"{s}.txt").read_text().split()]
+    assert lines == [second.clips[0].entry]
+
+    foreign = tmp_path / "foreign"
+    foreign.mkdir()
+    (foreign / "notes.txt").write_text("mine")
+    with pytest.raises(ConfigError, match="not empty"):
+        make_corpus(foreign, speakers=1, clips_per_speaker=1, progress=False)
+    assert (foreign / "notes.txt").read_text() == "mine"
+
+
 def test_cli_synth_and_preview(tmp_path, capsys):
     from lipsync.cli import main
 

@@ -8,7 +8,8 @@ from lipsync.synth.corpus import LAYOUTS, make_corpus, parse_seconds, parse_size
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--out", required=True, help="corpus root folder (created)")
+    parser.add_argument("--out", required=True,
+                        help="corpus root folder: new, empty, or holding a corpus written before (replaced)")
     parser.add_argument("--speakers", type=int, default=4, help="number of speakers (default 4)")
     parser.add_argument("--clips-per-speaker", type=int, default=6, help="clips per speaker (default 6)")
     parser.add_argument("--seed", type=int, default=0, help="random seed; same seed, same corpus")
@@ -18,7 +19,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--size", default="160x160", help="frame size WxH (default 160x160, as LRS2)")
     parser.add_argument("--seconds", default="2-4", help="clip length range in seconds, A-B (default 2-4)")
     parser.add_argument("--fps", type=float, default=25.0, help="frame rate (default 25; 30 exercises resampling)")
-    parser.add_argument("--workers", type=int, default=None, help="processes (default: 2 for 8+ clips)")
+    parser.add_argument("--workers", type=int, default=None, help="processes (default: 2 for 16+ clips)")
 
 
 def run(args: argparse.Namespace) -> int:

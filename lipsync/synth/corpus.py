@@ -110,14 +110,16 @@ def compose_speech(rng: np.random.Generator, voice: Voice, n_samples: int, speec
         attempts += 1
         room = n_samples - tail - cursor
         n_words = int(rng.integers(3, 9))
-        # Shorten the sentence until it fits; a clip never ends mid-word.
-        while n_words >= 1:
+        # Shorten the sentence until it fits; a clip never ends mid-word. One-word
+        # "sentences" only where nothing longer fits into an otherwise silent clip.
+        min_words = 2 if texts else 1
+        while n_words >= min_words:
             text = random_sentence(rng, n_words)
             utterance = synthesize(text, voice, seed=speech_seed + attempts)
             if len(utterance.audio) <= room:
                 break
             n_words = min(n_words - 1, int(n_words * room / len(utterance.audio)))
-        if n_words < 1:
+        if n_words < min_words:
             break
         audio[cursor:cursor + len(utterance.audio)] = utterance.audio
         texts.append(text)
@@ -318,7 +320,10 @@ def make_corpus(
     """Write a synthetic corpus under `out_dir` and describe it.
 
     `size` is (width, height); each clip lasts a uniform draw from `seconds`.
-    `workers`: processes to render with (None: 2 when there are 8+ clips and 2+ CPUs, else 1).
+    `workers`: processes to render with (None: 2 when there are 16+ clips and 2+ CPUs, else 1;
+    starting a worker costs ~2 s of imports, so small corpora are faster in-process).
+    `out_dir` may be absent, empty, or hold a corpus written before (its files, listed in its
+    synth.json, are replaced); a folder with other content is refused.
     """
     if layout not in LAYOUTS:
         raise ConfigError(f"--layout {layout!r}: expected one of {', '.join(LAYOUTS)}")
@@ -329,7 +334,7 @@ def make_corpus(
     size = (int(size[0]), int(size[1]))
     seconds = (float(seconds[0]), float(seconds[1]))
     root = Path(out_dir).resolve()
-    root.mkdir(parents=True, exist_ok=True)
+    _prepare_root(root)
 
     speaker_list, photos = make_speakers(speakers, seed, size, layout)
     jobs = []
@@ -339,7 +344,7 @@ def make_corpus(
                                  seed_key=(seed, 0xC11F, spk.index, c), seconds=seconds, fps=float(fps), size=size))
 
     if workers is None:
-        workers = 2 if len(jobs) >= 8 and (os.cpu_count() or 1) >= 2 else 1
+        workers = 2 if len(jobs) >= 16 and (os.cpu_count() or 1) >= 2 else 1
     bar = tqdm(total=len(jobs), desc="synth clips", unit="clip", disable=not progress)
     clips: list[ClipInfo] = []
     if workers <= 1:
@@ -367,6 +372,34 @@ def make_corpus(
     )
     _write_description(info, speaker_list)
     return info
+
+
+def _prepare_root(root: Path) -> None:
+    """Create `root`, or clear the corpus written there before. Never mix a new corpus
+    into other files: stale clips would end up in no filelist, or in the wrong one."""
+    if root.exists() and not root.is_dir():
+        raise ConfigError(f"--out {root}: exists and is not a folder")
+    if root.is_dir() and any(root.iterdir()):
+        description = root / "synth.json"
+        if not description.is_file():
+            raise ConfigError(f"--out {root}: folder is not empty and holds no synth.json (no corpus "
+                              "lipsync synth wrote); choose an empty or new folder")
+        try:
+            previous = json.loads(description.read_text())
+            old = [(root / c["path"]).resolve() for c in previous["clips"]]
+        except (ValueError, KeyError, TypeError) as exc:
+            raise ConfigError(f"{description}: unreadable ({exc}); remove the folder by hand") from exc
+        outside = [p for p in old if not p.is_relative_to(root)]
+        if outside:
+            raise ConfigError(f"{description}: lists {outside[0]} outside {root}; remove the folder by hand")
+        for path in old + [root / f"{s}.txt" for s in SPLITS] + [description]:
+            if path.is_file():
+                path.unlink()
+        for folder in sorted({p.parent for p in old}, key=lambda p: len(p.parts), reverse=True):
+            while folder != root and folder.is_dir() and not any(folder.iterdir()):
+                folder.rmdir()
+                folder = folder.parent
+    root.mkdir(parents=True, exist_ok=True)
 
 
 def _write_description(info: CorpusInfo, speakers: list[Speaker]) -> None:
