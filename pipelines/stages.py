@@ -123,7 +123,7 @@ def decode_input(item: dict, cfg: Any) -> Iterator[dict]:
         return
     try:
         wav = lsa.load_audio(path, sr=lsa.SAMPLE_RATE)
-        wav = lsv._align_audio_to_video(path, wav)
+        wav = lsv.align_audio_to_video(path, wav)
     except (MediaError, Exception) as exc:  # noqa: BLE001 - any decoder failure is this input's error
         yield _verdict(item, "error", "decode_failed", f"{path}: audio: {exc}", **source)
         return

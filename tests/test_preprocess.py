@@ -1,0 +1,273 @@
+"""Integration tests of the preprocessing job on a real local Ray cluster.
+
+A tiny synthetic LRS2 corpus plus deliberately broken inputs (tests/preprocess_inputs.py)
+goes through ``run_preprocess``; the manifest must account for every input with the right
+status, and the shards, read back through ``webdataset``, must hold exactly the frames and
+mel the library computes for the same clips. Also: idempotent re-run (+ MLflow logging), a
+driver killed midway and resumed, and ``ray job submit`` against a token-auth head node.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import webdataset as wds
+
+from lipsync import audio as lsa
+from lipsync import video as lsv
+from lipsync.data.clip_sample import decode_clip_sample
+from lipsync.faces import crop_faces
+from pipelines.manifest import manifest_hash, read_manifest
+from pipelines.preprocess import PreprocessConfig, run_preprocess
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from preprocess_inputs import EXPECTED, add_broken_inputs  # noqa: E402
+
+REPO = Path(__file__).resolve().parent.parent
+pytestmark = pytest.mark.integration
+
+# Small shards so a handful of clips spans several of them (resume has shards to skip).
+SHARD_SIZE = 250_000
+
+
+def _config(corpus: Path, output: Path, **overrides) -> PreprocessConfig:
+    base = dict(input=str(corpus), output=str(output), layout="lrs2", codec="png",
+                shard_size=SHARD_SIZE, num_cpus=2, progress=False)
+    base.update(overrides)
+    return PreprocessConfig(**base)
+
+
+def _cli_args(corpus: Path, output: Path) -> list[str]:
+    return ["--input", str(corpus), "--output", str(output), "--layout", "lrs2", "--codec", "png",
+            "--shard-size", str(SHARD_SIZE), "--no-progress"]
+
+
+def _digest_dir(path: Path) -> dict[str, str]:
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(path.glob("*.tar"))}
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    from lipsync.synth import make_corpus
+
+    root = tmp_path_factory.mktemp("pp_corpus")
+    info = make_corpus(root, speakers=3, clips_per_speaker=2, seed=11, layout="lrs2",
+                       seconds=(1.2, 1.6), progress=False)
+    add_broken_inputs(root, info.files[0], speaker="broken")
+    return root
+
+
+@pytest.fixture(scope="module")
+def preprocessed(corpus, ray_local, tmp_path_factory):
+    out = tmp_path_factory.mktemp("pp_out")
+    summary = run_preprocess(_config(corpus, out))
+    return out, summary
+
+
+def test_manifest_accounts_for_every_input(corpus, preprocessed):
+    out, summary = preprocessed
+    rows = {r["input_id"]: r for r in read_manifest(out / "manifest.parquet")}
+    files = sorted(p.relative_to(corpus / "main").with_suffix("").as_posix() for p in corpus.glob("main/*/*.mp4"))
+    assert sorted(rows) == files                      # every input, once
+    for name, (status, reason) in EXPECTED.items():
+        row = rows[f"broken/{name}"]
+        assert (row["status"], row["reason"]) == (status, reason), row
+        if status != "ok":
+            assert row["shard"] == "" and row["sample_keys"] == []
+    good = [r for r in rows.values() if not r["input_id"].startswith("broken/")]
+    assert good and all(r["status"] == "ok" for r in good)
+    for r in rows.values():
+        if r["status"] == "ok":
+            assert r["shard"] and (out / r["shard"]).exists() and len(r["sample_keys"]) == r["n_clips"] == 1
+            assert r["mean_face_size"] > 48 and r["detection_rate"] > 0.9 and np.isfinite(r["box_jitter"])
+    # 30 fps input resampled to 25 fps: frame count follows the duration, not the source rate.
+    fps30 = rows["broken/fps30"]
+    assert fps30["source_fps"] == pytest.approx(30.0)
+    assert abs(fps30["n_frames"] - fps30["source_duration"] * 25) <= 1
+    # Portrait phone clip: reported as displayed (upright), rotation noted.
+    assert (rows["broken/rotated"]["width"], rows["broken/rotated"]["height"]) == (160, 224)
+    assert rows["broken/rotated"]["rotation"] == 90
+    # Official lists decide splits; speakers are never in two splits.
+    speakers = {}
+    for r in rows.values():
+        if r["status"] == "ok":
+            assert speakers.setdefault(r["speaker"], r["split"]) == r["split"]
+    assert summary["inputs"] == len(files)
+    assert summary["ok"] == sum(r["status"] == "ok" for r in rows.values())
+    assert summary["rejected_by_reason"]["no_face"] == 1
+    assert summary["errors_by_reason"] == {"empty_file": 1, "unreadable": 2}
+    on_disk = json.loads((out / "summary.json").read_text())
+    assert on_disk["manifest_sha256"] == manifest_hash(out / "manifest.parquet")
+    assert summary["shards"] == len(list(out.glob("*.tar"))) >= 3
+
+
+def test_shards_hold_exactly_what_the_library_computes(preprocessed):
+    out, _ = preprocessed
+    rows = {r["input_id"]: r for r in read_manifest(out / "manifest.parquet")}
+    seen = set()
+    for sample in wds.WebDataset(sorted(str(p) for p in out.glob("*.tar")), shardshuffle=False):
+        clip = decode_clip_sample(sample)
+        meta = clip.meta
+        assert clip.key not in seen
+        seen.add(clip.key)
+        row = rows[meta["input_id"]]
+        assert clip.key in row["sample_keys"] and Path(sample["__url__"]).name == row["shard"]
+        assert sample["__url__"].split("/")[-1].startswith(meta["split"] + "-")
+        video = lsv.read_video(meta["source"], fps=25)
+        start, n = meta["start_frame"], meta["n_frames"]
+        frames = video.frames[start:start + n]
+        boxes = np.asarray(meta["boxes"])
+        assert boxes.shape == (n, 4)
+        expected = crop_faces(frames, boxes, size=meta["crop_size"], pads=tuple(meta["pads"]))
+        assert clip.frames.shape == (n, 96, 96, 3)
+        np.testing.assert_array_equal(clip.frames, expected)                    # PNG: lossless
+        np.testing.assert_array_equal(clip.frames_at([n - 1, 2]), expected[[n - 1, 2]])
+        wav = video.audio[start * 640:(start + n) * 640]
+        np.testing.assert_array_equal(clip.mel, lsa.melspectrogram(wav))
+        assert meta["mel_frames"] == clip.mel.shape[1] == 1 + len(wav) // 200
+        assert meta["fps"] == 25.0 and meta["sample_rate"] == 16000 and meta["codec"] == "png"
+        assert meta["sync_offset"] is None and meta["sync_confidence"] is None
+    assert seen == {k for r in rows.values() for k in r["sample_keys"]}
+
+
+def test_jpeg_shards_are_close_to_the_lossless_ones(corpus, preprocessed, ray_local, tmp_path):
+    out, _ = preprocessed
+    cfg = _config(corpus, tmp_path / "jpeg", codec="jpeg", jpeg_quality=95, shard_size=10**9)
+    summary = run_preprocess(cfg)
+    lossless = {}
+    for sample in wds.WebDataset(sorted(str(p) for p in out.glob("*.tar")), shardshuffle=False):
+        clip = decode_clip_sample(sample)
+        lossless[clip.key] = clip
+    n = 0
+    for sample in wds.WebDataset(sorted(str(p) for p in (tmp_path / "jpeg").glob("*.tar")), shardshuffle=False):
+        clip = decode_clip_sample(sample)
+        ref = lossless[clip.key]
+        diff = np.abs(clip.frames.astype(np.int16) - ref.frames.astype(np.int16))
+        assert diff.mean() < 2.5 and np.percentile(diff, 99) < 20, (clip.key, diff.mean())
+        np.testing.assert_array_equal(clip.mel, ref.mel)
+        n += 1
+    assert n == len(lossless)
+    assert summary["bytes_per_frame"] < 0.6 * json.loads((out / "summary.json").read_text())["bytes_per_frame"]
+
+
+def test_rerun_is_idempotent_and_logged_to_mlflow(corpus, preprocessed, mlflow_server):
+    import mlflow
+
+    out, first = preprocessed
+    before = _digest_dir(out)
+    summary = run_preprocess(_config(corpus, out, tracking_uri=mlflow_server.uri, experiment="pp-test"))
+    assert summary["processed_inputs"] == 0 and summary["resumed_inputs"] == first["inputs"]
+    assert _digest_dir(out) == before
+    assert summary["manifest_sha256"] == first["manifest_sha256"]
+    run = mlflow.MlflowClient(mlflow_server.uri).get_run(summary["mlflow_run_id"])
+    assert run.data.tags["lipsync.manifest_hash"] == first["manifest_sha256"]
+    assert run.data.metrics["ok"] == first["ok"] and run.data.metrics["inputs"] == first["inputs"]
+
+
+def test_killed_driver_resumes_without_loss_or_duplicates(corpus, preprocessed, ray_local, tmp_path):
+    ref_out, ref = preprocessed
+    out = tmp_path / "killed"
+    env = {**os.environ, "RAY_ADDRESS": ray_local.get_runtime_context().gcs_address,
+           "PYTHONPATH": str(REPO)}
+    cmd = [sys.executable, str(REPO / "workflows" / "preprocess.py"), *_cli_args(corpus, out)]
+    proc = subprocess.Popen(cmd, env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            start_new_session=True)
+    try:
+        deadline = time.monotonic() + 240
+        while not list(out.glob("*.tar")):
+            assert proc.poll() is None, proc.stdout.read().decode()[-3000:]
+            assert time.monotonic() < deadline, "no shard completed in time"
+            time.sleep(0.05)
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=30)
+        proc.stdout.close()
+    assert not (out / "summary.json").exists(), "the job finished before it could be killed"
+    completed = {p.name for p in out.glob("*.tar")}
+    assert 1 <= len(completed) < ref["shards"]
+
+    summary = run_preprocess(_config(corpus, out))
+    assert summary["resumed_inputs"] >= 1 and summary["processed_inputs"] < ref["inputs"]
+    assert not list(out.glob("*.partial"))
+    rows = read_manifest(out / "manifest.parquet")
+    ids = [r["input_id"] for r in rows]
+    assert len(ids) == len(set(ids)) == ref["inputs"]
+    keys = [sample["__key__"] for sample in wds.WebDataset(sorted(str(p) for p in out.glob("*.tar")),
+                                                           shardshuffle=False)]
+    assert len(keys) == len(set(keys)) == ref["clips"]
+    # Same shards, byte for byte, as the uninterrupted run; same manifest.
+    assert _digest_dir(out) == _digest_dir(ref_out)
+    assert summary["manifest_sha256"] == ref["manifest_sha256"]
+
+
+@pytest.fixture(scope="module")
+def job_head():
+    """A `ray start --head` node with token auth whose agents use free ports.
+
+    Every port is chosen here: the dashboard agent's default (52365) is often held by another
+    Ray node on a shared machine, and then the head has "No available agent" for jobs.
+    """
+    import secrets
+    import tempfile
+
+    from conftest import VENV_BIN, RayHead, free_port, ray_env, stop_ray_head, wait_for_http
+
+    token = secrets.token_hex(32)
+    env = ray_env(token)
+    ports = {name: free_port() for name in ("port", "dashboard-port", "dashboard-agent-listen-port",
+                                            "dashboard-agent-grpc-port", "runtime-env-agent-port",
+                                            "metrics-export-port", "ray-client-server-port")}
+    temp_dir = tempfile.mkdtemp(prefix="raypp_", dir="/tmp")
+    cmd = [str(VENV_BIN / "ray"), "start", "--head", "--node-ip-address", "127.0.0.1",
+           "--dashboard-host", "127.0.0.1", "--include-dashboard", "true", "--num-cpus=2",
+           "--object-store-memory", str(400 * 1024 * 1024), f"--temp-dir={temp_dir}", "--block",
+           "--disable-usage-stats", *[f"--{name}={port}" for name, port in ports.items()]]
+    proc = subprocess.Popen(cmd, env=env, start_new_session=True, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    head = RayHead(address=f"127.0.0.1:{ports['port']}", dashboard_url=f"http://127.0.0.1:{ports['dashboard-port']}",
+                   env=env, temp_dir=temp_dir, procs=[proc])
+    try:
+        wait_for_http(f"{head.dashboard_url}/api/version", timeout=120, proc=proc,
+                      headers={"Authorization": f"Bearer {token}"})
+        yield head
+    finally:
+        stop_ray_head(head)
+
+
+def test_ray_job_submit_against_a_token_auth_head(corpus, preprocessed, job_head, tmp_path):
+    ray_head = job_head
+    ref_out, ref = preprocessed
+    out = tmp_path / "job"
+    deadline = time.monotonic() + 120
+    while True:
+        submit = ray_head.ray_cli(
+            "job", "submit", "--address", ray_head.dashboard_url, "--working-dir", str(REPO), "--",
+            sys.executable, "workflows/preprocess.py", *_cli_args(corpus, out), timeout=400, check=False)
+        # A fresh head's job agent registers a little after its dashboard answers.
+        if "No available agent" not in submit.stderr or time.monotonic() > deadline:
+            break
+        time.sleep(3)
+    assert submit.returncode == 0, submit.stdout[-3000:] + submit.stderr[-3000:]
+    assert "succeeded" in (submit.stdout + submit.stderr).lower(), submit.stdout[-3000:]
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["ok"] == ref["ok"] and summary["inputs"] == ref["inputs"]
+    assert _digest_dir(out) == _digest_dir(ref_out)
+    # Without the token the head refuses the job.
+    env = {k: v for k, v in ray_head.env.items() if k not in ("RAY_AUTH_TOKEN",)}
+    env["RAY_AUTH_TOKEN_PATH"] = str(tmp_path / "wrong_token")
+    (tmp_path / "wrong_token").write_text("0" * 64)
+    denied = subprocess.run([str(Path(sys.executable).parent / "ray"), "job", "list", "--address",
+                             ray_head.dashboard_url], env=env, capture_output=True, text=True, timeout=120)
+    assert denied.returncode != 0
