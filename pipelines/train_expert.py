@@ -49,9 +49,11 @@ class ExpertTrainConfig:
     min_offset: int = 2
     augment: bool = False
     max_steps: int = 10_000
+    stop_at_val_accuracy: float | None = None  # end early once validation reaches this
     # data
     windows_per_clip: int = 8
     shuffle_buffer: int = 2048
+    loader_workers: int = 0  # DataLoader processes per training worker (GPU nodes: a few per GPU)
     val_windows_per_clip: int = 16
     val_max_clips: int | None = None
     seed: int = 0
@@ -194,7 +196,13 @@ def _train_loop(config: dict) -> None:
 
     running = torch.zeros(3, dtype=torch.float64)  # loss sum, correct, pairs
     window_start, window_steps = time.perf_counter(), 0
-    batches = iter(stream)
+    loader = stream
+    if cfg.loader_workers > 0:  # each DataLoader process reads its own part (reader = rank x process)
+        loader = torch.utils.data.DataLoader(
+            stream, batch_size=None, num_workers=cfg.loader_workers, persistent_workers=True,
+            prefetch_factor=4, pin_memory=device.type == "cuda",
+        )
+    batches = iter(loader)
     model.train()
     step = start_step
     try:
@@ -276,6 +284,11 @@ def _train_loop(config: dict) -> None:
                         save_checkpoint(ray_dir / MODEL_FILE, bare, model_config, train_state=train_state)
                         ckpt = ray.train.Checkpoint.from_directory(str(ray_dir))
                     ray.train.report(report, checkpoint=ckpt)
+                # Validation counts are all-reduced, so every rank takes the same decision.
+                if cfg.stop_at_val_accuracy is not None and acc is not None and acc >= cfg.stop_at_val_accuracy:
+                    if rank == 0:
+                        print(f"[expert] val accuracy {acc:.3f} >= {cfg.stop_at_val_accuracy}: stopping at step {step}", flush=True)
+                    break
     finally:
         if logger is not None:
             logger.close()

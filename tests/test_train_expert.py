@@ -15,9 +15,9 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import time
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 from mlflow import MlflowClient
@@ -128,6 +128,19 @@ def test_worker_failure_restores_from_checkpoint_and_resume_continues(ray_local,
     assert client.get_run(result.run_id).data.tags["lipsync.resumed"] == "1"
 
 
+def submit_job(head, *entrypoint: str, timeout: float = 400) -> subprocess.CompletedProcess:
+    """`ray job submit` (blocking, logs streamed); retried while the head's job agent is still starting."""
+    deadline = time.monotonic() + 90
+    while True:
+        out = head.ray_cli("job", "submit", "--address", head.dashboard_url, "--", *entrypoint,
+                           timeout=timeout, check=False)
+        if out.returncode == 0 or "No available agent" not in out.stderr + out.stdout or time.monotonic() > deadline:
+            break
+        time.sleep(3)
+    assert out.returncode == 0, f"ray job submit failed ({out.returncode}):\n{out.stdout[-4000:]}\n{out.stderr[-4000:]}"
+    return out
+
+
 def test_two_node_ddp_via_job_submit(mlflow_server, expert_shards, tmp_path):
     from conftest import start_ray_head, stop_ray_head
 
@@ -135,8 +148,8 @@ def test_two_node_ddp_via_job_submit(mlflow_server, expert_shards, tmp_path):
     head = start_ray_head(num_cpus=1, resources=json.dumps({"expert_slot": 1}))
     try:
         head.add_worker_node(num_cpus=1, resources=json.dumps({"expert_slot": 1}))
-        out = head.ray_cli(
-            "job", "submit", "--address", head.dashboard_url, "--",
+        out = submit_job(
+            head,
             sys.executable, str(REPO / "workflows" / "train.py"), "--stage", "expert",
             "--shards", str(expert_shards), "--width", "0.0625", "--batch-size", "16", "--lr", "1e-3",
             "--max-steps", "6", "--log-every", "3", "--checkpoint-every", "6", "--num-workers", "2",
@@ -144,7 +157,6 @@ def test_two_node_ddp_via_job_submit(mlflow_server, expert_shards, tmp_path):
             "--val-windows-per-clip", "4", "--storage-path", str(tmp_path / "ray"), "--run-name", "two-node",
             "--tracking-uri", mlflow_server.uri, "--experiment", "test-expert-two-node", "--no-register",
             "--no-system-metrics", "--max-failures", "0",
-            timeout=400,
         )
         assert "[expert] step 6/6" in out.stdout  # progress is visible in the job logs
         summary = json.loads(out.stdout[out.stdout.rindex("{\n"): out.stdout.rindex("}") + 1])

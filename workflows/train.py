@@ -50,12 +50,16 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--batch-size", type=int, default=d.batch_size, help="global batch, split over workers")
     m.add_argument("--lr", type=float, default=d.lr)
     m.add_argument("--max-steps", type=int, default=d.max_steps)
+    m.add_argument("--stop-at-val-accuracy", type=float, default=None,
+                   help="end training once validation accuracy reaches this")
     m.add_argument("--min-offset", type=int, default=d.min_offset,
                    help="negatives take audio at least this many frames away (original: 1)")
     m.add_argument("--augment", action="store_true", help="sync-preserving augmentation (off = paper parity)")
     data = p.add_argument_group("data")
     data.add_argument("--windows-per-clip", type=int, default=d.windows_per_clip)
     data.add_argument("--shuffle-buffer", type=int, default=d.shuffle_buffer)
+    data.add_argument("--loader-workers", type=int, default=d.loader_workers,
+                      help="DataLoader processes per training worker (0: read in the training process)")
     data.add_argument("--val-windows-per-clip", type=int, default=d.val_windows_per_clip)
     data.add_argument("--val-max-clips", type=int, default=None)
     data.add_argument("--seed", type=int, default=d.seed)
