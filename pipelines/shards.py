@@ -68,6 +68,13 @@ def _json_default(value):
     raise TypeError(f"not JSON serialisable: {type(value).__name__}")
 
 
+def tar_member_bytes(sample: dict) -> int:
+    """Bytes a sample takes in a USTAR tar: a 512-byte header per member, data padded to 512.
+
+    Counted here because the tar stream buffers its writes (the file size lags)."""
+    return sum(512 + -(-len(v) // 512) * 512 for k, v in sample.items() if not k.startswith("_"))
+
+
 def shard_name(split: str, index: int) -> str:
     return f"{split}-{index:06d}.tar"
 
@@ -133,6 +140,7 @@ class SplitShardWriter:
         self._samples = 0
         self._rows: list[dict] = []
         self.completed: list[dict] = []  # {"shard", "samples", "bytes"}
+        (self.output / INDEX_DIR).mkdir(parents=True, exist_ok=True)
 
     @property
     def current_name(self) -> str:
@@ -155,8 +163,7 @@ class SplitShardWriter:
             for sample in samples:
                 self._writer.write(sample)
                 self._samples += 1
-            self._stream.flush()
-            self._bytes = self._stream.tell()
+                self._bytes += tar_member_bytes(sample)
             row = {**row, "shard": self.current_name}
         self._rows.append(row)
         if self._writer is not None and self._bytes >= self.target_bytes:
