@@ -19,7 +19,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--size", default="160x160", help="frame size WxH (default 160x160, as LRS2)")
     parser.add_argument("--seconds", default="2-4", help="clip length range in seconds, A-B (default 2-4)")
     parser.add_argument("--fps", type=float, default=25.0, help="frame rate (default 25; 30 exercises resampling)")
-    parser.add_argument("--workers", type=int, default=None, help="processes (default: 2 for 16+ clips)")
+    parser.add_argument("--workers", type=int, default=None, help="processes (default: 2 for 64+ clips, else 1)")
 
 
 def run(args: argparse.Namespace) -> int:

@@ -111,8 +111,9 @@ def make_corpus(
     """Write a synthetic corpus under `out_dir` and describe it.
 
     `size` is (width, height); each clip lasts a uniform draw from `seconds`.
-    `workers`: processes to render with (None: 2 when there are 16+ clips and 2+ CPUs, else 1;
-    starting a worker costs ~2 s of imports, so small corpora are faster in-process).
+    `workers`: processes to render with (None: 2 for 64+ clips on 2+ CPUs, else 1). Starting a
+    worker costs seconds of imports and x264 already encodes on several threads, so on a
+    busy 2-core machine 24 and 96 clips were both faster in-process (benchmarks/synth.py).
     `out_dir` may be absent, empty, or hold a corpus written before (its files, listed in its
     synth.json, are replaced); a folder with other content is refused.
     """
@@ -135,7 +136,7 @@ def make_corpus(
                                  seed_key=(seed, 0xC11F, spk.index, c), seconds=seconds, fps=float(fps), size=size))
 
     if workers is None:
-        workers = 2 if len(jobs) >= 16 and (os.cpu_count() or 1) >= 2 else 1
+        workers = 2 if len(jobs) >= 64 and (os.cpu_count() or 1) >= 2 else 1
     bar = tqdm(total=len(jobs), desc="synth clips", unit="clip", disable=not progress)
     clips: list[ClipInfo] = []
     if workers <= 1:
