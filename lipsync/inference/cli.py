@@ -81,6 +81,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     new.add_argument("--detect-max-side", type=int, default=d.detect_max_side,
                      help=f"detect on a copy at most this many pixels wide/high, 0 = full size "
                           f"(default: {d.detect_max_side})")
+    new.add_argument("--no-detect-roi", dest="detect_roi", action="store_false",
+                     help="search every keyframe over the whole frame (default: near the last face first)")
     new.add_argument("--detector", choices=DETECTORS, default=d.detector,
                      help="auto: S3FD when its weights are present on a GPU, else dlib HOG (offline)")
     new.add_argument("--face-select", choices=FACE_SELECT, default=d.face_select,
@@ -107,7 +109,8 @@ def options_from_args(args: argparse.Namespace) -> InferenceOptions:
         static=bool(args.static), fps=args.fps, face_det_batch_size=args.face_det_batch_size,
         wav2lip_batch_size=args.wav2lip_batch_size, on_no_face=args.on_no_face, compositing=args.compositing,
         audio_longer=args.audio_longer, detect_every=args.detect_every, detect_max_side=args.detect_max_side,
-        detector=args.detector, face_select=args.face_select, device=args.device, precision=args.precision,
+        detect_roi=args.detect_roi, detector=args.detector, face_select=args.face_select, device=args.device,
+        precision=args.precision,
         channels_last=args.channels_last, mel_mode=args.mel_mode, trust_checkpoint=args.trust_checkpoint,
         crf=args.crf, preset=args.preset, queue_frames=args.queue_frames, progress=args.progress,
     ).validate()

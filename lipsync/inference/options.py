@@ -63,6 +63,10 @@ class InferenceOptions:
     (re-detected densely where a face appears/disappears or jumps between keyframes)."""
     detect_max_side: int = 640
     """The detector sees a copy whose longer side is at most this many pixels (0 = full size)."""
+    detect_roi: bool = True
+    """Search keyframes in a region around the last face first (a fraction of a full-frame
+    search with the CPU detector); the whole frame is searched when that fails and every
+    10th keyframe."""
     detector: str = "auto"
     """'auto' (S3FD where its weights are present, the offline dlib detector otherwise), 'dlib', 's3fd'."""
     face_select: str = "largest"

@@ -37,9 +37,12 @@ from lipsync.inference.blend import composite
 from lipsync.inference.generator import FaceGenerator
 from lipsync.inference.options import InferenceOptions
 from lipsync.inference.source import FaceSource
-from lipsync.inference.tracking import SparseFaceTracker, pad_box, select_face, smooth_stream
+from lipsync.inference.tracking import SparseFaceTracker, pad_box, roi_around, select_face, smooth_stream
 
 AUDIO_CHUNK_SECONDS = 1.0  # audio is muxed in step with the video, one second at a time
+# Region searches resize the region so the face is about this big: comfortably above dlib
+# HOG's ~80 px window, and a fraction of the pixels of a full-frame search.
+ROI_FACE_PX = 110
 
 
 @dataclass
@@ -53,7 +56,8 @@ class InferenceResult:
     frames_with_face: int
     frames_passed_through: int
     first_frame_without_face: int | None
-    frames_detected: int
+    frames_detected: int  # full-frame detector calls
+    frames_searched_near: int  # detector calls on a region around the last face
     seconds: float
     stage_seconds: dict = field(default_factory=dict)
     generator: dict = field(default_factory=dict)
@@ -179,7 +183,8 @@ class LipSyncer:
             out_path=out, n_frames=n_out, fps=fps, width=width, height=height,
             audio_seconds=wav.size / SAMPLE_RATE, frames_with_face=counts["with_face"],
             frames_passed_through=n_out - counts["with_face"], first_frame_without_face=counts["first_without"],
-            frames_detected=int(stats.pop("frames_detected", 0)), seconds=seconds,
+            frames_detected=int(stats.pop("frames_detected", 0)),
+            frames_searched_near=int(stats.pop("frames_searched_near", 0)), seconds=seconds,
             stage_seconds={k: round(v, 3) for k, v in stats.items()}, generator=self.generator.describe(),
         )
 
@@ -190,8 +195,10 @@ class LipSyncer:
         for index, (src, frame, fresh) in enumerate(source.frames(n_out)):
             yield _Item(index, src, frame, fresh)
 
-    def _detector_fn(self, stats: dict):
-        """list[frame] -> list[box|None] (one face per frame, unpadded)."""
+    def _detector_fns(self, stats: dict):
+        """(detect, detect_near): list[frame] -> list[box|None] over whole frames, and
+        (frame, previous box) -> box|None over a region around the previous box (None when
+        the region search is off or the detector is batched on a GPU, where it would not pay)."""
         from lipsync.faces.detect import make_detector
 
         opts = self.options
@@ -200,15 +207,36 @@ class LipSyncer:
             self._detector = make_detector(opts.detector, device=device,
                                            downscale_to=opts.detect_max_side or None,
                                            batch_size=opts.face_det_batch_size)
+        detector = self._detector
+
+        def timed(frames):
+            t0 = time.perf_counter()
+            found = detector.detect(frames)
+            stats["detect"] += time.perf_counter() - t0
+            return found
 
         def detect(frames: list[np.ndarray]) -> list:
-            t0 = time.perf_counter()
-            found = self._detector.detect(frames)
-            stats["detect"] += time.perf_counter() - t0
             stats["frames_detected"] = stats.get("frames_detected", 0) + len(frames)
-            return [select_face(d, f.shape, opts.face_select) for d, f in zip(found, frames)]
+            return [select_face(d, f.shape, opts.face_select) for d, f in zip(timed(frames), frames)]
 
-        return detect
+        def detect_near(frame: np.ndarray, prev) -> np.ndarray | None:
+            stats["frames_searched_near"] = stats.get("frames_searched_near", 0) + 1
+            x1, y1, x2, y2 = roi_around(prev, frame.shape)
+            roi = frame[y1:y2, x1:x2]
+            side = max(prev[2] - prev[0], prev[3] - prev[1])
+            scale = min(1.0, ROI_FACE_PX / max(side, 1.0))
+            if scale < 1.0:
+                size = (max(1, round(roi.shape[1] * scale)), max(1, round(roi.shape[0] * scale)))
+                roi = cv2.resize(roi, size, interpolation=cv2.INTER_AREA)
+            found = timed([np.ascontiguousarray(roi)])[0]
+            if not found:
+                return None
+            cx, cy = ((prev[0] + prev[2]) / 2 - x1) * scale, ((prev[1] + prev[3]) / 2 - y1) * scale
+            best = min(found, key=lambda d: (d.center[0] - cx) ** 2 + (d.center[1] - cy) ** 2)
+            return np.asarray(best.box, np.float64) / scale + np.array([x1, y1, x1, y1], np.float64)
+
+        use_near = opts.detect_roi and getattr(detector, "name", "") == "dlib-hog"
+        return detect, (detect_near if use_near else None)
 
     def _box_stage(self, items: Iterator[_Item], source: FaceSource, stats: dict) -> Iterator[_Item]:
         opts = self.options
@@ -222,7 +250,7 @@ class LipSyncer:
                 item.box = fixed
                 yield item
             return
-        detect = self._detector_fn(stats)
+        detect, detect_near = self._detector_fns(stats)
         # Boxes of the first pass over the source, reused when the video repeats (loop/ping-pong).
         cache: list = []
         pending: deque = deque()
@@ -241,7 +269,8 @@ class LipSyncer:
             first = next(frames)
             pairs = iter([(first, pad_box(detect([first])[0], opts.pads, first.shape))])
         else:
-            tracker = SparseFaceTracker(detect, every=opts.detect_every, chunk=max(opts.detect_every, 4 * opts.detect_every))
+            tracker = SparseFaceTracker(detect, every=opts.detect_every, chunk=4 * opts.detect_every,
+                                        detect_near=detect_near)
             pairs = ((f, pad_box(b, opts.pads, f.shape)) for f, b in tracker.track(first_pass_frames()))
             if not opts.nosmooth:
                 pairs = smooth_stream(pairs, opts.smooth_window)

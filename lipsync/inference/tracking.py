@@ -55,24 +55,61 @@ def pad_box(box: Box | None, pads: Sequence[int], frame_shape: tuple[int, ...]) 
                      min(float(w), box[2] + right), min(float(h), box[3] + bottom)])
 
 
+def roi_around(box: Box, frame_shape: tuple[int, ...], context: float = 2.2) -> tuple[int, int, int, int]:
+    """Square-ish region ``context`` times the box size around its centre, clipped to the frame."""
+    h, w = frame_shape[:2]
+    cx, cy = (box[0] + box[2]) / 2, (box[1] + box[3]) / 2
+    half = context * max(box[2] - box[0], box[3] - box[1]) / 2
+    return (max(0, int(cx - half)), max(0, int(cy - half)), min(w, int(cx + half) + 1), min(h, int(cy + half) + 1))
+
+
 class SparseFaceTracker:
     """Turns an iterator of frames into (frame, box) pairs, detecting only keyframes.
 
     ``detect``: a batched function list[frame] -> list[Box | None] (already one face per
-    frame). ``chunk``: frames buffered per detection round (memory bound); rounded up to a
+    frame). ``detect_near``: optional (frame, previous box) -> Box | None that searches only
+    a region around the previous box (a fraction of the cost of a full-frame search); when
+    given, keyframes are searched near the last face first and over the whole frame only
+    when that fails or every ``full_every``-th keyframe (so a new, larger face is noticed).
+    ``chunk``: frames buffered per detection round (memory bound); rounded up to a
     multiple of ``every``.
     """
 
     def __init__(self, detect: Callable[[list[np.ndarray]], list[Box | None]], every: int = 5,
-                 chunk: int = 40):
+                 chunk: int = 40, detect_near: Callable[[np.ndarray, Box], Box | None] | None = None,
+                 full_every: int = 10):
         self.detect = detect
+        self.detect_near = detect_near
         self.every = max(1, int(every))
+        self.full_every = max(1, int(full_every))
         self.chunk = max(self.every, -(-int(chunk) // self.every) * self.every)
-        self.frames_detected = 0
+        self.frames_detected = 0  # full-frame searches
+        self.frames_searched_near = 0  # region searches
+        self._last_box: Box | None = None
+        self._since_full = 0
 
-    def _detect(self, frames: list[np.ndarray]) -> list[Box | None]:
-        self.frames_detected += len(frames)
-        return self.detect(frames) if frames else []
+    def _detect(self, frames: list[np.ndarray], hint: Box | None = None) -> list[Box | None]:
+        if not frames:
+            return []
+        if self.detect_near is None:
+            self.frames_detected += len(frames)
+            return self.detect(frames)
+        out = []
+        for frame in frames:
+            box = None
+            prev = self._last_box if hint is None else hint
+            if prev is not None and self._since_full < self.full_every:
+                self.frames_searched_near += 1
+                self._since_full += 1
+                box = self.detect_near(frame, prev)
+            if box is None:
+                self.frames_detected += 1
+                self._since_full = 0
+                box = self.detect([frame])[0]
+            if box is not None and hint is None:
+                self._last_box = box
+            out.append(box)
+        return out
 
     def track(self, frames: Iterable[np.ndarray]) -> Iterator[tuple[np.ndarray, Box | None]]:
         it = iter(frames)
@@ -120,7 +157,8 @@ class SparseFaceTracker:
                 buf[i][1] = (1 - t) * box_a + t * box_b
             return
         inner = list(range(a + 1, b))
-        for i, box in zip(inner, self._detect([buf[i][0] for i in inner])):
+        hint = box_a if box_a is not None else box_b
+        for i, box in zip(inner, self._detect([buf[i][0] for i in inner], hint=hint)):
             buf[i][1] = box
             buf[i][3] = True
 
