@@ -141,6 +141,23 @@ def test_mouth_opening_follows_the_audio_and_breaks_when_shifted(decoded):
     assert r_shift < r_same - 0.3, (r_same, r_shift)
 
 
+def test_visemes_close_the_lips_on_bilabials_and_narrow_rounded_vowels():
+    from lipsync.synth.mouth import mouth_track
+
+    fps, sr = 25.0, 16000
+    t = np.arange(int(sr * 0.8)) / sr
+    # loud all through (20 frames), bright enough to be drawn wide without visemes
+    audio = (0.25 * np.sin(2 * np.pi * 220 * t) + 0.25 * np.sin(2 * np.pi * 2400 * t)).astype(np.float32)
+    plain = mouth_track(audio, 20, fps, sr)
+    assert (plain.opening > 0.8).all() and (plain.width > 0.85).all()
+    phonemes = [(0.0, 0.2, "a"), (0.2, 0.28, "m"), (0.28, 0.5, "'u:"), (0.5, 0.8, "i")]
+    track = mouth_track(audio, 20, fps, sr, phonemes)
+    assert (track.opening[5:7] < 0.1).all()          # frames 5, 6 lie inside the "m"
+    assert (track.opening[:5] > 0.8).all() and (track.opening[8:] > 0.8).all()
+    assert (track.width[8:12] <= 0.78).all()          # rounded "u:" narrows the mouth
+    assert track.width[15] > 0.78
+
+
 # ------------------------------------------------------------------------------ determinism
 
 

@@ -62,12 +62,17 @@ class ClipJob:
 
 
 def compose_speech(rng: np.random.Generator, voice: Voice, n_samples: int, speech_seed: int
-                   ) -> tuple[np.ndarray, list[str]]:
-    """Fill `n_samples` of 16 kHz audio with whole sentences and pauses between them."""
+                   ) -> tuple[np.ndarray, list[str], list[tuple[float, float, str]]]:
+    """Fill `n_samples` of 16 kHz audio with whole sentences and pauses between them.
+
+    Returns the audio, the sentences, and espeak's phonemes as (start s, end s, mnemonic)
+    in clip time.
+    """
     audio = np.zeros(n_samples, np.float32)
     cursor = int(rng.uniform(0.08, 0.35) * SAMPLE_RATE)
     tail = int(0.12 * SAMPLE_RATE)
     texts: list[str] = []
+    phonemes: list[tuple[float, float, str]] = []
     attempts = 0
     while cursor < n_samples - tail and attempts < 12:
         attempts += 1
@@ -86,20 +91,25 @@ def compose_speech(rng: np.random.Generator, voice: Voice, n_samples: int, speec
             break
         audio[cursor:cursor + len(utterance.audio)] = utterance.audio
         texts.append(text)
+        offset = cursor / SAMPLE_RATE
+        starts = [t for t, _ in utterance.phonemes] + [utterance.duration]
+        phonemes += [(offset + starts[i], offset + starts[i + 1], name)
+                     for i, (_, name) in enumerate(utterance.phonemes)]
         cursor += len(utterance.audio) + int(rng.uniform(0.15, 0.5) * SAMPLE_RATE)
     peak = float(np.abs(audio).max())
     if peak > 0:
         audio *= rng.uniform(0.5, 0.9) / peak
     audio += rng.normal(0.0, NOISE_FLOOR, n_samples).astype(np.float32)
-    return audio.astype(np.float32), texts
+    return audio.astype(np.float32), texts, phonemes
 
 
 # ---------------------------------------------------------------- video
 
 
-def render_frames(renderer: HeadRenderer, style: MouthStyle, audio: np.ndarray, n_frames: int, fps: float):
+def render_frames(renderer: HeadRenderer, style: MouthStyle, audio: np.ndarray, n_frames: int, fps: float,
+                  phonemes=None):
     """Yield BGR frames whose mouths follow `audio` (16 kHz) frame by frame."""
-    track = mouth_track(audio, n_frames, fps, SAMPLE_RATE)
+    track = mouth_track(audio, n_frames, fps, SAMPLE_RATE, phonemes)
     for k in range(n_frames):
         head = renderer.render(k / fps)
         frame = head.image
@@ -115,9 +125,9 @@ def synthesize_clip(job: ClipJob) -> tuple[np.ndarray, np.ndarray, list[str]]:
     n_frames = max(1, int(round(duration * job.fps)))
     n_samples = int(round(n_frames * SAMPLE_RATE / job.fps))
     speech_seed = int(rng.integers(0, 2**31 - 1))
-    audio, texts = compose_speech(rng, job.speaker.voice, n_samples, speech_seed)
+    audio, texts, phonemes = compose_speech(rng, job.speaker.voice, n_samples, speech_seed)
     renderer = HeadRenderer(job.speaker.look, job.size, job.photo)
-    frames = np.stack(list(render_frames(renderer, job.speaker.mouth, audio, n_frames, job.fps)))
+    frames = np.stack(list(render_frames(renderer, job.speaker.mouth, audio, n_frames, job.fps, phonemes)))
     return audio, frames, texts
 
 

@@ -6,7 +6,8 @@ Per video frame k we look at the audio samples that frame covers
 - **opening** from short-time loudness (RMS in dB, relative to the clip's loud frames):
   silent frames give 0, so the mouth is closed in pauses and between words;
 - **width** from spectral shape: a low spectral centroid (rounded vowels, "oo", "o")
-  draws a narrow round mouth, a high one ("ee", "s") a wide flat mouth.
+  draws a narrow round mouth, a high one ("ee", "s") a wide flat mouth;
+- **visemes** from espeak's phoneme events: p/b/m close the lips, rounded vowels narrow them.
 
 Both change from frame to frame with the syllables, which is what a sync expert has to
 learn; moving the audio by a few frames visibly breaks the match.
@@ -55,8 +56,34 @@ def frame_loudness_db(audio: np.ndarray, n_frames: int, fps: float, sample_rate:
     return (20 * np.log10(np.maximum(rms, 1e-5))).astype(np.float32)
 
 
-def mouth_track(audio: np.ndarray, n_frames: int, fps: float, sample_rate: int) -> MouthTrack:
-    """Mouth opening and width for every frame, from the audio under that frame."""
+# espeak-ng phoneme mnemonics (stress marks stripped): lips closed / lips rounded.
+BILABIALS = frozenset({"p", "b", "m"})
+ROUNDED = frozenset({"w", "u:", "U", "u", "oU", "O:", "O", "O@", "0", "OI", "aU", "o@", "U@"})
+_CLOSURE_OVERLAP_S = 0.015   # a bilabial closes the mouth in frames it overlaps by this much
+
+
+def _phoneme_frames(phonemes, names, n_frames: int, fps: float) -> np.ndarray:
+    """Frames whose time window overlaps one of `names` by at least _CLOSURE_OVERLAP_S."""
+    hit = np.zeros(n_frames, bool)
+    for start, end, name in phonemes:
+        if name.lstrip("',") not in names:
+            continue
+        first, last = int(np.floor(start * fps)), int(np.ceil(end * fps))
+        for k in range(max(0, first), min(n_frames, last + 1)):
+            overlap = min(end, (k + 1) / fps) - max(start, k / fps)
+            if overlap >= min(_CLOSURE_OVERLAP_S, (end - start) * 0.9):
+                hit[k] = True
+    return hit
+
+
+def mouth_track(audio: np.ndarray, n_frames: int, fps: float, sample_rate: int,
+                phonemes: list[tuple[float, float, str]] | None = None) -> MouthTrack:
+    """Mouth opening and width for every frame, from the audio under that frame.
+
+    `phonemes` (start s, end s, espeak mnemonic), when given, add visemes on top of the
+    acoustics: p/b/m close the lips (an "m" is loud, yet the mouth is shut), rounded
+    vowels and "w" narrow the mouth.
+    """
     db = frame_loudness_db(audio, n_frames, fps, sample_rate)
     voiced = db > -60
     loud = float(np.percentile(db[voiced], 90)) if voiced.any() else 0.0
@@ -73,6 +100,10 @@ def mouth_track(audio: np.ndarray, n_frames: int, fps: float, sample_rate: int) 
     # 500 Hz (dark, rounded) .. 2500 Hz (bright, spread) -> 0 .. 1
     brightness = np.clip((centroid - 500.0) / 2000.0, 0.0, 1.0)
     width = np.where(opening > 0.02, 0.75 + 0.4 * brightness, 1.0)
+    if phonemes:
+        opening = np.where(_phoneme_frames(phonemes, BILABIALS, n_frames, fps), opening * 0.1, opening)
+        rounded = _phoneme_frames(phonemes, ROUNDED, n_frames, fps)
+        width = np.where(rounded & (opening > 0.02), np.minimum(width, 0.78), width)
     return MouthTrack(opening=opening.astype(np.float32), width=width.astype(np.float32), loudness_db=db)
 
 
