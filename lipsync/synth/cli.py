@@ -29,7 +29,7 @@ def run(args: argparse.Namespace) -> int:
         workers=args.workers,
     )
     counts = ", ".join(f"{split} {len(entries)}" for split, entries in info.splits.items())
-    print(f"wrote {len(info.files)} clips of {len(info.speakers)} speakers to {info.root} "
+    print(f"wrote {len(info.files)} clip(s) of {len(info.speakers)} speaker(s) to {info.root} "
           f"({info.layout} layout; {counts})")
     return 0
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
-import cv2
 import numpy as np
 
 from lipsync.synth.faces import FacePhoto, HeadRenderer
@@ -74,7 +73,8 @@ def compose_speech(rng: np.random.Generator, voice: Voice, n_samples: int, speec
     texts: list[str] = []
     phonemes: list[tuple[float, float, str]] = []
     attempts = 0
-    while cursor < n_samples - tail and attempts < 12:
+    max_attempts = 12 + n_samples // SAMPLE_RATE  # long clips get more sentences
+    while cursor < n_samples - tail and attempts < max_attempts:
         attempts += 1
         room = n_samples - tail - cursor
         n_words = int(rng.integers(3, 9))
@@ -118,36 +118,55 @@ def render_frames(renderer: HeadRenderer, style: MouthStyle, audio: np.ndarray, 
         yield frame
 
 
-def synthesize_clip(job: ClipJob) -> tuple[np.ndarray, np.ndarray, list[str]]:
-    """Audio (float32, 16 kHz), frames (N, H, W, 3) BGR and sentences of one clip."""
+@dataclass
+class ClipAudio:
+    """A clip's soundtrack and what was said, decided before any frame is drawn."""
+
+    audio: np.ndarray                          # float32 mono, 16 kHz, exactly n_frames long
+    n_frames: int
+    texts: list[str]
+    phonemes: list[tuple[float, float, str]]   # (start s, end s, espeak mnemonic)
+
+
+def clip_audio(job: ClipJob) -> ClipAudio:
+    """The clip's duration (a draw from job.seconds, whole frames) and its speech."""
     rng = np.random.default_rng(np.random.SeedSequence(job.seed_key))
     duration = rng.uniform(*job.seconds)
     n_frames = max(1, int(round(duration * job.fps)))
     n_samples = int(round(n_frames * SAMPLE_RATE / job.fps))
     speech_seed = int(rng.integers(0, 2**31 - 1))
     audio, texts, phonemes = compose_speech(rng, job.speaker.voice, n_samples, speech_seed)
+    return ClipAudio(audio=audio, n_frames=n_frames, texts=texts, phonemes=phonemes)
+
+
+def clip_frames(job: ClipJob, sound: ClipAudio):
+    """Yield the clip's BGR frames one by one (long clips never sit in memory whole)."""
     renderer = HeadRenderer(job.speaker.look, job.size, job.photo)
-    frames = np.stack(list(render_frames(renderer, job.speaker.mouth, audio, n_frames, job.fps, phonemes)))
-    return audio, frames, texts
+    yield from render_frames(renderer, job.speaker.mouth, sound.audio, sound.n_frames, job.fps, sound.phonemes)
+
+
+def synthesize_clip(job: ClipJob) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """Audio (float32, 16 kHz), frames (N, H, W, 3) BGR and sentences of one clip, in memory."""
+    sound = clip_audio(job)
+    return sound.audio, np.stack(list(clip_frames(job, sound))), sound.texts
 
 
 def write_clip(root: str, job: ClipJob) -> ClipInfo:
-    """Make the clip and write it as H.264 + AAC mp4 under `root`."""
+    """Make the clip and write it as H.264 + AAC mp4 under `root`, streaming the frames."""
     from lipsync.video import VideoWriter
 
-    cv2.setNumThreads(1)
-    audio, frames, texts = synthesize_clip(job)
+    sound = clip_audio(job)
     path = os.path.join(root, job.rel_path)
     os.makedirs(os.path.dirname(path), exist_ok=True)
     width, height = job.size
     with VideoWriter(path, job.fps, width, height, audio_sample_rate=SAMPLE_RATE) as writer:
         _repeatable_x264(writer)
-        writer.write_audio(audio)
-        for frame in frames:
+        writer.write_audio(sound.audio)
+        for frame in clip_frames(job, sound):
             writer.write(frame)
     return ClipInfo(speaker=job.speaker.id, clip=job.clip, path=job.rel_path, split=job.speaker.split,
-                    fps=job.fps, n_frames=len(frames), n_samples=len(audio), duration=len(frames) / job.fps,
-                    text=texts, voice=job.speaker.voice.name)
+                    fps=job.fps, n_frames=sound.n_frames, n_samples=len(sound.audio),
+                    duration=sound.n_frames / job.fps, text=sound.texts, voice=job.speaker.voice.name)
 
 
 def _repeatable_x264(writer) -> None:

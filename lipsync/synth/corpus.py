@@ -145,7 +145,8 @@ def make_corpus(
             bar.update()
     else:
         # spawn: safe even when the caller has threads (torch, Ray) running.
-        with ProcessPoolExecutor(max_workers=workers, mp_context=get_context("spawn")) as pool:
+        with ProcessPoolExecutor(max_workers=workers, mp_context=get_context("spawn"),
+                                 initializer=_init_worker) as pool:
             futures = [pool.submit(write_clip, str(root), job) for job in jobs]
             for future in futures:
                 clips.append(future.result())
@@ -164,6 +165,13 @@ def make_corpus(
     )
     _write_description(info, speaker_list)
     return info
+
+
+def _init_worker() -> None:
+    # One OpenCV thread per worker: the pool already uses the cores.
+    import cv2
+
+    cv2.setNumThreads(1)
 
 
 def _prepare_root(root: Path) -> None:
