@@ -74,7 +74,7 @@ class PreprocessConfig:
     # shards
     codec: str = "jpeg"                          # jpeg | png (lossless)
     jpeg_quality: int = 95
-    shard_size: int = 256 * 10**6                # bytes per shard (target)
+    shard_size: int = 256 * 10**6                # bytes per shard (target); "256MB" also accepted
     overwrite: bool = False
     # resources
     num_cpus: Optional[int] = None               # local cluster size / CPU cap on a cluster
@@ -88,7 +88,12 @@ class PreprocessConfig:
     progress: bool = True
 
     def validate(self) -> None:
-        parse_fractions(self.split_fractions)
+        """Check the settings and normalise them (fractions/sizes/pads to tuples of numbers)."""
+        self.split_fractions = parse_fractions(self.split_fractions)
+        self.crop_sizes = tuple(int(s) for s in self.crop_sizes)
+        self.pads = tuple(int(p) for p in self.pads)
+        if isinstance(self.shard_size, str):
+            self.shard_size = sh.parse_size(self.shard_size)
         if self.codec not in ("jpeg", "png"):
             raise ConfigError(f"--codec {self.codec!r}: choose jpeg or png")
         if self.face_policy not in ("largest", "central", "reject-multiple"):
@@ -201,7 +206,7 @@ def run_preprocess(cfg: PreprocessConfig) -> dict:
     started = time.time()
     items = discover_inputs(cfg.input, cfg.layout, speaker_regex=cfg.speaker_regex,
                             filelists_dir=cfg.filelists)
-    splits = assign_splits(items, parse_fractions(cfg.split_fractions), cfg.split_seed)
+    splits = assign_splits(items, cfg.split_fractions, cfg.split_seed)
     out = _prepare_output(cfg)
     state = sh.recover(out)
     known = {it.input_id for it in items}
