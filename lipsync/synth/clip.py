@@ -160,7 +160,6 @@ def write_clip(root: str, job: ClipJob) -> ClipInfo:
     os.makedirs(os.path.dirname(path), exist_ok=True)
     width, height = job.size
     with VideoWriter(path, job.fps, width, height, audio_sample_rate=SAMPLE_RATE) as writer:
-        _repeatable_x264(writer)
         writer.write_audio(sound.audio)
         for frame in clip_frames(job, sound):
             writer.write(frame)
@@ -168,16 +167,3 @@ def write_clip(root: str, job: ClipJob) -> ClipInfo:
                     fps=job.fps, n_frames=sound.n_frames, n_samples=len(sound.audio),
                     duration=sound.n_frames / job.fps, text=sound.texts, voice=job.speaker.voice.name)
 
-
-def _repeatable_x264(writer) -> None:
-    """Make libx264 give the same bytes for the same frames.
-
-    x264's macroblock-tree rate control reads uninitialised padding when the frame width
-    is not a multiple of 64 (160 is not), so identical frames encoded twice can differ
-    (measured: 1 in 5 encodes of a 160x160 clip). With mbtree off, encodes repeat exactly.
-    The option must be set before the first frame opens the encoder.
-    TODO(foundation-av): an encoder-options argument on VideoWriter would replace this.
-    """
-    stream = getattr(writer, "_video", None)
-    if stream is not None and stream.codec_context.name == "libx264" and writer.frames_written == 0:
-        stream.options = {**dict(stream.options or {}), "x264-params": "mbtree=0"}
