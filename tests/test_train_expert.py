@@ -13,8 +13,10 @@ two-node cluster), a real MLflow server, shards from the real preprocessing pipe
 from __future__ import annotations
 
 import json
+import secrets
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -141,13 +143,55 @@ def submit_job(head, *entrypoint: str, timeout: float = 400) -> subprocess.Compl
     return out
 
 
+def start_two_node_cluster(resources: dict):
+    """A head and a worker node (`ray start`, token auth, loopback), each with 1 CPU and `resources`.
+
+    Each node's dashboard agent gets its own free port: the default (52365) is shared by
+    every Ray cluster on the machine, and job submission needs the head's agent."""
+    from conftest import VENV_BIN, RayHead, free_port, ray_env, wait_for_http
+
+    token = secrets.token_hex(32)
+    env = ray_env(token)
+    gcs_port, dash_port = free_port(), free_port()
+    temp_dir = tempfile.mkdtemp(prefix="rayx_", dir="/tmp")  # short: Unix socket paths are limited
+    common = ["--node-ip-address", "127.0.0.1", "--num-cpus=1", "--resources", json.dumps(resources),
+              "--object-store-memory", str(300 * 2**20), "--block", "--disable-usage-stats"]
+    head_cmd = [str(VENV_BIN / "ray"), "start", "--head", f"--port={gcs_port}", "--dashboard-host", "127.0.0.1",
+                f"--dashboard-port={dash_port}", "--include-dashboard", "true", f"--temp-dir={temp_dir}",
+                f"--dashboard-agent-listen-port={free_port()}", *common]
+    head = RayHead(address=f"127.0.0.1:{gcs_port}", dashboard_url=f"http://127.0.0.1:{dash_port}", env=env,
+                   temp_dir=temp_dir)
+    head.procs.append(subprocess.Popen(head_cmd, env=env, start_new_session=True, stdout=subprocess.DEVNULL,
+                                       stderr=subprocess.DEVNULL))
+    wait_for_http(f"{head.dashboard_url}/api/version", timeout=120, proc=head.procs[0],
+                  headers={"Authorization": f"Bearer {token}"})
+    worker_cmd = [str(VENV_BIN / "ray"), "start", "--address", head.address,
+                  f"--dashboard-agent-listen-port={free_port()}", *common]
+    head.procs.append(subprocess.Popen(worker_cmd, env=env, start_new_session=True, stdout=subprocess.DEVNULL,
+                                       stderr=subprocess.DEVNULL))
+    return head
+
+
+def cluster_nodes(head) -> list[str]:
+    out = subprocess.run(
+        [sys.executable, "-c", "import ray, json; ray.init(address='auto'); "
+         "print(json.dumps([n['NodeID'] for n in ray.nodes() if n['Alive']]))"],
+        env={**head.env, "RAY_ADDRESS": head.address}, capture_output=True, text=True, timeout=120,
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
 def test_two_node_ddp_via_job_submit(mlflow_server, expert_shards, tmp_path):
-    from conftest import start_ray_head, stop_ray_head
+    from conftest import stop_ray_head
 
     # One "expert_slot" per node and one per worker: the two workers land on different nodes.
-    head = start_ray_head(num_cpus=1, resources=json.dumps({"expert_slot": 1}))
+    head = start_two_node_cluster({"expert_slot": 1})
     try:
-        head.add_worker_node(num_cpus=1, resources=json.dumps({"expert_slot": 1}))
+        deadline = time.monotonic() + 120
+        while len(cluster_nodes(head)) < 2:
+            assert time.monotonic() < deadline, "the worker node never joined the head"
+            time.sleep(2)
         out = submit_job(
             head,
             sys.executable, str(REPO / "workflows" / "train.py"), "--stage", "expert",
@@ -161,16 +205,11 @@ def test_two_node_ddp_via_job_submit(mlflow_server, expert_shards, tmp_path):
         assert "[expert] step 6/6" in out.stdout  # progress is visible in the job logs
         summary = json.loads(out.stdout[out.stdout.rindex("{\n"): out.stdout.rindex("}") + 1])
         assert summary["final_step"] == 6
-        nodes = subprocess.run(
-            [sys.executable, "-c", "import ray, json; ray.init(address='auto'); "
-             "print(json.dumps([n['NodeID'] for n in ray.nodes() if n['Alive']]))"],
-            env={**head.env, "RAY_ADDRESS": head.address}, capture_output=True, text=True, timeout=120,
-        )
-        cluster_nodes = set(json.loads(nodes.stdout.strip().splitlines()[-1]))
+        nodes = set(cluster_nodes(head))
     finally:
         stop_ray_head(head)
     tags = MlflowClient(mlflow_server.uri).get_run(summary["run_id"]).data.tags
     placement = tags["lipsync.worker_placement"].split(",")
     used_nodes = {p.split("/")[0] for p in placement}
     assert tags["lipsync.world_size"] == "2" and len(placement) == 2
-    assert len(used_nodes) == 2 and used_nodes <= cluster_nodes
+    assert len(used_nodes) == 2 and used_nodes <= nodes
