@@ -99,7 +99,7 @@ class RayHead:
     def add_worker_node(self, num_cpus: int = 1, resources: str | None = None) -> subprocess.Popen:
         """Start a second Ray node on this machine joined to the head (a real multi-node cluster)."""
         cmd = [str(VENV_BIN / "ray"), "start", "--address", self.address, "--node-ip-address", "127.0.0.1",
-               f"--num-cpus={num_cpus}", "--object-store-memory", str(300 * 1024 * 1024), "--block"]
+               f"--dashboard-agent-listen-port={free_port()}", f"--num-cpus={num_cpus}", "--object-store-memory", str(300 * 1024 * 1024), "--block"]
         if resources:
             cmd += ["--resources", resources]
         proc = subprocess.Popen(cmd, env=self.env, start_new_session=True, stdout=subprocess.DEVNULL,
@@ -116,7 +116,10 @@ def start_ray_head(num_cpus: int = 2, resources: str | None = None) -> RayHead:
     cmd = [str(VENV_BIN / "ray"), "start", "--head", "--node-ip-address", "127.0.0.1", f"--port={gcs_port}",
            "--dashboard-host", "127.0.0.1", f"--dashboard-port={dash_port}", "--include-dashboard", "true",
            f"--num-cpus={num_cpus}", "--object-store-memory", str(400 * 1024 * 1024),
-           f"--temp-dir={temp_dir}", "--block", "--disable-usage-stats"]
+           f"--temp-dir={temp_dir}", "--block", "--disable-usage-stats",
+           # Every node's dashboard agent defaults to port 52365: two clusters on one machine
+           # (or a head and a worker node) would collide, and job submission needs the agent.
+           f"--dashboard-agent-listen-port={free_port()}"]
     if resources:
         cmd += ["--resources", resources]
     proc = subprocess.Popen(cmd, env=env, start_new_session=True, stdout=subprocess.DEVNULL,
