@@ -2,7 +2,8 @@
 
 Flow: discover inputs (pipelines/sources.py) -> assign splits (pipelines/splits.py) -> skip
 inputs that earlier runs already accounted for (pipelines/shards.py ``recover``) -> a
-streaming Ray Data pipeline over the rest (pipelines/stages.py: decode -> detect -> finish)
+streaming Ray Data pipeline over the rest (pipelines/stages.py: decode -> detect -> finish,
+one task per input on CPU, detection on a GPU actor pool when the cluster has GPUs)
 -> the driver writes shards in input order (``preserve_order``), one writer per split, and
 the manifest and summary at the end.
 
@@ -138,14 +139,13 @@ def _build_dataset(rows: list[dict], cfg: PreprocessConfig, use_gpus: int):
             cpu=float(cfg.num_cpus))
     # One block per input so inputs spread over workers; capped for huge corpora.
     ds = ray.data.from_items(rows, override_num_blocks=max(1, min(len(rows), 20000)))
+    if not use_gpus:
+        return ds.flat_map(stages.process_input, fn_kwargs={"cfg": cfg})
+    # GPU: decode on CPU tasks -> detect on one actor per GPU -> crop/mel on CPU tasks.
     ds = ds.flat_map(stages.decode_input, fn_kwargs={"cfg": cfg})
-    if use_gpus:
-        ds = ds.map_batches(stages.FaceDetectStage, fn_constructor_args=(cfg, "cuda"),
-                            batch_size=1, num_gpus=1, concurrency=use_gpus, zero_copy_batch=False)
-    else:
-        ds = ds.map_batches(stages.detect_faces_batch, fn_kwargs={"cfg": cfg}, batch_size=1)
-    ds = ds.map(stages.finish_clip, fn_kwargs={"cfg": cfg})
-    return ds
+    ds = ds.map_batches(stages.FaceDetectStage, fn_constructor_args=(cfg, "cuda"),
+                        batch_size=1, num_gpus=1, concurrency=use_gpus, zero_copy_batch=False)
+    return ds.map(stages.finish_clip, fn_kwargs={"cfg": cfg})
 
 
 def _gpus_to_use(cfg: PreprocessConfig) -> int:
@@ -192,7 +192,7 @@ def _prepare_output(cfg: PreprocessConfig) -> Path:
             raise ConfigError(f"--output {out}: made with different settings ({', '.join(changed)}); "
                               "use another --output or --overwrite")
     else:
-        sh._write_json_atomic(fingerprint_path, fingerprint)
+        sh.write_json_atomic(fingerprint_path, fingerprint)
     return out
 
 
@@ -218,6 +218,7 @@ def run_preprocess(cfg: PreprocessConfig) -> dict:
     writers: dict[str, sh.SplitShardWriter] = {}
     timings: dict[str, float] = {}
     new_rows: list[dict] = []
+    gpus = 0
     if rows:
         _connect(cfg)
         gpus = _gpus_to_use(cfg)
@@ -240,11 +241,12 @@ def run_preprocess(cfg: PreprocessConfig) -> dict:
     all_rows = [r for r in all_rows if r["input_id"] in known]
     manifest_path = mf.write_manifest(all_rows, out / mf.MANIFEST_NAME)
     summary = _summary(all_rows, out, manifest_path, resumed, len(rows), timings, time.time() - started, cfg)
-    sh._write_json_atomic(out / SUMMARY_NAME, summary)
+    summary["detect_gpu_actors"] = gpus
+    sh.write_json_atomic(out / SUMMARY_NAME, summary)
     _print_summary(summary)
     if cfg.tracking_uri:
         summary["mlflow_run_id"] = _log_mlflow(cfg, summary, manifest_path)
-        sh._write_json_atomic(out / SUMMARY_NAME, summary)
+        sh.write_json_atomic(out / SUMMARY_NAME, summary)
     return summary
 
 

@@ -49,7 +49,7 @@ def parse_size(text: str | int | float) -> int:
     return int(float(m.group(1)) * scale)
 
 
-def _write_json_atomic(path: Path, data) -> None:
+def write_json_atomic(path: Path, data) -> None:
     tmp = path.with_name(path.name + ".tmp")
     with open(tmp, "w", encoding="utf-8") as f:
         json.dump(data, f, indent=1, sort_keys=True, default=_json_default)
@@ -180,7 +180,7 @@ class SplitShardWriter:
             self._stream.close()
         final = self.output / self.current_name
         size = self._partial_path().stat().st_size
-        _write_json_atomic(self.output / INDEX_DIR / f"{final.stem}.json",
+        write_json_atomic(self.output / INDEX_DIR / f"{final.stem}.json",
                            {"shard": final.name, "samples": self._samples, "bytes": size,
                             "rows": self._rows})
         os.replace(self._partial_path(), final)
@@ -195,7 +195,7 @@ class SplitShardWriter:
         if self._rows:
             tail = self.output / INDEX_DIR / f"{self.split}-tail.json"
             earlier = json.loads(tail.read_text(encoding="utf-8"))["rows"] if tail.exists() else []
-            _write_json_atomic(tail, {"rows": earlier + self._rows})
+            write_json_atomic(tail, {"rows": earlier + self._rows})
             self._rows = []
 
     def abort(self) -> None:

@@ -1,7 +1,7 @@
 """The preprocessing stages, as plain functions on rows that Ray Data maps over.
 
 Three stages, so face detection can run on a GPU actor pool while decoding and cropping run
-as CPU tasks (on CPU only, Ray Data fuses the three into one task per input):
+as CPU tasks (without GPUs, ``process_input`` chains the three in one task per input):
 
 1. ``decode_input`` (flat_map, CPU): probe, decode video resampled to 25 fps and audio to
    16 kHz mono (lipsync.video / lipsync.audio), streaming; cut into clips at scene cuts and at
@@ -223,6 +223,19 @@ def detect_faces_batch(batch: dict, cfg: Any) -> dict:
 
 
 _DETECTORS: dict = {}
+
+
+def process_input(item: dict, cfg: Any) -> Iterator[dict]:
+    """All three stages in one task (flat_map), for CPU-only detection.
+
+    Ray Data gives each operator of a pipeline its own share of the CPUs; as separate
+    operators, the slowest stage (detection) would run on one CPU of two while decoding
+    idles. One task per input keeps every CPU on the whole chain and keeps frames out of
+    the object store.
+    """
+    for row in decode_input(item, cfg):
+        detected = detect_faces_batch({"payload": np.array([row["payload"]], dtype=object)}, cfg)
+        yield finish_clip({**row, "payload": detected["payload"][0]}, cfg)
 
 
 def _error_payload(payload: dict, exc: BaseException) -> dict:

@@ -271,3 +271,31 @@ def test_ray_job_submit_against_a_token_auth_head(corpus, preprocessed, job_head
     denied = subprocess.run([str(Path(sys.executable).parent / "ray"), "job", "list", "--address",
                              ray_head.dashboard_url], env=env, capture_output=True, text=True, timeout=120)
     assert denied.returncode != 0
+
+
+def test_detection_runs_on_gpu_actors_when_the_cluster_has_gpus(corpus, preprocessed, tmp_path):
+    """The GPU branch (an actor pool, one actor per GPU, num_gpus=1 each) on a cluster that
+    declares one logical GPU. No CUDA here, so make_detector("auto", "cuda") falls back to
+    dlib inside the actor: the shards must equal the CPU-task run's, byte for byte."""
+    ref_out, _ = preprocessed
+    out = tmp_path / "gpu"
+    script = f"""
+import sys
+sys.path.insert(0, {str(REPO)!r})
+import ray
+from pipelines.ray_env import use_loopback
+use_loopback()
+ray.init(num_cpus=2, num_gpus=1, object_store_memory=300 * 2**20, include_dashboard=False)
+from pipelines.preprocess import PreprocessConfig, run_preprocess
+summary = run_preprocess(PreprocessConfig(input={str(corpus)!r}, output={str(out)!r}, codec="png",
+                                          shard_size={SHARD_SIZE}, progress=False))
+print("GPU_ACTORS", summary["detect_gpu_actors"])
+ray.shutdown()
+"""
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    done = subprocess.run([sys.executable, "-c", script], env=env, cwd=REPO, capture_output=True, text=True,
+                          timeout=400)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
+    assert "GPU_ACTORS 1" in done.stdout
+    assert "ActorPoolMapOperator" in done.stdout + done.stderr
+    assert _digest_dir(out) == _digest_dir(ref_out)
