@@ -138,10 +138,10 @@ def ray_data_batches(shard_paths: list[Path], windows_per_clip: int):
         col = collate_expert(windows)
         return {k: v.numpy() for k, v in col.items()}
 
-    ds = ray.data.read_webdataset([str(p) for p in shard_paths], decoder=None).repeat()
-    ds = ds.map_batches(to_windows, batch_size=4, batch_format="numpy")
-    for batch in ds.iter_torch_batches(batch_size=BATCH, local_shuffle_buffer_size=512):
-        yield batch
+    while True:  # one pass per epoch, like the shard stream
+        ds = ray.data.read_webdataset([str(p) for p in shard_paths], decoder=None)
+        ds = ds.map_batches(to_windows, batch_size=4, batch_format="numpy")
+        yield from ds.iter_torch_batches(batch_size=BATCH, local_shuffle_buffer_size=512)
 
 
 def train_steps_per_s(shards: Path, workers: int, steps: int, workdir: Path) -> float:

@@ -92,9 +92,9 @@ def _clip_fps(clip) -> float:
 
 
 def _n_frames(clip) -> int:
-    if getattr(clip, "frames", None) is not None:
-        return len(clip.frames)
-    return int(clip.meta["n_frames"])
+    # ClipSample.n_frames never decodes; reading `.frames` of a shard sample would decode them all.
+    n = getattr(clip, "n_frames", None)
+    return int(n) if n is not None else len(clip.frames)
 
 
 class _FrameCache:
