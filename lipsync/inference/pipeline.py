@@ -140,11 +140,11 @@ class LipSyncer:
 
         group = StageGroup()
         q = opts.queue_frames
+        progress = _progress(n_out, opts.progress)
         try:
             items = group.threaded(self._decode_stage(source, n_out), q, "decode")
             items = group.threaded(self._box_stage(items, source, stats), q, "boxes")
             items = group.threaded(self._generate_stage(items, mels, stats), q, "generate")
-            progress = _progress(n_out, opts.progress)
             chunk = int(round(AUDIO_CHUNK_SECONDS * SAMPLE_RATE))
             audio_pos = 0
             with VideoWriter(out, fps, width, height, audio_sample_rate=SAMPLE_RATE, crf=opts.crf,
@@ -175,8 +175,8 @@ class LipSyncer:
                 if counts["with_face"] == 0:
                     raise NoFaceError(f"{face}: no face found in any frame (try --box, --pads, --resize-factor "
                                       f"or a larger --detect-max-side)")
-            progress.close()
         finally:
+            progress.close()
             group.close()
         seconds = time.perf_counter() - started
         return InferenceResult(
