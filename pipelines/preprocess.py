@@ -58,7 +58,7 @@ class PreprocessConfig:
     # clips
     max_clip_seconds: float = 10.0               # 0 = no segmentation
     min_clip_seconds: float = 1.0
-    scene_cut_threshold: float = 40.0            # 0 disables scene-cut splitting
+    scene_cut_threshold: float = 25.0            # 0 disables scene-cut splitting
     # faces
     detector: str = "auto"                       # auto | dlib | s3fd
     detector_weights: Optional[str] = None

@@ -12,6 +12,8 @@
     fps30              the good clip re-timed to 30 fps            ok (resampled to 25 fps)
     rotated            portrait clip stored sideways + rotation    ok (turned upright)
     unlisted           a good clip in no filelist                  rejected, not_in_filelists
+    twoshots           two shots (good clip, then another speaker  ok, 2 clips (scene cut)
+                       darkened), audio of both
 
 and appends the entries (all but ``unlisted``) to the corpus' train.txt.
 """
@@ -37,6 +39,7 @@ EXPECTED = {
     "fps30": ("ok", ""),
     "rotated": ("ok", ""),
     "unlisted": ("rejected", "not_in_filelists"),
+    "twoshots": ("ok", ""),
 }
 
 
@@ -70,8 +73,10 @@ def mux(path: Path, frames=None, fps: float = 25.0, audio=None, rotation: int | 
     return path
 
 
-def add_broken_inputs(root: Path, good_clip: Path, speaker: str) -> dict[str, Path]:
-    """Write the inputs listed in the module docstring under root/main/<speaker>/."""
+def add_broken_inputs(root: Path, good_clip: Path, other_clip: Path, speaker: str) -> dict[str, Path]:
+    """Write the inputs listed in the module docstring under root/main/<speaker>/.
+
+    ``other_clip``: a clip of another speaker, the second shot of ``twoshots``."""
     folder = root / "main" / speaker
     folder.mkdir(parents=True, exist_ok=True)
     good = lsv.read_video(good_clip, fps=25)
@@ -94,6 +99,10 @@ def add_broken_inputs(root: Path, good_clip: Path, speaker: str) -> dict[str, Pa
     stored = np.stack([cv2.rotate(f, cv2.ROTATE_90_CLOCKWISE) for f in portrait])
     mux(paths["rotated"], frames=stored, audio=good.audio, rotation=90)
     paths["unlisted"].write_bytes(data)
+    other = lsv.read_video(other_clip, fps=25)
+    n1, n2 = min(len(good.frames), len(good.audio) // 640), min(len(other.frames), len(other.audio) // 640)
+    shots = np.concatenate([good.frames[:n1], (other.frames[:n2] * 0.6).astype(np.uint8)])
+    mux(paths["twoshots"], frames=shots, audio=np.concatenate([good.audio[:n1 * 640], other.audio[:n2 * 640]]))
     with open(root / "train.txt", "a", encoding="utf-8") as f:
         for name in EXPECTED:
             if name != "unlisted":

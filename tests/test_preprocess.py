@@ -62,7 +62,7 @@ def corpus(tmp_path_factory):
     root = tmp_path_factory.mktemp("pp_corpus")
     info = make_corpus(root, speakers=3, clips_per_speaker=2, seed=11, layout="lrs2",
                        seconds=(1.2, 1.6), progress=False)
-    add_broken_inputs(root, info.files[0], speaker="broken")
+    add_broken_inputs(root, info.files[0], info.files[-1], speaker="broken")
     return root
 
 
@@ -87,7 +87,8 @@ def test_manifest_accounts_for_every_input(corpus, preprocessed):
     assert good and all(r["status"] == "ok" for r in good)
     for r in rows.values():
         if r["status"] == "ok":
-            assert r["shard"] and (out / r["shard"]).exists() and len(r["sample_keys"]) == r["n_clips"] == 1
+            clips = 2 if r["input_id"] == "broken/twoshots" else 1
+            assert r["shard"] and (out / r["shard"]).exists() and len(r["sample_keys"]) == r["n_clips"] == clips
             assert r["mean_face_size"] > 48 and r["detection_rate"] > 0.9 and np.isfinite(r["box_jitter"])
     # 30 fps input resampled to 25 fps: frame count follows the duration, not the source rate.
     fps30 = rows["broken/fps30"]
