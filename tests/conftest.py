@@ -81,6 +81,17 @@ def ray_env(token: str | None = None) -> dict:
     return env
 
 
+# Every port a Ray node opens. Chosen free here: the defaults (e.g. the dashboard agent's
+# 52365) are shared by every node on the machine, so a second cluster - or a worker node
+# beside its head - would collide, and job submission then finds "No available agent".
+NODE_PORT_FLAGS = ("dashboard-agent-listen-port", "dashboard-agent-grpc-port", "runtime-env-agent-port",
+                   "metrics-export-port")
+
+
+def node_port_args() -> list[str]:
+    return [f"--{flag}={free_port()}" for flag in NODE_PORT_FLAGS]
+
+
 @dataclass
 class RayHead:
     address: str            # GCS address for `ray start --address` / ray.init
@@ -96,16 +107,44 @@ class RayHead:
             raise AssertionError(f"{' '.join(cmd)} failed ({out.returncode}):\n{out.stdout}\n{out.stderr}")
         return out
 
-    def add_worker_node(self, num_cpus: int = 1, resources: str | None = None) -> subprocess.Popen:
+    def submit_job(self, *entrypoint: str, working_dir: str | None = None,
+                   timeout: float = 400) -> subprocess.CompletedProcess:
+        """`ray job submit` (blocking, logs streamed back); retried while the job agent is still starting."""
+        extra = ["--working-dir", str(working_dir)] if working_dir else []
+        deadline = time.monotonic() + 120
+        while True:
+            out = self.ray_cli("job", "submit", "--address", self.dashboard_url, *extra, "--", *entrypoint,
+                               timeout=timeout, check=False)
+            if out.returncode == 0 or "No available agent" not in out.stdout + out.stderr \
+                    or time.monotonic() > deadline:
+                return out
+            time.sleep(3)
+
+    def alive_nodes(self) -> int:
+        out = subprocess.run([sys.executable, "-c", "import ray; ray.init(); "
+                              "print(sum(n['Alive'] for n in ray.nodes()))"],
+                             env={**self.env, "RAY_ADDRESS": self.address}, capture_output=True, text=True,
+                             timeout=120)
+        if out.returncode != 0:
+            raise AssertionError(f"cannot query the cluster at {self.address}:\n{out.stderr[-3000:]}")
+        return int(out.stdout.strip().splitlines()[-1])
+
+    def add_worker_node(self, num_cpus: int = 1, resources: str | None = None, timeout: float = 120) -> None:
         """Start a second Ray node on this machine joined to the head (a real multi-node cluster)."""
+        expected = self.alive_nodes() + 1
         cmd = [str(VENV_BIN / "ray"), "start", "--address", self.address, "--node-ip-address", "127.0.0.1",
-               f"--dashboard-agent-listen-port={free_port()}", f"--num-cpus={num_cpus}", "--object-store-memory", str(300 * 1024 * 1024), "--block"]
+               f"--num-cpus={num_cpus}", "--object-store-memory", str(300 * 1024 * 1024), "--block",
+               *node_port_args()]
         if resources:
             cmd += ["--resources", resources]
         proc = subprocess.Popen(cmd, env=self.env, start_new_session=True, stdout=subprocess.DEVNULL,
                                 stderr=subprocess.DEVNULL)
         self.procs.append(proc)
-        return proc
+        deadline = time.monotonic() + timeout
+        while self.alive_nodes() < expected:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"worker node did not join {self.address} (exit code {proc.poll()})")
+            time.sleep(2)
 
 
 def start_ray_head(num_cpus: int = 2, resources: str | None = None) -> RayHead:
@@ -115,11 +154,9 @@ def start_ray_head(num_cpus: int = 2, resources: str | None = None) -> RayHead:
     temp_dir = tempfile.mkdtemp(prefix="rayt_", dir="/tmp")  # short: Unix socket paths are limited
     cmd = [str(VENV_BIN / "ray"), "start", "--head", "--node-ip-address", "127.0.0.1", f"--port={gcs_port}",
            "--dashboard-host", "127.0.0.1", f"--dashboard-port={dash_port}", "--include-dashboard", "true",
+           f"--ray-client-server-port={free_port()}", *node_port_args(),
            f"--num-cpus={num_cpus}", "--object-store-memory", str(400 * 1024 * 1024),
-           f"--temp-dir={temp_dir}", "--block", "--disable-usage-stats",
-           # Every node's dashboard agent defaults to port 52365: two clusters on one machine
-           # (or a head and a worker node) would collide, and job submission needs the agent.
-           f"--dashboard-agent-listen-port={free_port()}"]
+           f"--temp-dir={temp_dir}", "--block", "--disable-usage-stats"]
     if resources:
         cmd += ["--resources", resources]
     proc = subprocess.Popen(cmd, env=env, start_new_session=True, stdout=subprocess.DEVNULL,
@@ -201,4 +238,15 @@ def synth_corpus(tmp_path_factory):
     from lipsync.synth import make_corpus
     out = tmp_path_factory.mktemp("corpus")
     make_corpus(out, speakers=SYNTH_SPEAKERS, clips_per_speaker=SYNTH_CLIPS_PER_SPEAKER, seed=7, layout="lrs2")
+    return out
+
+
+@pytest.fixture(scope="session")
+def shards(synth_corpus, ray_local, tmp_path_factory):
+    """The session corpus through the real Ray Data preprocessing pipeline (small shards)."""
+    from pipelines.preprocess import PreprocessConfig, run_preprocess
+    out = tmp_path_factory.mktemp("shards")
+    summary = run_preprocess(PreprocessConfig(input=str(synth_corpus), output=str(out), layout="lrs2",
+                                              num_cpus=2, shard_size=2_000_000, progress=False))
+    assert summary["ok"] == SYNTH_SPEAKERS * SYNTH_CLIPS_PER_SPEAKER, summary
     return out

@@ -213,53 +213,11 @@ def test_killed_driver_resumes_without_loss_or_duplicates(corpus, preprocessed, 
     assert summary["manifest_sha256"] == ref["manifest_sha256"]
 
 
-@pytest.fixture(scope="module")
-def job_head():
-    """A `ray start --head` node with token auth whose agents use free ports.
-
-    Every port is chosen here: the dashboard agent's default (52365) is often held by another
-    Ray node on a shared machine, and then the head has "No available agent" for jobs.
-    """
-    import secrets
-    import tempfile
-
-    from conftest import VENV_BIN, RayHead, free_port, ray_env, stop_ray_head, wait_for_http
-
-    token = secrets.token_hex(32)
-    env = ray_env(token)
-    ports = {name: free_port() for name in ("port", "dashboard-port", "dashboard-agent-listen-port",
-                                            "dashboard-agent-grpc-port", "runtime-env-agent-port",
-                                            "metrics-export-port", "ray-client-server-port")}
-    temp_dir = tempfile.mkdtemp(prefix="raypp_", dir="/tmp")
-    cmd = [str(VENV_BIN / "ray"), "start", "--head", "--node-ip-address", "127.0.0.1",
-           "--dashboard-host", "127.0.0.1", "--include-dashboard", "true", "--num-cpus=2",
-           "--object-store-memory", str(400 * 1024 * 1024), f"--temp-dir={temp_dir}", "--block",
-           "--disable-usage-stats", *[f"--{name}={port}" for name, port in ports.items()]]
-    proc = subprocess.Popen(cmd, env=env, start_new_session=True, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
-    head = RayHead(address=f"127.0.0.1:{ports['port']}", dashboard_url=f"http://127.0.0.1:{ports['dashboard-port']}",
-                   env=env, temp_dir=temp_dir, procs=[proc])
-    try:
-        wait_for_http(f"{head.dashboard_url}/api/version", timeout=120, proc=proc,
-                      headers={"Authorization": f"Bearer {token}"})
-        yield head
-    finally:
-        stop_ray_head(head)
-
-
-def test_ray_job_submit_against_a_token_auth_head(corpus, preprocessed, job_head, tmp_path):
-    ray_head = job_head
+def test_ray_job_submit_against_a_token_auth_head(corpus, preprocessed, ray_head, tmp_path):
     ref_out, ref = preprocessed
     out = tmp_path / "job"
-    deadline = time.monotonic() + 120
-    while True:
-        submit = ray_head.ray_cli(
-            "job", "submit", "--address", ray_head.dashboard_url, "--working-dir", str(REPO), "--",
-            sys.executable, "workflows/preprocess.py", *_cli_args(corpus, out), timeout=400, check=False)
-        # A fresh head's job agent registers a little after its dashboard answers.
-        if "No available agent" not in submit.stderr or time.monotonic() > deadline:
-            break
-        time.sleep(3)
+    submit = ray_head.submit_job(sys.executable, "workflows/preprocess.py", *_cli_args(corpus, out),
+                                 working_dir=REPO)
     assert submit.returncode == 0, submit.stdout[-3000:] + submit.stderr[-3000:]
     assert "succeeded" in (submit.stdout + submit.stderr).lower(), submit.stdout[-3000:]
     summary = json.loads((out / "summary.json").read_text())
