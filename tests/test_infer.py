@@ -179,6 +179,22 @@ def test_image_input(media, tiny_model, tmp_path):
     assert result.frames_with_face == 28
 
 
+def test_resize_rotate_crop_and_static_like_the_original(media, tiny_model, tmp_path):
+    """resize_factor -> rotate 90 cw -> crop, in that order; the output has the cropped size.
+    --static repeats the first frame (face boxes are fixed here: a rotated face is not detected)."""
+    out = tmp_path / "transformed.mp4"
+    o = opts(resize_factor=2, rotate=True, crop=(0, 100, 10, -1), box=(10, 90, 20, 100), static=True)
+    result = LipSyncer(tiny_model, o).sync(media / "face.mp4", media / "speech_1_4s.wav", out)
+    assert (result.width, result.height) == (118, 100)
+    got = decoded(out).astype(np.float32)
+    assert got.shape == (35, 100, 118, 3)
+    first = cv2.rotate(cv2.resize(decoded(media / "face.mp4")[0], (128, 128)), cv2.ROTATE_90_CLOCKWISE)[0:100, 10:]
+    assert np.abs(got[:, :8, :] - first[:8].astype(np.float32)).mean() < 4  # rows above the box: the input
+    outside = np.ones((100, 118), bool)
+    outside[10 - 8:90 + 8, 20 - 8:100 + 8] = False
+    assert np.abs(got[1:] - got[:1])[:, outside].max() <= CODEC_TOL  # static: the same frame throughout
+
+
 def test_official_format_checkpoint_end_to_end(media, tmp_path):
     """Random full-width weights under the official keys, saved as the original dict (with DataParallel prefixes)."""
     torch.manual_seed(1)
@@ -221,7 +237,7 @@ def _input(faces):
 def test_mlflow_model_uri(mlflow_server, media, tmp_path, monkeypatch):
     import mlflow
 
-    from pipelines.tracking import register_artifact
+    from pipelines.registry import register_checkpoint
 
     monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_server.uri)
     mlflow.set_tracking_uri(mlflow_server.uri)
@@ -232,7 +248,8 @@ def test_mlflow_model_uri(mlflow_server, media, tmp_path, monkeypatch):
     mlflow.set_experiment("infer-test")
     with mlflow.start_run() as run:
         mlflow.log_artifacts(str(folder), artifact_path="checkpoint")
-    register_artifact(run.info.run_id, "checkpoint", "wav2lip-infer-test", alias="champion")
+    register_checkpoint(run.info.run_id, "checkpoint", "wav2lip-infer-test", alias="champion",
+                        tracking_uri=mlflow_server.uri)
 
     out = tmp_path / "registry.mp4"
     result = LipSyncer("models:/wav2lip-infer-test@champion", opts(), tracking_uri=mlflow_server.uri).sync(
