@@ -55,7 +55,7 @@ class ExpertTrainConfig:
     shuffle_buffer: int = 2048
     loader_workers: int = 0  # DataLoader processes per training worker (GPU nodes: a few per GPU)
     val_windows_per_clip: int = 16
-    val_max_clips: int | None = None
+    val_max_clips: int | None = 512  # bounds validation time and memory on big val splits
     seed: int = 0
     # cadence
     log_every: int = 50
@@ -172,8 +172,9 @@ def _train_loop(config: dict) -> None:
     )
     val_sampling = ExpertSampling(T=cfg.T, face_size=cfg.face_size, min_offset=cfg.min_offset)
     val_windows = fixed_expert_windows(
-        [Path(p) for p in config["val_shards"]], cfg.val_windows_per_clip, cfg.seed, val_sampling, cfg.val_max_clips
-    )[rank::world]
+        [Path(p) for p in config["val_shards"]], cfg.val_windows_per_clip, cfg.seed, val_sampling,
+        cfg.val_max_clips, rank=rank, world_size=world,
+    )
 
     # Where each rank runs (node, device): provenance, and proof that DDP spans nodes.
     placement = f"{ray.get_runtime_context().get_node_id()}/{device}"

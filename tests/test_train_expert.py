@@ -146,6 +146,18 @@ def submit_job(head, *entrypoint: str, timeout: float = 400) -> subprocess.Compl
     return out
 
 
+# `ray start --address` refuses to join a cluster in Ray's single-machine (loopback) mode,
+# and with multi-node mode on it rewrites 127.0.0.1 to the machine's routable address.
+# This runs the same CLI with the multi-node check passed and 127.0.0.1 kept as is; the
+# node's processes still run in loopback mode (env from conftest.ray_env), like the head.
+JOIN_ON_LOOPBACK = (
+    "import sys; from ray._private import ray_constants, services; "
+    "ray_constants.ENABLE_RAY_CLUSTER = True; "
+    "services.resolve_ip_for_localhost = lambda host: host; "
+    "from ray.scripts.scripts import main; sys.argv[0] = 'ray'; main()"
+)
+
+
 def start_two_node_cluster(resources: dict):
     """A head and a worker node (`ray start`, token auth, loopback), each with 1 CPU and `resources`.
 
@@ -168,7 +180,7 @@ def start_two_node_cluster(resources: dict):
                                        stderr=subprocess.DEVNULL))
     wait_for_http(f"{head.dashboard_url}/api/version", timeout=120, proc=head.procs[0],
                   headers={"Authorization": f"Bearer {token}"})
-    worker_cmd = [str(VENV_BIN / "ray"), "start", "--address", head.address,
+    worker_cmd = [str(VENV_BIN / "python"), "-c", JOIN_ON_LOOPBACK, "start", "--address", head.address,
                   f"--dashboard-agent-listen-port={free_port()}", *common]
     head.procs.append(subprocess.Popen(worker_cmd, env=env, start_new_session=True, stdout=subprocess.DEVNULL,
                                        stderr=subprocess.DEVNULL))

@@ -61,7 +61,7 @@ def build_parser() -> argparse.ArgumentParser:
     data.add_argument("--loader-workers", type=int, default=d.loader_workers,
                       help="DataLoader processes per training worker (0: read in the training process)")
     data.add_argument("--val-windows-per-clip", type=int, default=d.val_windows_per_clip)
-    data.add_argument("--val-max-clips", type=int, default=None)
+    data.add_argument("--val-max-clips", type=int, default=d.val_max_clips)
     data.add_argument("--seed", type=int, default=d.seed)
     data.add_argument("--manifest", default=None, help="default: <shards>/manifest.parquet")
     cad = p.add_argument_group("cadence")

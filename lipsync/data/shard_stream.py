@@ -145,14 +145,24 @@ def fixed_expert_windows(
     seed: int,
     sampling: ExpertSampling = ExpertSampling(),
     max_clips: int | None = None,
+    rank: int = 0,
+    world_size: int = 1,
 ) -> list[ExpertWindow]:
-    """A deterministic evaluation set: the same windows for the same shards and seed."""
-    rng = np.random.default_rng([seed, 13])
+    """A deterministic evaluation set: the same windows for the same shards and seed.
+
+    With ``world_size > 1`` each rank gets the windows of every ``world_size``-th clip; each
+    clip's windows come from its own seed, so the union over ranks is the same set whatever
+    the number of ranks (validation numbers stay comparable across scalings) and no rank
+    holds the whole set in memory.
+    """
     out: list[ExpertWindow] = []
+    n_clips = 0
     for i, clip in enumerate(iter_clips(list(shard_paths))):
         if max_clips is not None and i >= max_clips:
             break
-        out.extend(sample_expert_windows(clip, windows_per_clip, rng, sampling))
-    if not out:
-        raise ConfigError(f"no evaluation windows could be cut from {len(shard_paths)} shard(s)")
+        n_clips += 1
+        if i % world_size == rank:
+            out.extend(sample_expert_windows(clip, windows_per_clip, np.random.default_rng([seed, i, 13]), sampling))
+    if n_clips == 0:
+        raise ConfigError(f"no evaluation clips in {len(shard_paths)} shard(s)")
     return out
