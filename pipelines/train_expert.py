@@ -144,6 +144,8 @@ def _train_loop(config: dict) -> None:
         model.load_state_dict(restored.model.state_dict())
         state = restored.train_state
         optimizer.load_state_dict(state["optimizer"])
+        for group in optimizer.param_groups:  # the flag wins: --resume --lr X lowers the rate
+            group["lr"] = cfg.lr
         torch.set_rng_state(state["torch_rng"])
         start_step = int(state["step"])
         best_acc, best_step = state.get("best_val_accuracy"), state.get("best_step")
@@ -325,6 +327,7 @@ def _open_mlflow_run(cfg: ExpertTrainConfig, tracking_uri: str, n_train: int, n_
         resumed = int(client.get_run(run_id).data.tags.get("lipsync.resumed", "0")) + 1
         client.set_tag(run_id, "lipsync.resumed", str(resumed))
         client.set_tag(run_id, f"lipsync.resume_{resumed}.max_steps", str(cfg.max_steps))
+        client.set_tag(run_id, f"lipsync.resume_{resumed}.lr", str(cfg.lr))
         return run_id
     if run_dir.exists():
         raise ConfigError(
