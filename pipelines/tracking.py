@@ -33,8 +33,9 @@ def resolve_tracking_uri(uri: str | None = None) -> str:
 def configure(uri: str | None = None, experiment: str | None = None) -> str:
     """Point mlflow at the resolved store (and experiment); returns the URI used.
 
-    For the local SQLite default, new experiments put their artifacts in ./mlartifacts
-    rather than MLflow's default ./mlruns, so the two never get confused.
+    With a SQLite store, new experiments keep their artifacts in `mlartifacts/` beside the
+    database file (not MLflow's default ./mlruns of whatever the working directory is), so
+    a store and its artifacts move together.
     """
     uri = resolve_tracking_uri(uri)
     mlflow.set_tracking_uri(uri)
@@ -42,8 +43,9 @@ def configure(uri: str | None = None, experiment: str | None = None) -> str:
     if experiment:
         if mlflow.get_experiment_by_name(experiment) is None:
             artifact_location = None
-            if uri.startswith("sqlite:"):
-                artifact_location = (Path.cwd() / DEFAULT_ARTIFACTS / experiment).as_uri()
+            if uri.startswith("sqlite:///"):
+                db_path = Path(uri[len("sqlite:///"):])
+                artifact_location = (db_path.resolve().parent / DEFAULT_ARTIFACTS / experiment).as_uri()
             mlflow.create_experiment(experiment, artifact_location=artifact_location)
         mlflow.set_experiment(experiment)
     return uri
