@@ -51,7 +51,7 @@ import av
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
-from lipsync.errors import MediaError
+from lipsync.errors import MediaError, check_media_file
 
 SAMPLE_RATE = 16000  # Hz, the original's hparams.sample_rate
 HOP = 200  # samples between mel frames (12.5 ms)
@@ -82,7 +82,7 @@ def load_audio(path: str | os.PathLike, sr: int = SAMPLE_RATE) -> np.ndarray:
     without an audio stream, or one whose audio stream holds no samples.
     """
     path = os.fspath(path)
-    _check_file(path)
+    check_media_file(path)
     chunks: list[np.ndarray] = []
     try:
         with av.open(path) as container:
@@ -141,15 +141,6 @@ def _resample(wav: np.ndarray, orig_sr: int, target_sr: int) -> np.ndarray:
     elif out.shape[0] < n_out:
         out = np.pad(out, (0, n_out - out.shape[0]))
     return out.astype(np.float32, copy=False)
-
-
-def _check_file(path: str) -> None:
-    if not os.path.exists(path):
-        raise MediaError(f"{path}: no such file")
-    if os.path.isdir(path):
-        raise MediaError(f"{path}: is a directory, not a media file")
-    if os.path.getsize(path) == 0:
-        raise MediaError(f"{path}: file is empty (0 bytes)")
 
 
 # ---------------------------------------------------------------------------------------- features

@@ -36,7 +36,7 @@ import cv2
 import numpy as np
 
 from lipsync.audio import SAMPLE_RATE, load_audio
-from lipsync.errors import MediaError
+from lipsync.errors import MediaError, check_media_file
 
 
 @dataclass
@@ -73,17 +73,8 @@ class Video:
 # ------------------------------------------------------------------------------------------ reading
 
 
-def _check_file(path: str) -> None:
-    if not os.path.exists(path):
-        raise MediaError(f"{path}: no such file")
-    if os.path.isdir(path):
-        raise MediaError(f"{path}: is a directory, not a media file")
-    if os.path.getsize(path) == 0:
-        raise MediaError(f"{path}: file is empty (0 bytes)")
-
-
 def _open(path: str) -> av.container.InputContainer:
-    _check_file(path)
+    check_media_file(path)
     try:
         return av.open(path)
     except (av.error.FFmpegError, ValueError, OSError) as e:
@@ -326,7 +317,7 @@ _align_audio_to_video = align_audio_to_video  # old private name, used by pipeli
 def read_image(path: str | os.PathLike) -> np.ndarray:
     """Read a still image as a BGR uint8 (H, W, 3) frame; MediaError if missing or not an image."""
     path = os.fspath(path)
-    _check_file(path)
+    check_media_file(path)
     data = np.fromfile(path, dtype=np.uint8)  # imdecode handles non-ASCII paths, imread may not
     image = cv2.imdecode(data, cv2.IMREAD_COLOR)
     if image is None:
