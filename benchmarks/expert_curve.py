@@ -26,7 +26,7 @@ def main() -> int:
     p.add_argument("--clips", type=int, default=8)
     p.add_argument("--width", type=float, default=0.125)
     p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--lr", type=float, default=5e-4)
+    p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--min-offset", type=int, default=2)
     p.add_argument("--max-steps", type=int, default=6000)
     p.add_argument("--checkpoint-every", type=int, default=250)
