@@ -67,7 +67,7 @@ def main(argv: list[str] | None = None) -> int:
           "--tracking-uri", tracking], env)
     step("3/5 train the lip-sync expert (Ray Train DDP, MLflow registry)",
          [py, "workflows/train.py", "--stage", "expert", "--shards", str(shards), "--width",
-          str(args.expert_width), "--max-steps", str(args.expert_steps), "--num-workers", str(args.num_workers),
+          str(args.expert_width), "--max-steps", str(args.expert_steps), "--lr", "1e-3", "--num-workers", str(args.num_workers),
           "--storage-path", str(work / "ray_results"), "--tracking-uri", tracking], env)
     print("\n=== 4/5 generator training and evaluation: arrive with the next issues "
           "(workflows/train.py --stage generator, workflows/evaluate.py)")
