@@ -26,7 +26,7 @@ demo: install
 	$(PY) workflows/demo.py --workdir $(DEMO)
 
 bench: install
-	for b in benchmarks/*.py; do echo "== $$b"; $(PY) $$b || exit 1; done
+	for b in benchmarks/*.py; do case $$b in *expert_curve.py) continue;; esac; echo "== $$b"; $(PY) $$b || exit 1; done
 
 clean:
 	rm -rf $(DEMO) mlruns.db mlartifacts
