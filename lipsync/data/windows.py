@@ -156,7 +156,7 @@ def augment_window(frames: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     """Sync-preserving augmentation: ONE random colour jitter, scale/shift and horizontal
     flip drawn per window and applied identically to all T frames (audio untouched), so
     lip motion relative to the audio is unchanged. Input/output (T, S, S, 3) uint8 BGR."""
-    T, S = frames.shape[0], frames.shape[1]
+    S = frames.shape[1]
     out = frames
     if rng.random() < 0.5:
         out = out[:, :, ::-1, :]
