@@ -247,6 +247,8 @@ def shards(synth_corpus, ray_local, tmp_path_factory):
     from pipelines.preprocess import PreprocessConfig, run_preprocess
     out = tmp_path_factory.mktemp("shards")
     summary = run_preprocess(PreprocessConfig(input=str(synth_corpus), output=str(out), layout="lrs2",
-                                              num_cpus=2, shard_size=2_000_000, progress=False))
+                                              num_cpus=2, progress=False))
     assert summary["ok"] == SYNTH_SPEAKERS * SYNTH_CLIPS_PER_SPEAKER, summary
+    from lipsync.data.shard_stream import list_shards
+    list_shards(out, "train"), list_shards(out, "val")  # fail loudly if a split is missing
     return out

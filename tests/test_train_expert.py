@@ -42,25 +42,13 @@ TINY = dict(width=0.125, face_size=96, batch_size=32, lr=1e-3, windows_per_clip=
             val_windows_per_clip=32, system_metrics=False)
 
 
-@pytest.fixture(scope="module")
-def expert_shards(synth_corpus, tmp_path_factory):
-    """Shards of the session's synthetic corpus, through the real preprocessing pipeline."""
-    from pipelines.preprocess import PreprocessConfig, run_preprocess
-
-    out = tmp_path_factory.mktemp("expert_shards")
-    run_preprocess(PreprocessConfig(input=str(synth_corpus), output=str(out), layout="lrs2", num_cpus=2,
-                                    progress=False))
-    list_shards(out, "train"), list_shards(out, "val")  # fail loudly if a split is missing
-    return out
-
-
 def metric_steps(client: MlflowClient, run_id: str, key: str) -> list[int]:
     return sorted(m.step for m in client.get_metric_history(run_id, key))
 
 
-def test_expert_learns_sync_and_is_registered(ray_local, mlflow_server, expert_shards, tmp_path):
+def test_expert_learns_sync_and_is_registered(ray_local, mlflow_server, shards, tmp_path):
     # System metrics on here (off elsewhere to keep the other runs light).
-    cfg = ExpertTrainConfig(shards=str(expert_shards), **{**TINY, "system_metrics": True}, max_steps=400,
+    cfg = ExpertTrainConfig(shards=str(shards), **{**TINY, "system_metrics": True}, max_steps=400,
                             log_every=25, checkpoint_every=50, num_workers=2, storage_path=str(tmp_path / "ray"),
                             run_name="learn", tracking_uri=mlflow_server.uri, experiment="test-expert-learn")
     result = train_expert(cfg)
@@ -93,7 +81,7 @@ def test_expert_learns_sync_and_is_registered(ray_local, mlflow_server, expert_s
     path = resolve_model(f"models:/{EXPERT_MODEL_NAME}@{ALIAS_CANDIDATE}", tmp_path / "dl", mlflow_server.uri)
     model, config = load_model(path, kind="expert")
     assert config.kind == "expert" and config.width == TINY["width"]
-    windows = fixed_expert_windows(list_shards(expert_shards, "val"), 32, 0, ExpertSampling(face_size=96))
+    windows = fixed_expert_windows(list_shards(shards, "val"), 32, 0, ExpertSampling(face_size=96))
     sums = evaluate_expert(model, windows, batch_size=64)
     scored = summarize_evaluation(sums)
     # Same windows, same weights; batching differs, so allow a score on the 0.5 edge to flip.
@@ -107,8 +95,8 @@ def test_expert_learns_sync_and_is_registered(ray_local, mlflow_server, expert_s
     assert scores.shape == (8, 1) and torch.all((scores >= 0) & (scores <= 1))
 
 
-def test_worker_failure_restores_from_checkpoint_and_resume_continues(ray_local, mlflow_server, expert_shards, tmp_path):
-    cfg = ExpertTrainConfig(shards=str(expert_shards), **TINY, max_steps=30, log_every=5, checkpoint_every=10,
+def test_worker_failure_restores_from_checkpoint_and_resume_continues(ray_local, mlflow_server, shards, tmp_path):
+    cfg = ExpertTrainConfig(shards=str(shards), **TINY, max_steps=30, log_every=5, checkpoint_every=10,
                             num_workers=2, max_failures=1, fail_at_step=25, storage_path=str(tmp_path / "ray"),
                             run_name="faulty", tracking_uri=mlflow_server.uri, experiment="test-expert-fault",
                             register=False)
@@ -197,7 +185,7 @@ def cluster_nodes(head) -> list[str]:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def test_two_node_ddp_via_job_submit(mlflow_server, expert_shards, tmp_path):
+def test_two_node_ddp_via_job_submit(mlflow_server, shards, tmp_path):
     from conftest import stop_ray_head
 
     # One "expert_slot" per node and one per worker: the two workers land on different nodes.
@@ -210,7 +198,7 @@ def test_two_node_ddp_via_job_submit(mlflow_server, expert_shards, tmp_path):
         out = submit_job(
             head,
             sys.executable, str(REPO / "workflows" / "train.py"), "--stage", "expert",
-            "--shards", str(expert_shards), "--width", "0.0625", "--batch-size", "16", "--lr", "1e-3",
+            "--shards", str(shards), "--width", "0.0625", "--batch-size", "16", "--lr", "1e-3",
             "--max-steps", "6", "--log-every", "3", "--checkpoint-every", "6", "--num-workers", "2",
             "--worker-resources", json.dumps({"expert_slot": 1}), "--val-max-clips", "2",
             "--val-windows-per-clip", "4", "--storage-path", str(tmp_path / "ray"), "--run-name", "two-node",
