@@ -37,6 +37,23 @@ def scaled(channels: int, width: float) -> int:
     return max(MIN_CHANNELS, int(round(channels * width)))
 
 
+def width_layers(width: float):
+    """Layer makers at a width multiplier: channels c(n), a residual 3x3 block, a stride-2 3x3 block.
+
+    The expert and the generator build their encoders from these same three shapes.
+    """
+    def c(n: int) -> int:
+        return scaled(n, width)
+
+    def res(n: int) -> "ConvBlock":
+        return ConvBlock(c(n), c(n), 3, 1, 1, residual=True)
+
+    def down(cin: int, cout: int) -> "ConvBlock":
+        return ConvBlock(c(cin), c(cout), 3, 2, 1)
+
+    return c, res, down
+
+
 def check_width(width: float) -> float:
     if not isinstance(width, (int, float)) or not math.isfinite(width) or width <= 0:
         raise ConfigError(f"model width must be a positive number, got {width!r}")

@@ -24,8 +24,8 @@ from lipsync.models.blocks import (
     conv_out_size,
     lower_half,
     make_audio_encoder,
-    scaled,
     stages_to_bottleneck,
+    width_layers,
 )
 
 SYNC_FRAMES = 5  # syncnet_T: frames per window
@@ -36,9 +36,7 @@ class SyncNet(nn.Module):
         super().__init__()
         self.width = check_width(width)
         self.face_size = check_face_size(face_size)
-        c = lambda n: scaled(n, self.width)  # noqa: E731
-        res = lambda n: ConvBlock(c(n), c(n), 3, 1, 1, residual=True)  # noqa: E731
-        down = lambda cin, cout: ConvBlock(c(cin), c(cout), 3, 2, 1)  # noqa: E731
+        c, res, down = width_layers(self.width)
 
         # Map size after the 7x7 block and the (1,2)-strided 5x5 block (96 px: 46x47).
         h = conv_out_size(face_size // 2, 5, 1, 1)

@@ -27,8 +27,8 @@ from lipsync.models.blocks import (
     check_width,
     fold_time,
     make_audio_encoder,
-    scaled,
     stages_to_bottleneck,
+    width_layers,
     unfold_time,
 )
 
@@ -38,9 +38,7 @@ class Wav2Lip(nn.Module):
         super().__init__()
         self.width = check_width(width)
         self.face_size = check_face_size(face_size)
-        c = lambda n: scaled(n, self.width)  # noqa: E731
-        res = lambda n: ConvBlock(c(n), c(n), 3, 1, 1, residual=True)  # noqa: E731
-        down = lambda cin, cout: ConvBlock(c(cin), c(cout), 3, 2, 1)  # noqa: E731
+        c, res, down = width_layers(self.width)
 
         # 96 px halves 5 times to 3x3; larger faces get extra 16-channel halvings right
         # after the input block (cheap in parameters), and a matching decoder stage each.
