@@ -5,6 +5,12 @@ with Ray Train, logs everything to MLflow (local SQLite under the workdir unless
 --tracking-uri), and prints the validation curve (step, seconds, val loss/accuracy, the
 hardest offset buckets). The curve PNG is in the run's artifacts (curves/expert_curve.png).
 
+The registered best checkpoint (chosen on val) is then scored on the *test* split — speakers
+used neither for training nor for choosing the checkpoint — twice: with the training
+sampling (negatives that sound different) and with the original's sampling
+(``min_mel_distance=0``, silence-vs-silence negatives included). Both are printed and logged
+to the run as test_accuracy / test_original_sampling_accuracy.
+
     python benchmarks/expert_curve.py --workdir /tmp/expert_curve            # defaults below
     python benchmarks/expert_curve.py --workdir W --speakers 24 --clips 8 --width 0.25 --max-steps 8000
 """
@@ -28,9 +34,12 @@ def main() -> int:
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--min-offset", type=int, default=2)
+    p.add_argument("--min-mel-distance", type=float, default=0.5)
+    p.add_argument("--val-windows-per-clip", type=int, default=64, help="64 x 16 val clips = 1,024 pairs")
     p.add_argument("--max-steps", type=int, default=6000)
     p.add_argument("--checkpoint-every", type=int, default=250)
     p.add_argument("--target", type=float, default=0.90, help="stop once val accuracy reaches this")
+    p.add_argument("--keep-going", action="store_true", help="train all --max-steps even after the target")
     p.add_argument("--num-workers", type=int, default=2)
     p.add_argument("--tracking-uri", default=None)
     p.add_argument("--run-name", default=None)
@@ -53,11 +62,12 @@ def main() -> int:
     result = train_expert(
         ExpertTrainConfig(
             shards=str(shards), width=args.width, batch_size=args.batch_size, lr=args.lr,
-            min_offset=args.min_offset, max_steps=args.max_steps, log_every=50,
-            checkpoint_every=args.checkpoint_every, stop_at_val_accuracy=args.target,
+            min_offset=args.min_offset, min_mel_distance=args.min_mel_distance,
+            max_steps=args.max_steps, log_every=50,
+            checkpoint_every=args.checkpoint_every, stop_at_val_accuracy=None if args.keep_going else args.target,
             num_workers=args.num_workers, storage_path=str(work / "ray_results"),
             run_name=args.run_name or time.strftime("curve-%H%M%S"), tracking_uri=tracking_uri,
-            experiment="lipsync-expert-curve", val_windows_per_clip=16,
+            experiment="lipsync-expert-curve", val_windows_per_clip=args.val_windows_per_clip,
         )
     )
     wall = time.time() - started
@@ -78,7 +88,35 @@ def main() -> int:
     print(f"best val accuracy {result.best_val_accuracy:.3f} at step {result.best_step}; "
           f"target {args.target:.0%} {'reached at step ' + str(reached[0]) if reached else 'NOT reached'}; "
           f"registered version {result.model_version}")
+    test = score_test_split(shards, result, args)
+    for name, value in test.items():
+        client.log_metric(result.run_id, name, value, step=result.final_step)
+    print("held-out test split, registered checkpoint: " + ", ".join(f"{k} {v:.3f}" for k, v in test.items()))
     return 0 if reached else 1
+
+
+def score_test_split(shards: Path, result, args) -> dict[str, float]:
+    """Accuracy of the registered checkpoint on the test split, both negative samplings."""
+    import torch
+
+    from lipsync.checkpoints import load_model
+    from lipsync.data.shard_stream import fixed_expert_windows, list_shards
+    from lipsync.data.windows import ExpertSampling
+    from lipsync.training.expert import evaluate_expert, summarize_evaluation
+    from pipelines import tracking
+    from pipelines.registry import resolve_model
+
+    path = resolve_model(f"models:/{tracking.EXPERT_MODEL_NAME}/{result.model_version}", tracking_uri=result.tracking_uri)
+    model = load_model(path)[0]
+    torch.set_num_threads(2)
+    out = {}
+    for name, distance in (("test", args.min_mel_distance), ("test_original_sampling", 0.0)):
+        sampling = ExpertSampling(min_offset=args.min_offset, min_mel_distance=distance)
+        windows = fixed_expert_windows(list_shards(shards, "test"), args.val_windows_per_clip, 1, sampling)
+        metrics = summarize_evaluation(evaluate_expert(model, windows, batch_size=128), prefix=name)
+        out[f"{name}_accuracy"] = metrics[f"{name}_accuracy"]
+        out[f"{name}_pairs"] = metrics[f"{name}_pairs"]
+    return out
 
 
 if __name__ == "__main__":

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from lipsync.data.windows import ExpertSampling
 from lipsync.errors import ConfigError
 
 MODEL_FILE = "expert.safetensors"
@@ -28,6 +29,7 @@ class ExpertTrainConfig:
     lr: float = 1e-4
     T: int = 5
     min_offset: int = 2
+    min_mel_distance: float = 0.5  # negatives must sound different (lipsync/data/windows.py)
     augment: bool = False
     max_steps: int = 10_000
     stop_at_val_accuracy: float | None = None  # end early once validation reaches this
@@ -70,6 +72,9 @@ class ExpertTrainConfig:
                 raise ConfigError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
         if self.lr <= 0:
             raise ConfigError(f"--lr must be > 0, got {self.lr}")
+        # the worker builds the same sampling; fail here, in the driver, with the flag's name
+        ExpertSampling(T=self.T, face_size=self.face_size, min_offset=self.min_offset,
+                       min_mel_distance=self.min_mel_distance, augment=self.augment)
 
 
 @dataclass

@@ -16,7 +16,7 @@ from __future__ import annotations
 import os
 import tempfile
 import time
-from dataclasses import fields
+from dataclasses import fields, replace
 from pathlib import Path
 
 from pipelines.expert_config import CHECKPOINT_ARTIFACT_DIR, MODEL_FILE, ExpertTrainConfig
@@ -76,7 +76,10 @@ def train_loop_per_worker(config: dict) -> None:
             if torch.is_tensor(v) and k != "step":
                 group[k] = v.to(device)
 
-    sampling = ExpertSampling(T=cfg.T, face_size=cfg.face_size, min_offset=cfg.min_offset, augment=cfg.augment)
+    sampling = ExpertSampling(
+        T=cfg.T, face_size=cfg.face_size, min_offset=cfg.min_offset,
+        min_mel_distance=cfg.min_mel_distance, augment=cfg.augment,
+    )
     per_worker_batch = cfg.batch_size // world
     # The stream seed mixes in the resume step: a restored run samples fresh windows
     # rather than replaying the ones it saw before the failure.
@@ -90,7 +93,7 @@ def train_loop_per_worker(config: dict) -> None:
         seed=cfg.seed * 1_000_003 + start_step,
         sampling=sampling,
     )
-    val_sampling = ExpertSampling(T=cfg.T, face_size=cfg.face_size, min_offset=cfg.min_offset)
+    val_sampling = replace(sampling, augment=False)
     val_windows = fixed_expert_windows(
         [Path(p) for p in config["val_shards"]], cfg.val_windows_per_clip, cfg.seed, val_sampling,
         cfg.val_max_clips, rank=rank, world_size=world,

@@ -167,7 +167,8 @@ def train_expert(cfg: ExpertTrainConfig) -> ExpertTrainResult:
             f"{CHECKPOINT_ARTIFACT_DIR}/step-{best_step:07d}",
             tracking.EXPERT_MODEL_NAME,
             alias=tracking.ALIAS_CANDIDATE,
-            tags={"val_accuracy": f"{best_acc:.4f}", "step": str(best_step), "min_offset": str(cfg.min_offset)},
+            tags={"val_accuracy": f"{best_acc:.4f}", "step": str(best_step), "min_offset": str(cfg.min_offset),
+                  "min_mel_distance": str(cfg.min_mel_distance)},
             tracking_uri=tracking_uri,
         )
         client.set_tag(run_id, "lipsync.registered_version", version)

@@ -14,6 +14,7 @@ from lipsync.data.windows import (
     collate_expert,
     expert_face_tensor,
     generator_tensors,
+    mel_window_distance,
     sample_expert_windows,
     sample_generator_window,
     valid_expert_starts,
@@ -80,6 +81,48 @@ def test_short_clip_gives_no_windows_and_valid_starts():
     assert sample_expert_windows(clip, 4, np.random.default_rng(0), ExpertSampling(min_offset=5)) == []
     with pytest.raises(ConfigError):
         ExpertSampling(min_offset=0)
+
+
+def paused_clip(n_frames=100, fps=25.0) -> ClipSample:
+    """First half of the clip silent (mel floor -4 everywhere), second half "speech" (noise)."""
+    clip = indexed_clip(n_frames=n_frames, fps=fps)
+    rng = np.random.default_rng(5)
+    mel = np.full(clip.mel.shape, -4.0, np.float32)
+    half = mel.shape[1] // 2
+    mel[:, half:] = rng.uniform(-3.0, 2.0, size=(80, mel.shape[1] - half))
+    return ClipSample("paused", clip.frames, mel, clip.meta)
+
+
+def _negative_distances(clip, sampling):
+    windows = sample_expert_windows(clip, 400, np.random.default_rng(2), sampling)
+    fps = 25.0
+    out = []
+    for w in windows:
+        if w.label == 0.0:
+            s = int(mel_start_index(np.array([w.start]), fps)[0])
+            out.append(mel_window_distance(clip.mel[:, s : s + 16], w.mel[0]))
+    return np.array(out), windows
+
+
+def test_negatives_sound_different_from_the_true_window():
+    clip = paused_clip()
+    # the original sampling pairs silence with silence: indistinguishable from a positive
+    original, _ = _negative_distances(clip, ExpertSampling(min_mel_distance=0.0))
+    assert (original < 1e-6).sum() > 20
+    dist, windows = _negative_distances(clip, ExpertSampling())
+    assert len(dist) == 200 and sum(w.label for w in windows) == 200  # still balanced
+    assert dist.min() >= 0.5
+    # silent video windows still get negatives: their audio comes from the speech half
+    assert any(w.label == 0.0 and w.start + 4 < 45 for w in windows)
+    with pytest.raises(ConfigError, match="min-mel-distance"):
+        ExpertSampling(min_mel_distance=-0.1)
+
+
+def test_clip_of_one_sound_gives_no_expert_windows():
+    clip = indexed_clip(n_frames=60)
+    silent = ClipSample("silent", clip.frames, np.full(clip.mel.shape, -4.0, np.float32), clip.meta)
+    assert sample_expert_windows(silent, 8, np.random.default_rng(0), ExpertSampling()) == []
+    assert len(sample_expert_windows(silent, 8, np.random.default_rng(0), ExpertSampling(min_mel_distance=0))) == 8
 
 
 def test_augmentation_is_identical_across_frames():

@@ -54,6 +54,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="end training once validation accuracy reaches this")
     m.add_argument("--min-offset", type=int, default=d.min_offset,
                    help="negatives take audio at least this many frames away (original: 1)")
+    m.add_argument("--min-mel-distance", type=float, default=d.min_mel_distance,
+                   help="negatives' audio must differ from the true window by this mean |mel| "
+                        "difference (skips silence-vs-silence pairs; 0 = original sampling)")
     m.add_argument("--augment", action="store_true", help="sync-preserving augmentation (off = paper parity)")
     data = p.add_argument_group("data")
     data.add_argument("--windows-per-clip", type=int, default=d.windows_per_clip)
