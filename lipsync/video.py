@@ -138,8 +138,25 @@ def _container_duration(container, stream) -> float:
     return 0.0
 
 
+# BGR <-> yuv420p goes through OpenCV (BT.601, limited range, rounded), not PyAV's swscale
+# default: swscale's fast path darkens by ~2 levels per round trip (mid-grey 128 comes back
+# as (123, 126, 124)), which inference would print on every passed-through frame, and its
+# encoder-side conversion was 18x slower at 720p. Other pixel formats keep swscale.
+def _i420_to_bgr(frame: av.VideoFrame) -> np.ndarray | None:
+    if frame.format.name != "yuv420p" or frame.width % 2 or frame.height % 2:
+        return None
+    return cv2.cvtColor(frame.to_ndarray(), cv2.COLOR_YUV2BGR_I420)
+
+
+def bgr_to_i420_frame(image: np.ndarray) -> av.VideoFrame:
+    """An even-sized BGR uint8 image as a yuv420p VideoFrame (see the note above)."""
+    return av.VideoFrame.from_ndarray(cv2.cvtColor(image, cv2.COLOR_BGR2YUV_I420), format="yuv420p")
+
+
 def _to_bgr(frame: av.VideoFrame, rotate: bool) -> np.ndarray:
-    image = frame.to_ndarray(format="bgr24")
+    image = _i420_to_bgr(frame)
+    if image is None:
+        image = frame.to_ndarray(format="bgr24")
     if rotate:
         turn = _normalise_rotation(frame.rotation)
         # frame.rotation is counter-clockwise: turn the pixels the same way a player does.
@@ -422,7 +439,7 @@ class VideoWriter:
             )
         if self.width % 2 or self.height % 2:
             frame = np.pad(frame, ((0, self.height % 2), (0, self.width % 2), (0, 0)), mode="edge")
-        video_frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(frame), format="bgr24")
+        video_frame = bgr_to_i420_frame(np.ascontiguousarray(frame))
         video_frame.pts = self.frames_written
         video_frame.time_base = self._video_time_base
         self._container.mux(self._video.encode(video_frame))

@@ -90,6 +90,21 @@ def test_streaming_iterator_and_writer_chunks(tmp_path):
     assert load_audio(path).size == 3 * 6400
 
 
+def test_colours_survive_a_round_trip_without_a_shift(tmp_path):
+    # swscale's default BGR<->yuv420p path darkened every frame by ~2 levels per round trip
+    # (grey 128 came back as (123, 126, 124)); frames that inference passes through must not.
+    rng = np.random.default_rng(0)
+    blocks = rng.integers(20, 236, size=(6, 8, 3), dtype=np.uint8)
+    image = np.repeat(np.repeat(blocks, 16, axis=0), 16, axis=1)  # flat 16 px blocks: no chroma blur
+    image[:16, :16] = 128
+    path = tmp_path / "colours.mp4"
+    video.write_video(path, np.stack([image] * 5), 25, crf=0)
+    back = video.read_video(path).frames[0].astype(np.int16)
+    assert tuple(back[8, 8]) == (128, 128, 128)
+    inner = (back - image)[2:-2, 2:-2]
+    assert abs(float(inner.mean())) < 0.3 and float(np.abs(inner).mean()) < 1.0, (inner.mean(), np.abs(inner).mean())
+
+
 def test_odd_size_is_padded_to_even(tmp_path):
     path = tmp_path / "odd.mp4"
     frames = _indexed_frames(5, 33, 47)
