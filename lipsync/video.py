@@ -141,7 +141,8 @@ def _container_duration(container, stream) -> float:
 # BGR <-> yuv420p goes through OpenCV (BT.601, limited range, rounded), not PyAV's swscale
 # default: swscale's fast path darkens by ~2 levels per round trip (mid-grey 128 comes back
 # as (123, 126, 124)), which inference would print on every passed-through frame, and its
-# encoder-side conversion was 18x slower at 720p. Other pixel formats keep swscale.
+# encoder-side conversion is ~15x slower at 720p (benchmarks/video_io.py). Other pixel
+# formats keep swscale.
 def _i420_to_bgr(frame: av.VideoFrame) -> np.ndarray | None:
     if frame.format.name != "yuv420p" or frame.width % 2 or frame.height % 2:
         return None
