@@ -33,6 +33,8 @@ def main() -> int:
     p.add_argument("--width", type=float, default=0.125)
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--lr-schedule", default="cosine", choices=("constant", "cosine"))
+    p.add_argument("--warmup-steps", type=int, default=100)
     p.add_argument("--min-offset", type=int, default=2)
     p.add_argument("--min-mel-distance", type=float, default=0.5)
     p.add_argument("--val-windows-per-clip", type=int, default=64, help="64 x 16 val clips = 1,024 pairs")
@@ -62,6 +64,7 @@ def main() -> int:
     result = train_expert(
         ExpertTrainConfig(
             shards=str(shards), width=args.width, batch_size=args.batch_size, lr=args.lr,
+            lr_schedule=args.lr_schedule, warmup_steps=args.warmup_steps,
             min_offset=args.min_offset, min_mel_distance=args.min_mel_distance,
             max_steps=args.max_steps, log_every=50,
             checkpoint_every=args.checkpoint_every, stop_at_val_accuracy=None if args.keep_going else args.target,

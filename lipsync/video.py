@@ -198,9 +198,10 @@ def _last_frame_end(stream, last_t: float) -> float:
 
 
 def iter_frames(
-    path: str | os.PathLike, fps: float | None = None, rotate: bool = True
+    path: str | os.PathLike, fps: float | None = None, rotate: bool = True, threads: int | None = None
 ) -> Iterator[np.ndarray]:
     """Yield BGR frames one at a time (bounded memory), resampled to ``fps`` when given.
+    ``threads`` caps the decoder's threads (default: FFmpeg's choice, about one per core).
 
     See the module docstring for the resampling rule. Raises MediaError when the file is missing,
     unreadable, or has no video stream.
@@ -213,6 +214,8 @@ def iter_frames(
             raise MediaError(f"{path}: has no video stream")
         stream = container.streams.video[0]
         stream.thread_type = "AUTO"
+        if threads:
+            stream.thread_count = int(threads)
         timed = _timed_frames(path, container, stream)
         if fps is None:
             for frame, _ in timed:

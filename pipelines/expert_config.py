@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 
 from lipsync.data.windows import ExpertSampling
 from lipsync.errors import ConfigError
+from lipsync.training.schedule import check_schedule
 
 MODEL_FILE = "expert.safetensors"
 RUN_STATE_FILE = "lipsync_run.json"
@@ -27,6 +28,8 @@ class ExpertTrainConfig:
     face_size: int = 96
     batch_size: int = 64  # global batch per step, split across workers
     lr: float = 1e-4
+    lr_schedule: str = "constant"  # or "cosine" (lipsync/training/schedule.py)
+    warmup_steps: int = 0
     T: int = 5
     min_offset: int = 2
     min_mel_distance: float = 0.5  # negatives must sound different (lipsync/data/windows.py)
@@ -72,6 +75,7 @@ class ExpertTrainConfig:
                 raise ConfigError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
         if self.lr <= 0:
             raise ConfigError(f"--lr must be > 0, got {self.lr}")
+        check_schedule(self.lr_schedule, self.warmup_steps)
         # the worker builds the same sampling; fail here, in the driver, with the flag's name
         ExpertSampling(T=self.T, face_size=self.face_size, min_offset=self.min_offset,
                        min_mel_distance=self.min_mel_distance, augment=self.augment)

@@ -33,6 +33,7 @@ def train_loop_per_worker(config: dict) -> None:
     from lipsync.data.shard_stream import ExpertBatchStream, fixed_expert_windows
     from lipsync.data.windows import ExpertSampling
     from lipsync.models import SyncNet
+    from lipsync.training.schedule import lr_at, set_lr
     from lipsync.training.expert import (
         correct,
         evaluate_expert,
@@ -138,6 +139,7 @@ def train_loop_per_worker(config: dict) -> None:
                     print(f"[expert] injected failure: rank {rank} exits at step {step}", flush=True)
                     os._exit(1)
             batch = next(batches)
+            set_lr(optimizer, lr_at(step, cfg.lr, cfg.max_steps, cfg.lr_schedule, cfg.warmup_steps))
             mel, face, label = (batch[k].to(device, non_blocking=True) for k in ("mel", "face", "label"))
             with torch.autocast(device.type, dtype=amp_dtype or torch.bfloat16, enabled=amp_dtype is not None):
                 scores = sync_scores(model, mel, face)
@@ -158,6 +160,7 @@ def train_loop_per_worker(config: dict) -> None:
                     "train_accuracy": float(totals[1] / totals[2]),
                     "train_steps_per_s": window_steps / elapsed,
                     "train_samples_per_s": float(totals[2]) / elapsed,
+                    "lr": optimizer.param_groups[0]["lr"],
                 }
                 if logger is not None:
                     logger.log_metrics(metrics, step)

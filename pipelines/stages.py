@@ -95,9 +95,32 @@ def _segments(frames_iter: Iterator[np.ndarray], max_frames: int, cut_threshold:
         yield start, current, False
 
 
+def task_threads() -> int | None:
+    """Threads this task may use: the CPUs Ray assigned to it (None outside a Ray task).
+
+    FFmpeg's decoder and OpenCV each start about one thread per core of the node, so without a
+    cap every 1-CPU task would compete for all cores (64 tasks x 64 threads on a big node, and
+    on one CPU the "1 CPU" run already used two cores). Sets OpenCV's pool as a side effect.
+    """
+    try:
+        import ray
+
+        if not ray.is_initialized():
+            return None
+        cpus = ray.get_runtime_context().get_assigned_resources().get("CPU")
+    except Exception:  # noqa: BLE001 - not inside a Ray worker
+        return None
+    if not cpus:
+        return None
+    threads = max(1, int(round(cpus)))
+    cv2.setNumThreads(threads)
+    return threads
+
+
 def decode_input(item: dict, cfg: Any) -> Iterator[dict]:
     """Stage 1 (flat_map). ``item``: an input row (sources.InputItem fields + split + order)."""
     t0 = time.perf_counter()
+    threads = task_threads()
     path = item["path"]
     if item.get("reject_reason"):
         yield _verdict(item, "rejected", item["reject_reason"])
@@ -137,7 +160,7 @@ def decode_input(item: dict, cfg: Any) -> Iterator[dict]:
     decode_s = time.perf_counter() - t0
     try:
         t_seg = time.perf_counter()
-        for start, frames, _cut in _segments(lsv.iter_frames(path, fps=FPS), max_frames,
+        for start, frames, _cut in _segments(lsv.iter_frames(path, fps=FPS, threads=threads), max_frames,
                                               cfg.scene_cut_threshold, usable):
             n_decoded = start + len(frames)
             decode_s += time.perf_counter() - t_seg
@@ -253,6 +276,7 @@ def _error_payload(payload: dict, exc: BaseException) -> dict:
 
 def finish_clip(row: dict, cfg: Any) -> dict:
     """Stage 3 (map): track, filter, smooth, crop, mel, encode."""
+    task_threads()
     payload = unpack(row["payload"])
     if payload["status"] != "ok":
         return row

@@ -24,6 +24,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from lipsync.errors import ConfigError, LipsyncError  # noqa: E402
+from lipsync.training.schedule import LR_SCHEDULES  # noqa: E402
 from pipelines.train_expert import ExpertTrainConfig, train_expert  # noqa: E402
 
 STAGES = ("expert", "generator")
@@ -49,6 +50,9 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--face-size", type=int, default=d.face_size)
     m.add_argument("--batch-size", type=int, default=d.batch_size, help="global batch, split over workers")
     m.add_argument("--lr", type=float, default=d.lr)
+    m.add_argument("--lr-schedule", choices=LR_SCHEDULES, default=d.lr_schedule,
+                   help="constant (paper) or cosine decay to 2%% of --lr at --max-steps")
+    m.add_argument("--warmup-steps", type=int, default=d.warmup_steps, help="linear warm-up steps")
     m.add_argument("--max-steps", type=int, default=d.max_steps)
     m.add_argument("--stop-at-val-accuracy", type=float, default=None,
                    help="end training once validation accuracy reaches this")
