@@ -99,8 +99,8 @@ def task_threads() -> int | None:
     """Threads this task may use: the CPUs Ray assigned to it (None outside a Ray task).
 
     FFmpeg's decoder and OpenCV each start about one thread per core of the node, so without a
-    cap every 1-CPU task would compete for all cores (64 tasks x 64 threads on a big node, and
-    on one CPU the "1 CPU" run already used two cores). Sets OpenCV's pool as a side effect.
+    cap every 1-CPU task would compete for all cores of a big node (64 tasks x up to 64
+    threads each). Sets OpenCV's pool as a side effect.
     """
     try:
         import ray

@@ -139,3 +139,16 @@ def test_manifest_rows_and_content_hash(tmp_path):
     assert [r["input_id"] for r in read_manifest(p1)] == ["s/1", "s/2"]
     write_manifest([row], p2)
     assert manifest_hash(p1) != manifest_hash(p2)
+
+
+def test_inputs_are_grouped_into_tasks_without_starving_cpus():
+    from pipelines.preprocess import PreprocessConfig, input_blocks
+
+    assert input_blocks(64, 2) == 8  # 8 inputs per task, 4 tasks per CPU
+    assert input_blocks(16, 2) == 8  # fewer inputs: keep 4 tasks per CPU, 2 inputs each
+    assert input_blocks(3, 2) == 3 and input_blocks(0, 2) == 1
+    assert input_blocks(100_000, 64) == 12_500
+    assert input_blocks(10**9, 64) == 20_000  # capped
+    assert input_blocks(64, 2, inputs_per_task=1) == 64
+    with pytest.raises(ConfigError, match="inputs-per-task"):
+        PreprocessConfig(input="in", output="out", inputs_per_task=0).validate()

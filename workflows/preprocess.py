@@ -68,6 +68,8 @@ def build_parser() -> argparse.ArgumentParser:
     res = p.add_argument_group("resources / tracking")
     res.add_argument("--num-cpus", type=int, default=None)
     res.add_argument("--num-gpus", type=float, default=None)
+    res.add_argument("--inputs-per-task", type=int, default=d.inputs_per_task,
+                     help="most inputs per Ray task (fewer tasks = less scheduling overhead)")
     res.add_argument("--ray-address", default=None, help="default: RAY_ADDRESS, else a local cluster")
     res.add_argument("--tracking-uri", default=None, help="MLflow tracking URI; logs the run summary")
     res.add_argument("--experiment", default=d.experiment)
@@ -88,6 +90,7 @@ def config_from_args(args: argparse.Namespace) -> PreprocessConfig:
         smooth_window=args.smooth_window, crop_sizes=tuple(args.crop_size), pads=tuple(args.pads),
         codec=args.codec, jpeg_quality=args.jpeg_quality, shard_size=parse_size(args.shard_size),
         overwrite=args.overwrite, num_cpus=args.num_cpus, num_gpus=args.num_gpus,
+        inputs_per_task=args.inputs_per_task,
         ray_address=args.ray_address or os.environ.get("RAY_ADDRESS"), tracking_uri=args.tracking_uri,
         experiment=args.experiment, progress=not args.no_progress,
     )
