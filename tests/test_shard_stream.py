@@ -17,7 +17,9 @@ def write_shards(root, n_shards=2, clips_per_shard=3, n_frames=30, size=16):
         with wds.TarWriter(str(root / f"train-{s:06d}.tar")) as w:
             for c in range(clips_per_shard):
                 frames = np.full((n_frames, size, size, 3), 10 * s + c, np.uint8)
-                mel = np.zeros((80, 1 + int(n_frames / 25 * 16000) // 200), np.float32)
+                # speech-like mel (varies over time): negatives need audio unlike the true window
+                mel = np.random.default_rng([s, c]).uniform(-4, 2, (80, 1 + int(n_frames / 25 * 16000) // 200))
+                mel = mel.astype(np.float32)
                 w.write(encode_clip_sample(ClipSample(f"clip{s}x{c}", frames, mel, {"fps": 25.0}), codec="png"))
     return root
 
@@ -59,3 +61,14 @@ def test_validation_set_does_not_depend_on_world_size(tmp_path):
     assert ident(whole) == ident(parts[0] + parts[1])
     assert ident(whole) == ident(fixed_expert_windows(paths, 4, seed=3))
     assert ident(whole) != ident(fixed_expert_windows(paths, 4, seed=4))
+
+
+def test_silent_clips_are_skipped_with_the_reason(tmp_path):
+    root = tmp_path / "silent"
+    root.mkdir()
+    with wds.TarWriter(str(root / "train-000000.tar")) as w:
+        frames = np.zeros((30, 16, 16, 3), np.uint8)
+        w.write(encode_clip_sample(ClipSample("quiet", frames, np.full((80, 97), -4.0, np.float32), {"fps": 25.0}), codec="png"))
+    stream = ExpertBatchStream(list_shards(root, "train"), batch_size=4, epochs=1)
+    with pytest.raises(ConfigError, match="one sound throughout.*min-mel-distance 0.5"):
+        next(iter(stream))

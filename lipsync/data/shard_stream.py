@@ -121,8 +121,10 @@ class ExpertBatchStream(torch.utils.data.IterableDataset):
             if produced == 0:
                 raise ConfigError(
                     f"reader {reader}/{n_readers} got no usable clip from {len(self.shard_paths)} shard(s) "
-                    f"(clips seen {self.clips_seen}, too short for T={self.sampling.T} and "
-                    f"min offset {self.sampling.min_offset}: {self.clips_skipped})"
+                    f"(clips seen {self.clips_seen}, skipped {self.clips_skipped}: too short for "
+                    f"T={self.sampling.T} and min offset {self.sampling.min_offset}, or one sound "
+                    f"throughout, e.g. silent, so no negative differs by --min-mel-distance "
+                    f"{self.sampling.min_mel_distance})"
                 )
             epoch += 1
         rng.shuffle(buffer)
