@@ -2,7 +2,7 @@
 
 Prints:
 1. generator-only fps of the full-width Wav2Lip (random weights: speed does not depend on
-   them) for fp32 / bf16, channels-last on/off, int8 dynamic quantisation, per batch size,
+   them) for fp32 / bf16, channels-last on/off, per batch size,
    and how far bf16 output is from fp32 (mean / max |diff| in 8-bit pixel levels);
 2. end-to-end fps of `LipSyncer` on a 10 s 1280x720 25 fps clip (a real face photo moving
    across the frame, detection on at its defaults), with each stage's busy time, plus the
@@ -96,7 +96,7 @@ def bench_generator(batch_sizes=(8, 16, 32), reps: int = 4) -> None:
     crop = cv2.resize(face[60:300, 90:330], (96, 96))
     print(f"\n== generator only (full width, 96x96, {torch.get_num_threads()} threads; load {load()}); "
           f"2 idle cores give about 2000 / CPU-ms fps")
-    variants = [("fp32", False), ("fp32", True), ("bf16", False), ("bf16", True), ("int8", True)]
+    variants = [("fp32", False), ("fp32", True), ("bf16", False), ("bf16", True)]
     outputs = {}
     for precision, cl in variants:
         gen = FaceGenerator(model, 96, "cpu", precision, channels_last=cl)

@@ -5,9 +5,9 @@
 * Precision. ``bf16``: weights and activations in bfloat16 -- on CPUs with AVX-512 BF16 (or
   AMX) oneDNN runs bf16 convolutions ~2x faster than fp32 (measured in benchmarks/infer.py,
   with the pixel difference to fp32 printed there); on CUDA it is the usual bf16.
-  ``int8``: ``torch.ao.quantization.quantize_dynamic`` -- PyTorch's dynamic quantisation
-  covers Linear/RNN layers only, and the Wav2Lip generator is all convolutions, so it leaves
-  this model in fp32 (kept as an option for models that have Linear layers; measured).
+  No int8: PyTorch's dynamic quantisation covers Linear/RNN layers only and this generator
+  is all convolutions (it stayed fp32, measured: same speed, zero pixel difference);
+  static int8 convolutions need torchao's PT2E flow, not a dependency here.
   ``auto``: bf16 on CUDA and on CPUs that support it natively, else fp32.
 * channels-last memory format for the convolutions.
 """
@@ -44,8 +44,6 @@ def cpu_has_native_bf16() -> bool:
 
 def resolve_precision(precision: str, device: torch.device) -> str:
     if precision != "auto":
-        if precision == "int8" and device.type != "cpu":
-            raise ConfigError("--precision int8: dynamic quantisation runs on CPU only")
         return precision
     if device.type == "cuda":
         return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
@@ -77,8 +75,6 @@ class FaceGenerator:
         self.dtype = torch.float32
         if self.precision == "bf16":
             self.dtype = torch.bfloat16
-        elif self.precision == "int8":
-            model = torch.ao.quantization.quantize_dynamic(model, {nn.Linear}, dtype=torch.qint8)
         self.channels_last = bool(channels_last)
         model = model.to(self.device, self.dtype)
         if self.channels_last:

@@ -17,7 +17,7 @@ NO_FACE_POLICIES = ("pass", "error")
 COMPOSITING = ("blend", "paste")
 AUDIO_LONGER = ("loop", "pingpong")
 DEVICES = ("auto", "cpu", "cuda")
-PRECISIONS = ("auto", "fp32", "bf16", "int8")
+PRECISIONS = ("auto", "fp32", "bf16")
 DETECTORS = ("auto", "dlib", "s3fd")
 FACE_SELECT = ("largest", "central")
 
@@ -76,8 +76,7 @@ class InferenceOptions:
     device: str = "auto"
     """'auto' = CUDA when available, else CPU."""
     precision: str = "auto"
-    """'auto' = bf16 on CUDA and on CPUs with native bf16 (AVX-512 BF16/AMX), else fp32;
-    'int8' = dynamic int8 quantisation (CPU only; Linear layers only -- see README)."""
+    """'auto' = bf16 on CUDA and on CPUs with native bf16 (AVX-512 BF16/AMX), else fp32."""
     channels_last: bool = True
     """Run the generator in channels-last memory format (faster convolutions on CPU)."""
     mel_mode: str | None = None
