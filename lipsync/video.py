@@ -141,10 +141,17 @@ def _container_duration(container, stream) -> float:
 # BGR <-> yuv420p goes through OpenCV (BT.601, limited range, rounded), not PyAV's swscale
 # default: swscale's fast path darkens by ~2 levels per round trip (mid-grey 128 comes back
 # as (123, 126, 124)), which inference would print on every passed-through frame, and its
-# encoder-side conversion is ~15x slower at 720p (benchmarks/video_io.py). Other pixel
-# formats keep swscale.
+# encoder-side conversion is ~15x slower at 720p (benchmarks/video_io.py). Frames that are
+# not limited-range BT.601 (or untagged) yuv420p -- BT.709 HD video, full-range JPEG-style
+# video, other pixel formats -- keep swscale, which honours their tags. Written files are
+# tagged BT.601 limited range, the conversion used, so players show the colours we wrote.
+_BT601_SPACES = (2, 5, 6)  # AVColorSpace: unspecified, BT470BG, SMPTE170M
+_COLOR_RANGE_FULL = 2  # AVColorRange: JPEG
+
+
 def _i420_to_bgr(frame: av.VideoFrame) -> np.ndarray | None:
-    if frame.format.name != "yuv420p" or frame.width % 2 or frame.height % 2:
+    if (frame.format.name != "yuv420p" or frame.width % 2 or frame.height % 2
+            or frame.colorspace not in _BT601_SPACES or frame.color_range == _COLOR_RANGE_FULL):
         return None
     return cv2.cvtColor(frame.to_ndarray(), cv2.COLOR_YUV2BGR_I420)
 
@@ -413,6 +420,8 @@ class VideoWriter:
             self._video.width = self.width + self.width % 2
             self._video.height = self.height + self.height % 2
             self._video.pix_fmt = "yuv420p"
+            self._video.codec_context.colorspace = 6  # SMPTE170M = BT.601, as bgr_to_i420_frame
+            self._video.codec_context.color_range = 1  # MPEG = limited range
             if encoder == "libx264":
                 self._video.options = {"crf": str(crf), "preset": preset}
                 if repeatable:

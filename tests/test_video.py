@@ -105,6 +105,35 @@ def test_colours_survive_a_round_trip_without_a_shift(tmp_path):
     assert abs(float(inner.mean())) < 0.3 and float(np.abs(inner).mean()) < 1.0, (inner.mean(), np.abs(inner).mean())
 
 
+def test_bt709_sources_are_read_with_their_own_matrix_and_outputs_are_tagged(tmp_path):
+    rng = np.random.default_rng(1)
+    image = np.repeat(np.repeat(rng.integers(30, 220, (8, 8, 3), dtype=np.uint8), 16, axis=0), 16, axis=1)
+    path = tmp_path / "bt709.mp4"
+    with av.open(str(path), "w") as out:  # an HD-style source tagged BT.709
+        stream = out.add_stream("libx264", rate=25)
+        stream.width, stream.height, stream.pix_fmt = 128, 128, "yuv420p"
+        stream.codec_context.colorspace, stream.codec_context.color_range = 1, 1
+        stream.options = {"crf": "0"}
+        for i in range(3):
+            frame = av.VideoFrame.from_ndarray(image, format="bgr24").reformat(format="yuv420p", dst_colorspace=1)
+            frame.pts = i
+            out.mux(stream.encode(frame))
+        out.mux(stream.encode())
+    with av.open(str(path)) as src:
+        frame = next(src.decode(video=0))
+        assert frame.colorspace == 1
+        honouring_tag = frame.to_ndarray(format="bgr24").astype(np.int16)
+        as_bt601 = cv2.cvtColor(frame.to_ndarray(), cv2.COLOR_YUV2BGR_I420).astype(np.int16)
+    ours = video.read_video(path).frames[0].astype(np.int16)
+    assert np.array_equal(ours, honouring_tag)
+    assert np.abs(as_bt601 - honouring_tag).mean() > 2  # the two matrices really differ here
+    written = tmp_path / "written.mp4"
+    video.write_video(written, np.stack([image] * 3), 25)
+    with av.open(str(written)) as src:
+        ctx = src.streams.video[0].codec_context
+        assert (ctx.colorspace, ctx.color_range) == (6, 1)  # BT.601 (SMPTE170M), limited range
+
+
 def test_odd_size_is_padded_to_even(tmp_path):
     path = tmp_path / "odd.mp4"
     frames = _indexed_frames(5, 33, 47)
