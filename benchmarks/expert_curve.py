@@ -24,6 +24,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from lipsync.data.windows import DEFAULT_MIN_MEL_DISTANCE, DEFAULT_MIN_OFFSET  # noqa: E402
+from lipsync.training.schedule import LR_SCHEDULES  # noqa: E402
+
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -33,10 +36,10 @@ def main() -> int:
     p.add_argument("--width", type=float, default=0.125)
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--lr", type=float, default=1e-3)
-    p.add_argument("--lr-schedule", default="cosine", choices=("constant", "cosine"))
+    p.add_argument("--lr-schedule", default="cosine", choices=LR_SCHEDULES)
     p.add_argument("--warmup-steps", type=int, default=100)
-    p.add_argument("--min-offset", type=int, default=2)
-    p.add_argument("--min-mel-distance", type=float, default=0.5)
+    p.add_argument("--min-offset", type=int, default=DEFAULT_MIN_OFFSET)
+    p.add_argument("--min-mel-distance", type=float, default=DEFAULT_MIN_MEL_DISTANCE)
     p.add_argument("--val-windows-per-clip", type=int, default=64, help="64 x 16 val clips = 1,024 pairs")
     p.add_argument("--max-steps", type=int, default=6000)
     p.add_argument("--checkpoint-every", type=int, default=250)

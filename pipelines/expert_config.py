@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from lipsync.data.windows import ExpertSampling
+from lipsync.data.windows import DEFAULT_MIN_MEL_DISTANCE, DEFAULT_MIN_OFFSET, ExpertSampling
 from lipsync.errors import ConfigError
 from lipsync.training.schedule import check_schedule
 
@@ -31,8 +31,8 @@ class ExpertTrainConfig:
     lr_schedule: str = "constant"  # or "cosine" (lipsync/training/schedule.py)
     warmup_steps: int = 0
     T: int = 5
-    min_offset: int = 2
-    min_mel_distance: float = 0.5  # negatives must sound different (lipsync/data/windows.py)
+    min_offset: int = DEFAULT_MIN_OFFSET
+    min_mel_distance: float = DEFAULT_MIN_MEL_DISTANCE  # negatives must sound different (lipsync/data/windows.py)
     augment: bool = False
     max_steps: int = 10_000
     stop_at_val_accuracy: float | None = None  # end early once validation reaches this
@@ -76,9 +76,12 @@ class ExpertTrainConfig:
         if self.lr <= 0:
             raise ConfigError(f"--lr must be > 0, got {self.lr}")
         check_schedule(self.lr_schedule, self.warmup_steps)
-        # the worker builds the same sampling; fail here, in the driver, with the flag's name
-        ExpertSampling(T=self.T, face_size=self.face_size, min_offset=self.min_offset,
-                       min_mel_distance=self.min_mel_distance, augment=self.augment)
+        self.sampling()  # fails here, in the driver, with the flag's name rather than in a worker
+
+    def sampling(self) -> ExpertSampling:
+        """How training windows are cut (validation: the same without augmentation)."""
+        return ExpertSampling(T=self.T, face_size=self.face_size, min_offset=self.min_offset,
+                              min_mel_distance=self.min_mel_distance, augment=self.augment)
 
 
 @dataclass

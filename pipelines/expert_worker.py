@@ -31,7 +31,6 @@ def train_loop_per_worker(config: dict) -> None:
 
     from lipsync.checkpoints import ModelConfig, load_checkpoint, save_checkpoint
     from lipsync.data.shard_stream import ExpertBatchStream, fixed_expert_windows
-    from lipsync.data.windows import ExpertSampling
     from lipsync.models import SyncNet
     from lipsync.training.schedule import lr_at, set_lr
     from lipsync.training.expert import (
@@ -77,10 +76,7 @@ def train_loop_per_worker(config: dict) -> None:
             if torch.is_tensor(v) and k != "step":
                 group[k] = v.to(device)
 
-    sampling = ExpertSampling(
-        T=cfg.T, face_size=cfg.face_size, min_offset=cfg.min_offset,
-        min_mel_distance=cfg.min_mel_distance, augment=cfg.augment,
-    )
+    sampling = cfg.sampling()
     per_worker_batch = cfg.batch_size // world
     # The stream seed mixes in the resume step: a restored run samples fresh windows
     # rather than replaying the ones it saw before the failure.

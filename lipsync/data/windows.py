@@ -217,10 +217,10 @@ def _negative_pair(n_valid: int, min_offset: int, rng: np.random.Generator) -> t
 def _audible_negative(clip, n_valid: int, sampling: ExpertSampling, fps: float, rng: np.random.Generator) -> tuple[int, int] | None:
     """A negative pair whose audio differs audibly from the true window (see module doc),
     or None when ``NEGATIVE_TRIES`` draws found none (the clip is one sound throughout)."""
+    if sampling.min_mel_distance <= 0:
+        return _negative_pair(n_valid, sampling.min_offset, rng)
     for _ in range(NEGATIVE_TRIES):
         k, j = _negative_pair(n_valid, sampling.min_offset, rng)
-        if sampling.min_mel_distance <= 0:
-            return k, j
         if mel_window_distance(_mel_window(clip.mel, k, fps), _mel_window(clip.mel, j, fps)) >= sampling.min_mel_distance:
             return k, j
     return None
