@@ -110,9 +110,9 @@ def score_test_split(shards: Path, result, args) -> dict[str, float]:
     from lipsync.data.windows import ExpertSampling
     from lipsync.training.expert import evaluate_expert, summarize_evaluation
     from pipelines import tracking
-    from pipelines.registry import resolve_model
+    from lipsync.model_ref import fetch
 
-    path = resolve_model(f"models:/{tracking.EXPERT_MODEL_NAME}/{result.model_version}", tracking_uri=result.tracking_uri)
+    path = fetch(f"models:/{tracking.EXPERT_MODEL_NAME}/{result.model_version}", tracking_uri=result.tracking_uri)
     model = load_model(path)[0]
     torch.set_num_threads(2)
     out = {}

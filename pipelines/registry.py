@@ -5,21 +5,14 @@ holding the library's own checkpoint file. We register files, not an MLflow pyfu
 purpose: the library loads them with ``lipsync.checkpoints.load_model`` (safe
 ``weights_only`` loading, official and original layouts) without ever importing mlflow,
 and nothing in the registry is pickled Python code that loading would execute.
-``resolve_model`` turns ``models:/name@alias`` (or ``runs:/…``) into a local file for it.
+``lipsync.model_ref`` turns ``models:/name@alias`` (or ``runs:/…``) back into a loaded model.
 """
 
 from __future__ import annotations
 
-import tempfile
-from pathlib import Path
-
 import mlflow
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
-
-from lipsync.errors import CheckpointError
-
-CHECKPOINT_SUFFIXES = (".pt", ".pth", ".safetensors")
 
 
 def register_checkpoint(
@@ -43,23 +36,3 @@ def register_checkpoint(
     if alias:
         client.set_registered_model_alias(name, alias, version.version)
     return str(version.version)
-
-
-def resolve_model(uri: str, dst_dir: str | Path | None = None, tracking_uri: str | None = None) -> Path:
-    """Local checkpoint file for a local path, ``models:/…`` or ``runs:/…`` URI."""
-    if "://" not in uri and not uri.startswith(("models:/", "runs:/")):
-        return Path(uri)
-    if tracking_uri:
-        mlflow.set_tracking_uri(tracking_uri)
-        mlflow.set_registry_uri(tracking_uri)
-    dst = Path(dst_dir) if dst_dir else Path(tempfile.mkdtemp(prefix="lipsync_model_"))
-    try:
-        local = Path(mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=str(dst)))
-    except MlflowException as exc:
-        raise CheckpointError(f"{uri}: cannot download the registered model ({exc.message})") from None
-    if local.is_file():
-        return local
-    files = sorted(p for p in local.rglob("*") if p.suffix in CHECKPOINT_SUFFIXES)
-    if len(files) != 1:
-        raise CheckpointError(f"{uri}: expected one checkpoint file, found {[p.name for p in files]}")
-    return files[0]

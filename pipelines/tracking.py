@@ -1,7 +1,8 @@
 """MLflow plumbing shared by every workflow: where runs go, and what tags tie a run to code and data.
 
-With no tracking URI configured, runs go to a SQLite store and a local artifact folder
-under the working directory, so the model registry works on a laptop with no server.
+With no tracking URI configured, runs go to the embedded SQLite store (``./mlruns.db``, the
+rule in ``lipsync.model_ref`` that every command shares) and its ``mlartifacts/`` folder, so
+the model registry works on a laptop with no server.
 """
 
 from __future__ import annotations
@@ -13,8 +14,7 @@ from pathlib import Path
 
 import mlflow
 
-DEFAULT_DB = "mlruns.db"
-DEFAULT_ARTIFACTS = "mlartifacts"
+from lipsync.model_ref import DEFAULT_ARTIFACTS, default_tracking_uri
 
 EXPERT_MODEL_NAME = "lipsync-expert"
 GENERATOR_MODEL_NAME = "wav2lip"
@@ -23,11 +23,9 @@ ALIAS_CHAMPION = "champion"
 
 
 def resolve_tracking_uri(uri: str | None = None) -> str:
-    """The tracking URI to use: the argument, else MLFLOW_TRACKING_URI, else local SQLite."""
-    uri = uri or os.environ.get("MLFLOW_TRACKING_URI")
-    if uri:
-        return uri
-    return f"sqlite:///{Path.cwd() / DEFAULT_DB}"
+    """The tracking URI to use: the argument, else the one embedded-store rule of
+    ``lipsync.model_ref`` (MLFLOW_TRACKING_URI, else ./mlruns.db)."""
+    return uri or default_tracking_uri()
 
 
 def configure(uri: str | None = None, experiment: str | None = None) -> str:

@@ -263,6 +263,45 @@ def test_mlflow_model_uri(mlflow_server, media, tmp_path, monkeypatch):
     assert probe(out2).has_audio
 
 
+def test_registry_lookup_pins_aliases_and_never_creates_a_store(mlflow_server, media, tmp_path):
+    """One rule for the embedded store (./mlruns.db unless told otherwise), read-only lookups,
+    and aliases pinned to the version they point at (lipsync.model_ref)."""
+    from lipsync import model_ref
+    from lipsync.errors import CheckpointError
+    from pipelines.registry import register_checkpoint
+
+    import mlflow
+
+    folder = tmp_path / "checkpoint"
+    folder.mkdir()
+    save_checkpoint(folder / "model.safetensors", Wav2Lip(width=0.0625), ModelConfig(kind="wav2lip", width=0.0625))
+    mlflow.set_tracking_uri(mlflow_server.uri)
+    mlflow.set_experiment("model-ref-test")
+    with mlflow.start_run() as run:
+        mlflow.log_artifacts(str(folder), artifact_path="checkpoint")
+    v1 = register_checkpoint(run.info.run_id, "checkpoint", "model-ref-test", alias="candidate",
+                             tracking_uri=mlflow_server.uri)
+    v2 = register_checkpoint(run.info.run_id, "checkpoint", "model-ref-test", tracking_uri=mlflow_server.uri)
+    assert model_ref.pin("models:/model-ref-test@candidate", mlflow_server.uri) == f"models:/model-ref-test/{v1}"
+    assert v2 != v1 and model_ref.pin(f"models:/model-ref-test/{v2}", mlflow_server.uri) == f"models:/model-ref-test/{v2}"
+    with pytest.raises(CheckpointError, match="has no alias 'champion'.*@candidate"):
+        model_ref.pin("models:/model-ref-test@champion", mlflow_server.uri)
+
+    # A lookup in a folder with no store: one line naming ./mlruns.db, and no store created.
+    empty = tmp_path / "elsewhere"
+    empty.mkdir()
+    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+    cmd = [sys.executable, "-m", "lipsync", "infer", "--no-progress", "--face", str(media / "face.mp4"),
+           "--audio", str(media / "speech_1_4s.wav"), "--out", str(empty / "out.mp4"),
+           "--model", "models:/wav2lip@champion"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=empty,
+                          env={**env, "PYTHONPATH": str(REPO)})
+    assert proc.returncode != 0
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and "no MLflow store at" in lines[0] and "mlruns.db" in lines[0], proc.stderr
+    assert sorted(p.name for p in empty.iterdir()) == [], "a lookup created files"
+
+
 # ------------------------------------------------------------------ bad input
 
 def _cli(args, env=None) -> subprocess.CompletedProcess:

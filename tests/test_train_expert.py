@@ -29,7 +29,7 @@ from lipsync.data.shard_stream import fixed_expert_windows, list_shards
 from lipsync.data.windows import ExpertSampling
 from lipsync.errors import ConfigError
 from lipsync.training.expert import evaluate_expert, summarize_evaluation
-from pipelines.registry import resolve_model
+from lipsync.model_ref import fetch
 from pipelines.tracking import ALIAS_CANDIDATE, EXPERT_MODEL_NAME
 from pipelines.train_expert import CHECKPOINT_ARTIFACT_DIR, ExpertTrainConfig, train_expert
 
@@ -78,7 +78,7 @@ def test_expert_learns_sync_and_is_registered(ray_local, mlflow_server, shards, 
 
     # The registered model loads back through the library (no mlflow in lipsync) and scores
     # held-out pairs as well as during training.
-    path = resolve_model(f"models:/{EXPERT_MODEL_NAME}@{ALIAS_CANDIDATE}", tmp_path / "dl", mlflow_server.uri)
+    path = fetch(f"models:/{EXPERT_MODEL_NAME}@{ALIAS_CANDIDATE}", tmp_path / "dl", mlflow_server.uri)
     model, config = load_model(path, kind="expert")
     assert config.kind == "expert" and config.width == TINY["width"]
     windows = fixed_expert_windows(list_shards(shards, "val"), 32, 0, ExpertSampling(face_size=96))

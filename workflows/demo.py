@@ -3,7 +3,7 @@
     synthetic corpus → preprocess (Ray Data) → train expert (Ray Train + MLflow registry)
     → [train generator, evaluate: next issues] → infer
 
-Local Ray on 127.0.0.1 and a SQLite MLflow store under the work dir. Sizes are tiny so
+Local Ray on 127.0.0.1 and the embedded SQLite MLflow store (./mlruns.db, as every command). Sizes are tiny so
 it finishes in minutes on 2 CPU cores; the same commands scale up by their flags.
 """
 
@@ -46,11 +46,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--expert-steps", type=int, default=300)
     p.add_argument("--expert-width", type=float, default=0.25)
     p.add_argument("--num-workers", type=int, default=2)
+    p.add_argument("--tracking-uri", default=None,
+                   help="MLflow store (default: $MLFLOW_TRACKING_URI, else ./mlruns.db - the store every "
+                        "lipsync command reads by default, so `lipsync infer --model models:/…` finds the demo's models)")
     args = p.parse_args(argv)
 
     work = Path(args.workdir).resolve()
     work.mkdir(parents=True, exist_ok=True)
-    tracking = f"sqlite:///{work / 'mlruns.db'}"
+    from lipsync.model_ref import default_tracking_uri
+    tracking = args.tracking_uri or default_tracking_uri()
     env = {**os.environ, "MLFLOW_TRACKING_URI": tracking, "PYTHONPATH": str(REPO)}
     env.pop("RAY_ADDRESS", None)
     py = sys.executable

@@ -43,8 +43,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                     help="generator checkpoint (ours, or the official wav2lip.pth / wav2lip_gan.pth) "
                          "or an MLflow model URI such as models:/wav2lip@champion")
     io.add_argument("--tracking-uri", default=None,
-                    help="MLflow tracking server for models:/ URIs (default: $MLFLOW_TRACKING_URI, "
-                         "else ./mlruns.db)")
+                    help="MLflow tracking URI for models:/ and runs:/ references (default: "
+                         "$MLFLOW_TRACKING_URI, else the embedded store ./mlruns.db; never created by a lookup)")
     io.add_argument("--trust-checkpoint", action="store_true",
                     help="allow checkpoints that unpickle arbitrary code (only for files you trust)")
 

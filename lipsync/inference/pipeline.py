@@ -96,9 +96,10 @@ class LipSyncer:
             module, face_size = model, int(getattr(model, "face_size", 96))
             self.model_config = None
         else:
-            from lipsync.inference.model_source import load_generator
+            from lipsync import model_ref
 
-            module, config = load_generator(model, trust=self.options.trust_checkpoint, tracking_uri=tracking_uri)
+            module, config = model_ref.load(model, kind="wav2lip", trust=self.options.trust_checkpoint,
+                                            tracking_uri=tracking_uri)
             face_size = int(getattr(config, "face_size", 96))
             self.model_config = config
         self.face_size = face_size
