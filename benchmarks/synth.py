@@ -24,24 +24,8 @@ import numpy as np
 from lipsync.faces import DlibHogDetector
 from lipsync.synth import make_corpus
 from lipsync.synth.corpus import parse_size
+from lipsync.synth.measure import frame_log_rms, lip_audio_correlation, mouth_opening
 from lipsync.video import read_video
-
-
-def mouth_opening(frames, detector) -> np.ndarray:
-    opening = np.full(len(frames), np.nan)
-    for k, (frame, dets) in enumerate(zip(frames, detector.detect(list(frames)))):
-        if dets:
-            x1, y1, x2, y2 = dets[0].box
-            w, h = x2 - x1, y2 - y1
-            region = frame[int(y1 + 0.62 * h):int(y1 + h), int(x1 + 0.28 * w):int(x1 + 0.72 * w)]
-            opening[k] = (region.mean(axis=2) < 35).mean()
-    return opening
-
-
-def frame_log_rms(audio, n, fps, sr=16000):
-    spf = sr / fps
-    return np.log(np.array([np.sqrt(np.mean(audio[int(k * spf):int((k + 1) * spf)] ** 2) + 1e-12)
-                            for k in range(n)]))
 
 
 def main() -> None:
@@ -77,8 +61,7 @@ def main() -> None:
             total += len(ok)
             loud = frame_log_rms(video.audio, len(video.frames), video.fps)
             for s in r_by_shift:
-                a, b, m = opening[s:], loud[:len(loud) - s], ok[s:]
-                r_by_shift[s].append(np.corrcoef(a[m], b[m])[0, 1])
+                r_by_shift[s].append(lip_audio_correlation(opening, loud, shift=s))
         print(f"detector (dlib HOG, upsample 0) found the face in {found}/{total} frames ({found / total:.2%})")
         r0 = np.array(r_by_shift[0])
         print(f"mouth opening vs loudness, same frame: mean r {r0.mean():.2f} (min {r0.min():.2f}, "

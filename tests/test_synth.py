@@ -14,6 +14,7 @@ from lipsync.errors import ConfigError
 from lipsync.faces import DlibHogDetector
 from lipsync.synth import make_corpus
 from lipsync.synth.corpus import parse_seconds, parse_size
+from lipsync.synth.measure import lip_audio_correlation, mouth_opening
 from lipsync.synth.speech import SpeechError, Voice, random_sentence, synthesize
 from lipsync.video import probe, read_video
 
@@ -120,21 +121,10 @@ def test_mouth_opening_follows_the_audio_and_breaks_when_shifted(decoded):
     detector = DlibHogDetector(expand=(0.0, 0.0, 0.0, 0.0))
     r_same, r_shift = [], []
     for video in decoded.values():
-        frames = video.frames
-        dets = detector.detect(list(frames))
-        opening = np.full(len(frames), np.nan)
-        for k, (frame, d) in enumerate(zip(frames, dets)):
-            if not d:
-                continue
-            x1, y1, x2, y2 = d[0].box
-            w, h = x2 - x1, y2 - y1
-            region = frame[int(y1 + 0.62 * h):int(y1 + 1.0 * h), int(x1 + 0.28 * w):int(x1 + 0.72 * w)]
-            opening[k] = (region.mean(axis=2) < 35).mean()
-        loud = np.log(_frame_rms(video.audio, len(frames), video.fps))
-        ok = ~np.isnan(opening)
-        r_same.append(np.corrcoef(opening[ok], loud[ok])[0, 1])
-        shifted_ok = ok[5:]
-        r_shift.append(np.corrcoef(opening[5:][shifted_ok], loud[:-5][shifted_ok])[0, 1])
+        opening = mouth_opening(video.frames, detector)
+        loud = np.log(_frame_rms(video.audio, len(video.frames), video.fps))
+        r_same.append(lip_audio_correlation(opening, loud))
+        r_shift.append(lip_audio_correlation(opening, loud, shift=5))
     r_same, r_shift = float(np.mean(r_same)), float(np.mean(r_shift))
     assert r_same >= 0.5, r_same
     assert r_shift < r_same - 0.3, (r_same, r_shift)
