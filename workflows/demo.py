@@ -1,90 +1,75 @@
-"""The whole chain on one machine, as a user would run it: every step is the real command.
+"""The whole mission on one machine, as a user would run it: every step is the real command.
 
-    synthetic corpus → preprocess (Ray Data) → train expert (Ray Train + MLflow registry)
-    → [train generator, evaluate: next issues] → infer
+    synthetic corpus → preprocess (Ray Data) → train the expert (Ray Train) → evaluate + promote it
+    → train the generator judged by that champion → evaluate + promote it
+    → lipsync infer on a held-out speaker's video with another speaker's audio
 
-Local Ray on 127.0.0.1 and the embedded SQLite MLflow store (./mlruns.db, as every command). Sizes are tiny so
-it finishes in minutes on 2 CPU cores; the same commands scale up by their flags.
+Local Ray on 127.0.0.1 and the embedded SQLite MLflow store (./mlruns.db, the store every
+lipsync command reads by default). Each stage prints one line with a progress bar; the
+commands' own output (Ray's and MLflow's included) goes to <workdir>/demo.log unless
+--verbose. A re-run reuses every stage whose command and inputs are unchanged (--fresh
+starts over). Sizes are chosen so the whole chain takes minutes on 2 CPU cores; the same
+commands scale up by their flags.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-
-def step(title: str, cmd: list[str], env: dict) -> None:
-    print(f"\n=== {title}\n$ {' '.join(cmd)}", flush=True)
-    start = time.monotonic()
-    result = subprocess.run(cmd, env=env, cwd=REPO)
-    if result.returncode != 0:
-        sys.exit(f"demo: step '{title}' failed with exit code {result.returncode}")
-    print(f"=== {title}: done in {time.monotonic() - start:.0f}s", flush=True)
+from pipelines.chain import Chain  # noqa: E402
 
 
-def untrained_generator(path: Path, width: float) -> Path:
-    """A freshly initialised generator in our checkpoint format (generator training is the next issue)."""
-    import torch
-    from lipsync.checkpoints import ModelConfig, save_checkpoint
-    from lipsync.models import Wav2Lip
-    torch.manual_seed(0)
-    return save_checkpoint(path, Wav2Lip(width=width), ModelConfig(kind="wav2lip", width=width))
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--workdir", default="demo", help="where the corpus, shards, outputs and log go (default: demo)")
+    p.add_argument("--speakers", type=int, default=8, help="synthetic speakers (default: 8)")
+    p.add_argument("--clips-per-speaker", type=int, default=4, help="clips per speaker (default: 4)")
+    p.add_argument("--expert-steps", type=int, default=300, help="expert training steps (default: 300)")
+    p.add_argument("--expert-width", type=float, default=0.25, help="expert channel multiplier (default: 0.25)")
+    p.add_argument("--generator-steps", type=int, default=600, help="generator training steps (default: 600)")
+    p.add_argument("--generator-width", type=float, default=0.25,
+                   help="generator channel multiplier (default: 0.25)")
+    p.add_argument("--num-workers", type=int, default=2, help="Ray Train workers (default: 2)")
+    p.add_argument("--tracking-uri", default=None,
+                   help="MLflow store (default: $MLFLOW_TRACKING_URI, else ./mlruns.db)")
+    p.add_argument("--fresh", action="store_true", help="run every stage again instead of reusing finished ones")
+    p.add_argument("--verbose", action="store_true", help="show every command's own output instead of the log file")
+    return p
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--workdir", default="demo")
-    p.add_argument("--speakers", type=int, default=8)
-    p.add_argument("--clips-per-speaker", type=int, default=4)
-    p.add_argument("--expert-steps", type=int, default=300)
-    p.add_argument("--expert-width", type=float, default=0.25)
-    p.add_argument("--num-workers", type=int, default=2)
-    p.add_argument("--tracking-uri", default=None,
-                   help="MLflow store (default: $MLFLOW_TRACKING_URI, else ./mlruns.db - the store every "
-                        "lipsync command reads by default, so `lipsync infer --model models:/…` finds the demo's models)")
-    args = p.parse_args(argv)
+    from lipsync.model_ref import default_tracking_uri
 
+    args = build_parser().parse_args(argv)
     work = Path(args.workdir).resolve()
     work.mkdir(parents=True, exist_ok=True)
-    from lipsync.model_ref import default_tracking_uri
     tracking = args.tracking_uri or default_tracking_uri()
     env = {**os.environ, "MLFLOW_TRACKING_URI": tracking, "PYTHONPATH": str(REPO)}
     env.pop("RAY_ADDRESS", None)
+    chain = Chain(work, env, REPO, fresh=args.fresh, verbose=args.verbose)
     py = sys.executable
     corpus, shards = work / "corpus", work / "shards"
 
-    step("1/5 synthetic corpus", [py, "-m", "lipsync", "synth", "--out", str(corpus), "--speakers",
-                                  str(args.speakers), "--clips-per-speaker", str(args.clips_per_speaker),
-                                  "--seed", "0", "--layout", "lrs2"], env)
-    first_clip = sorted((corpus / "main").glob("*/*.mp4"))[0]
-    step("   preview of one clip", [py, "-m", "lipsync", "synth-preview", str(first_clip),
-                                    "--out", str(work / "preview.png")], env)
-    step("2/5 preprocess (Ray Data → WebDataset shards)",
-         [py, "workflows/preprocess.py", "--input", str(corpus), "--layout", "lrs2", "--output", str(shards),
-          "--tracking-uri", tracking], env)
-    step("3/5 train the lip-sync expert (Ray Train DDP, MLflow registry)",
-         [py, "workflows/train.py", "--stage", "expert", "--shards", str(shards), "--width",
-          str(args.expert_width), "--max-steps", str(args.expert_steps), "--lr", "1e-3", "--num-workers", str(args.num_workers),
-          "--storage-path", str(work / "ray_results"), "--tracking-uri", tracking], env)
-    print("\n=== 4/5 generator training and evaluation: arrive with the next issues "
-          "(workflows/train.py --stage generator, workflows/evaluate.py)")
-
-    generator = untrained_generator(work / "generator_untrained.safetensors", width=0.25)
-    test_clips = sorted((corpus / "main").glob("*/*.mp4"))
-    out = work / "result.mp4"
-    step("5/5 inference (an UNTRAINED generator until generator training lands: the mouth is not meaningful)",
-         [py, "-m", "lipsync", "infer", "--face", str(test_clips[0]), "--audio", str(test_clips[-1]),
-          "--model", str(generator), "--out", str(out)], env)
-    print(f"\nDemo finished. Outputs under {work}:\n  corpus/, preview.png, shards/ (manifest.parquet, "
-          f"summary.json), ray_results/, result.mp4\n  MLflow: mlflow ui --backend-store-uri {tracking} "
-          f"--host 127.0.0.1  (registered model lipsync-expert@candidate)")
+    chain.run("corpus", "synthetic corpus", [
+        py, "-m", "lipsync", "synth", "--out", str(corpus), "--speakers", str(args.speakers),
+        "--clips-per-speaker", str(args.clips_per_speaker), "--seed", "0", "--layout", "lrs2"],
+        outputs=[corpus / "synth.json"], progress=r"synth clips:.*?(\d+)/(\d+)")
+    chain.run("preprocess", "preprocess (Ray Data → WebDataset shards)", [
+        py, "workflows/preprocess.py", "--input", str(corpus), "--layout", "lrs2", "--output", str(shards),
+        "--tracking-uri", tracking], outputs=[shards / "summary.json"], after=["corpus"],
+        progress=r"^inputs:.*?(\d+)/(\d+)")
+    chain.run("expert", "train the lip-sync expert (Ray Train DDP)", [
+        py, "workflows/train.py", "--stage", "expert", "--shards", str(shards), "--width", str(args.expert_width),
+        "--max-steps", str(args.expert_steps), "--lr", "1e-3", "--num-workers", str(args.num_workers),
+        "--storage-path", str(work / "ray_results"), "--tracking-uri", tracking], after=["preprocess"],
+        registers="lipsync-expert")
+    chain.finish(work, tracking)
     return 0
 
 
