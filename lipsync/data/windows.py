@@ -45,6 +45,7 @@ import torch
 
 from lipsync.audio import MEL_STEP, WINDOW_POLICY, mel_start_index, mel_windows
 from lipsync.errors import ConfigError
+from lipsync.models.wav2lip import generator_input
 
 EXPERT_T = 5
 DEFAULT_MIN_OFFSET = 2
@@ -349,10 +350,8 @@ def generator_tensors(window: GeneratorWindow) -> dict[str, torch.Tensor]:
     gt (3,T,S,S), indiv_mels (T,1,80,16), mel (1,80,16); BGR in [0, 1]."""
     gt = torch.from_numpy(np.ascontiguousarray(window.gt.transpose(3, 0, 1, 2))).float().div_(255.0)
     ref = torch.from_numpy(np.ascontiguousarray(window.ref.transpose(3, 0, 1, 2))).float().div_(255.0)
-    masked = gt.clone()
-    masked[:, :, gt.shape[2] // 2 :, :] = 0.0
     return {
-        "x": torch.cat([masked, ref], dim=0),
+        "x": generator_input(gt[None], ref[None])[0],
         "gt": gt,
         "indiv_mels": torch.from_numpy(window.indiv_mels),
         "mel": torch.from_numpy(window.mel),
