@@ -17,7 +17,7 @@ import mlflow
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 
-from lipsync.errors import CheckpointError
+from lipsync.errors import CheckpointError, ConfigError
 
 CHECKPOINT_SUFFIXES = (".pt", ".pth", ".safetensors")
 
@@ -63,3 +63,35 @@ def resolve_model(uri: str, dst_dir: str | Path | None = None, tracking_uri: str
     if len(files) != 1:
         raise CheckpointError(f"{uri}: expected one checkpoint file, found {[p.name for p in files]}")
     return files[0]
+
+
+# ---- model references for training (--expert, --init, --init-disc). One place to swap for
+# the shared resolver (lipsync/model_ref.py) once it lands.
+
+
+def pin_reference(ref: str, tracking_uri: str | None = None, flag: str = "--model") -> str:
+    """``models:/name@alias`` → ``models:/name/<version>`` (what the alias points at now), so
+    a run and all its restarts use one model even if the alias moves; other references as is."""
+    if not ref.startswith("models:/") or "@" not in ref:
+        return ref
+    name, alias = ref[len("models:/"):].split("@", 1)
+    client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+    try:
+        version = client.get_model_version_by_alias(name, alias)
+    except MlflowException:
+        hint = (f"pass {flag} models:/{name}@candidate (the newest trained one) or promote one with "
+                f"workflows/evaluate.py" if alias == "champion" else f"check the alias, or pass {flag} models:/{name}/<version>")
+        raise ConfigError(f"{flag} {ref}: the registered model {name!r} has no alias {alias!r} in the "
+                          f"registry at {tracking_uri}; {hint}") from None
+    return f"models:/{name}/{version.version}"
+
+
+def load_reference(ref: str, kind: str, tracking_uri: str | None = None, trust: bool = False):
+    """(model in eval mode, ModelConfig) of a file, ``runs:/`` or ``models:/`` reference."""
+    from lipsync.checkpoints import load_model
+
+    with tempfile.TemporaryDirectory(prefix="lipsync_ref_") as tmp:
+        path = resolve_model(ref, tmp, tracking_uri)
+        if not path.exists():
+            raise CheckpointError(f"{ref}: no such checkpoint file")
+        return load_model(path, kind=kind, trust=trust)
