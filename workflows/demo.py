@@ -1,7 +1,7 @@
 """The whole chain on one machine, as a user would run it: every step is the real command.
 
     synthetic corpus → preprocess (Ray Data) → train expert (Ray Train + MLflow registry)
-    → [train generator, evaluate: next issues] → infer
+    → train generator (Ray Train, expert from the registry) → [evaluate: next issue] → infer
 
 Local Ray on 127.0.0.1 and a SQLite MLflow store under the work dir. Sizes are tiny so
 it finishes in minutes on 2 CPU cores; the same commands scale up by their flags.
@@ -29,15 +29,6 @@ def step(title: str, cmd: list[str], env: dict) -> None:
     print(f"=== {title}: done in {time.monotonic() - start:.0f}s", flush=True)
 
 
-def untrained_generator(path: Path, width: float) -> Path:
-    """A freshly initialised generator in our checkpoint format (generator training is the next issue)."""
-    import torch
-    from lipsync.checkpoints import ModelConfig, save_checkpoint
-    from lipsync.models import Wav2Lip
-    torch.manual_seed(0)
-    return save_checkpoint(path, Wav2Lip(width=width), ModelConfig(kind="wav2lip", width=width))
-
-
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--workdir", default="demo")
@@ -45,6 +36,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--clips-per-speaker", type=int, default=4)
     p.add_argument("--expert-steps", type=int, default=300)
     p.add_argument("--expert-width", type=float, default=0.25)
+    p.add_argument("--generator-steps", type=int, default=200)
+    p.add_argument("--generator-width", type=float, default=0.25)
     p.add_argument("--num-workers", type=int, default=2)
     args = p.parse_args(argv)
 
@@ -69,18 +62,21 @@ def main(argv: list[str] | None = None) -> int:
          [py, "workflows/train.py", "--stage", "expert", "--shards", str(shards), "--width",
           str(args.expert_width), "--max-steps", str(args.expert_steps), "--lr", "1e-3", "--num-workers", str(args.num_workers),
           "--storage-path", str(work / "ray_results"), "--tracking-uri", tracking], env)
-    print("\n=== 4/5 generator training and evaluation: arrive with the next issues "
-          "(workflows/train.py --stage generator, workflows/evaluate.py)")
+    step("4/5 train the generator (Wav2Lip + GAN, the expert above as its judge)",
+         [py, "workflows/train.py", "--stage", "generator", "--shards", str(shards), "--expert",
+          "models:/lipsync-expert@candidate", "--width", str(args.generator_width), "--max-steps",
+          str(args.generator_steps), "--batch-size", "8", "--checkpoint-every", "100", "--log-every", "20",
+          "--num-workers", str(args.num_workers), "--storage-path", str(work / "ray_results"),
+          "--tracking-uri", tracking], env)
 
-    generator = untrained_generator(work / "generator_untrained.safetensors", width=0.25)
     test_clips = sorted((corpus / "main").glob("*/*.mp4"))
     out = work / "result.mp4"
-    step("5/5 inference (an UNTRAINED generator until generator training lands: the mouth is not meaningful)",
+    step("5/5 inference (the registered generator; evaluation and the champion gate: next issue)",
          [py, "-m", "lipsync", "infer", "--face", str(test_clips[0]), "--audio", str(test_clips[-1]),
-          "--model", str(generator), "--out", str(out)], env)
+          "--model", "models:/wav2lip@candidate", "--out", str(out)], env)
     print(f"\nDemo finished. Outputs under {work}:\n  corpus/, preview.png, shards/ (manifest.parquet, "
           f"summary.json), ray_results/, result.mp4\n  MLflow: mlflow ui --backend-store-uri {tracking} "
-          f"--host 127.0.0.1  (registered model lipsync-expert@candidate)")
+          f"--host 127.0.0.1  (registered models lipsync-expert@candidate, wav2lip@candidate)")
     return 0
 
 

@@ -196,7 +196,7 @@ class ExpertStage(TrainingStage):
         loss.backward()
         optimizer.step()
         n = label.shape[0]
-        return {"loss": float(loss) * n, "correct": float(correct(scores, label).sum()), "samples": float(n)}
+        return {"loss": loss.item() * n, "correct": float(correct(scores, label).sum()), "samples": float(n)}
 
     def train_metrics(self, sums):
         n = float(sums["samples"])
