@@ -100,11 +100,11 @@ def pin(ref: str | os.PathLike, tracking_uri: str | None = None) -> str:
         try:
             aliases = sorted(client.get_registered_model(name).aliases)
         except Exception:  # noqa: BLE001 - the model itself does not exist
-            raise CheckpointError(f"{ref}: no registered model named {name!r} at {tracking_uri}") from e
+            raise ConfigError(f"{ref}: no registered model named {name!r} at {tracking_uri}") from e
         hint = f"; it has {', '.join('@' + a for a in aliases)}" if aliases else "; it has no aliases"
         if alias == "champion":
-            hint += " (pass @candidate, or promote a model with workflows/evaluate.py --promote)"
-        raise CheckpointError(f"{ref}: model {name!r} has no alias {alias!r}{hint}") from e
+            hint += f" (pass models:/{name}@candidate, or promote a model with workflows/evaluate.py --promote)"
+        raise ConfigError(f"{ref}: model {name!r} has no alias {alias!r} at {tracking_uri}{hint}") from e
     return f"models:/{name}/{version.version}"
 
 

@@ -1,26 +1,24 @@
-"""What an expert training run depends on (flags map 1:1) and what it returns.
+"""The expert's flat run config (flags map 1:1) and result, kept for callers of ``train_expert``.
 
-Shared by the driver (pipelines/train_expert.py) and the per-worker loop
-(pipelines/expert_worker.py).
+It is a flat view of ``pipelines.train_config.TrainConfig`` for the expert stage:
+``to_train_config`` splits it into the shared parts and the ``ExpertRecipe``.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 
 from lipsync.data.windows import DEFAULT_MIN_MEL_DISTANCE, DEFAULT_MIN_OFFSET, ExpertSampling
-from lipsync.errors import ConfigError
-from lipsync.training.schedule import check_schedule
+from lipsync.training.expert import ExpertStage
+from pipelines.train_config import CHECKPOINT_ARTIFACT_DIR, RUN_STATE_FILE, TrainConfig  # noqa: F401
 
-MODEL_FILE = "expert.safetensors"
-RUN_STATE_FILE = "lipsync_run.json"
-CHECKPOINT_ARTIFACT_DIR = "checkpoints"
+MODEL_FILE = ExpertStage.MODEL_FILE
 DEFAULT_EXPERIMENT = "lipsync-expert"
 
 
 @dataclass
 class ExpertTrainConfig:
-    """Everything a run depends on; flags map 1:1 (workflows/train.py)."""
+    """Everything an expert run depends on; flags map 1:1 (workflows/train.py)."""
 
     shards: str
     # model / recipe (paper defaults)
@@ -36,6 +34,7 @@ class ExpertTrainConfig:
     augment: bool = False
     max_steps: int = 10_000
     stop_at_val_accuracy: float | None = None  # end early once validation reaches this
+    init: str | None = None  # start from these weights (ours or the official lipsync_expert.pth)
     # data
     windows_per_clip: int = 8
     shuffle_buffer: int = 2048
@@ -65,23 +64,15 @@ class ExpertTrainConfig:
     # testing aid: the last rank exits hard once at this step (guarded by a marker file)
     fail_at_step: int | None = None
 
+    def to_train_config(self) -> TrainConfig:
+        return TrainConfig.from_flat("expert", asdict(self))
+
     def validate(self) -> None:
-        if self.batch_size < self.num_workers or self.batch_size % max(self.num_workers, 1):
-            raise ConfigError(
-                f"--batch-size {self.batch_size} must be a multiple of --num-workers {self.num_workers}"
-            )
-        for name in ("max_steps", "log_every", "checkpoint_every", "num_workers", "T"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
-        if self.lr <= 0:
-            raise ConfigError(f"--lr must be > 0, got {self.lr}")
-        check_schedule(self.lr_schedule, self.warmup_steps)
-        self.sampling()  # fails here, in the driver, with the flag's name rather than in a worker
+        self.to_train_config().validate()
 
     def sampling(self) -> ExpertSampling:
         """How training windows are cut (validation: the same without augmentation)."""
-        return ExpertSampling(T=self.T, face_size=self.face_size, min_offset=self.min_offset,
-                              min_mel_distance=self.min_mel_distance, augment=self.augment)
+        return self.to_train_config().recipe.sampling()
 
 
 @dataclass

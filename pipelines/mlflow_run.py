@@ -56,6 +56,10 @@ class ResumableRunLogger:
         """Upload a directory; a replayed step overwrites the same path (no duplicates)."""
         self.client.log_artifacts(self.run_id, str(local_dir), artifact_path)
 
+    def log_image(self, image, artifact_file: str) -> None:
+        """Log an (H, W, 3) uint8 RGB image; a replayed step overwrites the same file."""
+        self.client.log_image(self.run_id, image, artifact_file=artifact_file)
+
     def close(self) -> None:
         if self._system_run is not None:
             # Stops the system-metrics thread; the driver sets the run's final status after

@@ -267,7 +267,7 @@ def test_registry_lookup_pins_aliases_and_never_creates_a_store(mlflow_server, m
     """One rule for the embedded store (./mlruns.db unless told otherwise), read-only lookups,
     and aliases pinned to the version they point at (lipsync.model_ref)."""
     from lipsync import model_ref
-    from lipsync.errors import CheckpointError
+    from lipsync.errors import ConfigError
     from pipelines.registry import register_checkpoint
 
     import mlflow
@@ -284,7 +284,7 @@ def test_registry_lookup_pins_aliases_and_never_creates_a_store(mlflow_server, m
     v2 = register_checkpoint(run.info.run_id, "checkpoint", "model-ref-test", tracking_uri=mlflow_server.uri)
     assert model_ref.pin("models:/model-ref-test@candidate", mlflow_server.uri) == f"models:/model-ref-test/{v1}"
     assert v2 != v1 and model_ref.pin(f"models:/model-ref-test/{v2}", mlflow_server.uri) == f"models:/model-ref-test/{v2}"
-    with pytest.raises(CheckpointError, match="has no alias 'champion'.*@candidate"):
+    with pytest.raises(ConfigError, match="has no alias 'champion'.*@candidate"):
         model_ref.pin("models:/model-ref-test@champion", mlflow_server.uri)
 
     # A lookup in a folder with no store: one line naming ./mlruns.db, and no store created.

@@ -69,7 +69,19 @@ def main(argv: list[str] | None = None) -> int:
         "--max-steps", str(args.expert_steps), "--lr", "1e-3", "--num-workers", str(args.num_workers),
         "--storage-path", str(work / "ray_results"), "--tracking-uri", tracking], after=["preprocess"],
         registers="lipsync-expert")
-    chain.finish(work, tracking)
+    chain.run("generator", "train the generator (Wav2Lip + GAN, judged by the expert)", [
+        py, "workflows/train.py", "--stage", "generator", "--shards", str(shards), "--expert",
+        "models:/lipsync-expert@candidate", "--width", str(args.generator_width), "--max-steps",
+        str(args.generator_steps), "--batch-size", "8", "--checkpoint-every", "100", "--log-every", "20",
+        "--num-workers", str(args.num_workers), "--storage-path", str(work / "ray_results"),
+        "--tracking-uri", tracking], after=["expert"], registers="wav2lip")
+    test_clips = sorted((corpus / "main").glob("*/*.mp4"))
+    out = work / "result.mp4"
+    chain.run("infer", "lip-sync a held-out speaker's video to another speaker's audio", [
+        py, "-m", "lipsync", "infer", "--face", str(test_clips[0]), "--audio", str(test_clips[-1]),
+        "--model", "models:/wav2lip@candidate", "--out", str(out)], after=["generator"], outputs=[out],
+        progress=r"(\d+)/(\d+) \[")
+    chain.finish(work, tracking, paths=[("output video", out)])
     return 0
 
 

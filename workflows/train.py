@@ -10,6 +10,12 @@ On a cluster (the driver joins it through RAY_ADDRESS, which ray job submit sets
 
 Continue an earlier run (same Ray run directory, same MLflow run):
     python workflows/train.py --stage expert --shards shards/ --run-name NAME --resume --max-steps 20000
+
+Train the generator (Wav2Lip + visual-quality GAN) judged by a registered expert, or
+fine-tune the official weights on your own speaker's shards:
+    python workflows/train.py --stage generator --shards shards/ --expert models:/lipsync-expert@candidate
+    python workflows/train.py --stage generator --shards my_speaker/ --expert lipsync_expert.pth \
+        --init wav2lip_gan.pth --init-disc disc.pth --max-steps 3000
 """
 
 from __future__ import annotations
@@ -24,10 +30,20 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from lipsync.errors import ConfigError, LipsyncError  # noqa: E402
+from lipsync.training import RECIPES  # noqa: E402
+from lipsync.training.generator import EXPERT_BN_MODES  # noqa: E402
 from lipsync.training.schedule import LR_SCHEDULES  # noqa: E402
-from pipelines.train_expert import ExpertTrainConfig, train_expert  # noqa: E402
+from pipelines.train_config import (  # noqa: E402
+    STAGE_TABLE,
+    CadenceConfig,
+    DataConfig,
+    TrackingConfig,
+    TrainConfig,
+    WorkersConfig,
+)
+from pipelines.train_run import run_training  # noqa: E402
 
-STAGES = ("expert", "generator")
+STAGES = tuple(STAGE_TABLE)
 
 
 def _resources(text: str) -> dict:
@@ -41,30 +57,60 @@ def _resources(text: str) -> dict:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    d = ExpertTrainConfig(shards="")
+    # Flags map 1:1 to TrainConfig leaves; recipe flags default to None = the stage's default.
+    ex, gen = RECIPES["expert"](), RECIPES["generator"]()
+    d, c, w, t = DataConfig(shards=""), CadenceConfig(), WorkersConfig(), TrackingConfig()
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--stage", choices=STAGES, required=True)
     p.add_argument("--shards", required=True, help="directory with {train,val}-NNNNNN.tar (workflows/preprocess.py)")
-    m = p.add_argument_group("model and recipe (defaults: the paper's)")
-    m.add_argument("--width", type=float, default=d.width, help="channel multiplier (1 = official)")
-    m.add_argument("--face-size", type=int, default=d.face_size)
-    m.add_argument("--batch-size", type=int, default=d.batch_size, help="global batch, split over workers")
-    m.add_argument("--lr", type=float, default=d.lr)
-    m.add_argument("--lr-schedule", choices=LR_SCHEDULES, default=d.lr_schedule,
+    m = p.add_argument_group("model and recipe, both stages (defaults: the paper's, per stage)")
+    m.add_argument("--width", type=float, default=None, help="channel multiplier (1 = official)")
+    m.add_argument("--face-size", type=int, default=None, help="face crop size (96 = official; shards must match)")
+    m.add_argument("--batch-size", type=int, default=None,
+                   help=f"global batch, split over workers (expert {ex.batch_size}, generator {gen.batch_size})")
+    m.add_argument("--lr", type=float, default=None, help=f"learning rate (default {ex.lr})")
+    m.add_argument("--T", type=int, default=None, help="frames per window (5)")
+    m.add_argument("--max-steps", type=int, default=c.max_steps)
+    m.add_argument("--init", default=None,
+                   help="start from these weights: our checkpoint, the official lipsync_expert.pth / wav2lip.pth / "
+                        "wav2lip_gan.pth, or models:/NAME@ALIAS (fine-tuning)")
+    m.add_argument("--trust-checkpoints", action="store_true",
+                   help="allow --init/--expert files that contain pickled code (only for files you trust)")
+    e = p.add_argument_group("expert stage")
+    e.add_argument("--lr-schedule", choices=LR_SCHEDULES, default=None,
                    help="constant (paper) or cosine decay to 2%% of --lr at --max-steps")
-    m.add_argument("--warmup-steps", type=int, default=d.warmup_steps, help="linear warm-up steps")
-    m.add_argument("--max-steps", type=int, default=d.max_steps)
-    m.add_argument("--stop-at-val-accuracy", type=float, default=None,
+    e.add_argument("--warmup-steps", type=int, default=None, help="linear warm-up steps")
+    e.add_argument("--stop-at-val-accuracy", type=float, default=None,
                    help="end training once validation accuracy reaches this")
-    m.add_argument("--min-offset", type=int, default=d.min_offset,
-                   help="negatives take audio at least this many frames away (original: 1)")
-    m.add_argument("--min-mel-distance", type=float, default=d.min_mel_distance,
+    e.add_argument("--min-offset", type=int, default=None,
+                   help=f"negatives take audio at least this many frames away (default {ex.min_offset}; original: 1)")
+    e.add_argument("--min-mel-distance", type=float, default=None,
                    help="negatives' audio must differ from the true window by this mean |mel| "
-                        "difference (skips silence-vs-silence pairs; 0 = original sampling)")
-    m.add_argument("--augment", action="store_true", help="sync-preserving augmentation (off = paper parity)")
+                        f"difference (default {ex.min_mel_distance}; skips silence-vs-silence pairs; 0 = original)")
+    e.add_argument("--augment", action="store_true", default=None,
+                   help="sync-preserving augmentation (off = paper parity)")
+    g = p.add_argument_group("generator stage")
+    g.add_argument("--expert", default=None,
+                   help=f"the frozen lip-sync expert: file, runs:/ or models:/ URI (default {gen.expert}); "
+                        "an alias is pinned to its version at the start of the run")
+    g.add_argument("--expert-bn", choices=EXPERT_BN_MODES, default=None,
+                   help="eval: frozen BatchNorm statistics (default); batch: the original's batch statistics")
+    g.add_argument("--init-disc", default=None, help="start the discriminator from these weights (fine-tuning)")
+    g.add_argument("--no-gan", dest="gan", action="store_false", default=None,
+                   help="plain Wav2Lip: no visual-quality discriminator")
+    g.add_argument("--disc-width", type=float, default=None, help="discriminator channel multiplier (default --width)")
+    g.add_argument("--disc-lr", type=float, default=None, help=f"discriminator learning rate (default {gen.disc_lr})")
+    g.add_argument("--beta1", type=float, default=None, help="Adam beta1 (default 0.5; 0.9 with --no-gan)")
+    g.add_argument("--beta2", type=float, default=None, help=f"Adam beta2 (default {gen.beta2})")
+    g.add_argument("--disc-weight", type=float, default=None, help=f"adversarial loss weight (default {gen.disc_weight})")
+    g.add_argument("--sync-weight", type=float, default=None,
+                   help="expert sync loss weight once switched on (default 0.03; 0.01 with --no-gan)")
+    g.add_argument("--sync-threshold", type=float, default=None,
+                   help=f"switch the sync loss on once validation sync loss < this (default {gen.sync_threshold})")
     data = p.add_argument_group("data")
     data.add_argument("--windows-per-clip", type=int, default=d.windows_per_clip)
-    data.add_argument("--shuffle-buffer", type=int, default=d.shuffle_buffer)
+    data.add_argument("--shuffle-buffer", type=int, default=d.shuffle_buffer,
+                      help="windows mixed before batching (default: expert 2048, generator 256)")
     data.add_argument("--loader-workers", type=int, default=d.loader_workers,
                       help="DataLoader processes per training worker (0: read in the training process)")
     data.add_argument("--val-windows-per-clip", type=int, default=d.val_windows_per_clip)
@@ -72,23 +118,23 @@ def build_parser() -> argparse.ArgumentParser:
     data.add_argument("--seed", type=int, default=d.seed)
     data.add_argument("--manifest", default=None, help="default: <shards>/manifest.parquet")
     cad = p.add_argument_group("cadence")
-    cad.add_argument("--log-every", type=int, default=d.log_every)
-    cad.add_argument("--checkpoint-every", type=int, default=d.checkpoint_every, help="also validates")
-    cad.add_argument("--keep-checkpoints", type=int, default=d.keep_checkpoints)
+    cad.add_argument("--log-every", type=int, default=c.log_every)
+    cad.add_argument("--checkpoint-every", type=int, default=c.checkpoint_every, help="also validates")
+    cad.add_argument("--keep-checkpoints", type=int, default=c.keep_checkpoints)
     sc = p.add_argument_group("scaling and fault tolerance")
-    sc.add_argument("--num-workers", type=int, default=d.num_workers)
+    sc.add_argument("--num-workers", type=int, default=w.num_workers)
     sc.add_argument("--use-gpu", action="store_true")
-    sc.add_argument("--cpus-per-worker", type=float, default=d.cpus_per_worker)
+    sc.add_argument("--cpus-per-worker", type=float, default=w.cpus_per_worker)
     sc.add_argument("--worker-resources", type=_resources, default={},
                     help="extra Ray resources per worker as JSON, e.g. to pin workers to nodes")
-    sc.add_argument("--max-failures", type=int, default=d.max_failures)
+    sc.add_argument("--max-failures", type=int, default=w.max_failures)
     sc.add_argument("--fail-at-step", type=int, default=None, help=argparse.SUPPRESS)  # fault-injection tests
     bk = p.add_argument_group("tracking")
-    bk.add_argument("--storage-path", default=d.storage_path, help="Ray Train run storage")
+    bk.add_argument("--storage-path", default=t.storage_path, help="Ray Train run storage")
     bk.add_argument("--run-name", default=None)
     bk.add_argument("--resume", action="store_true", help="continue --run-name (same MLflow run)")
     bk.add_argument("--tracking-uri", default=None, help="MLflow server; default MLFLOW_TRACKING_URI or ./mlruns.db")
-    bk.add_argument("--experiment", default=d.experiment)
+    bk.add_argument("--experiment", default=None, help="default: lipsync-expert / lipsync-generator")
     bk.add_argument("--no-register", dest="register", action="store_false")
     bk.add_argument("--no-system-metrics", dest="system_metrics", action="store_false")
     return p
@@ -97,12 +143,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        if args.stage == "generator":
-            raise ConfigError("--stage generator is not implemented yet (next issue); only --stage expert trains")
         if args.resume and not args.run_name:
             raise ConfigError("--resume needs --run-name of the run to continue")
-        values = {k: v for k, v in vars(args).items() if k != "stage"}
-        result = train_expert(ExpertTrainConfig(**values))
+        result = run_training(TrainConfig.from_flat(args.stage, vars(args)))
     except LipsyncError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

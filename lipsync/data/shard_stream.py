@@ -1,4 +1,9 @@
-"""Streaming expert batches from WebDataset shards, one reader per training process.
+"""Streaming training batches from WebDataset shards, one reader per training process.
+
+One stream for every training stage: what a window is comes from a *sampling* object
+(``ExpertSampling``: expert pairs; ``GeneratorSampling``: generator samples, both in
+``lipsync.data.windows``) that cuts windows from a clip (``sample``), batches them
+(``collate``) and says why a clip gave none (``why_unusable``).
 
 Each reader (Ray Train worker x optional DataLoader worker) gets its own part of the data:
 whole shards when there are at least as many shards as readers, otherwise every reader
@@ -23,7 +28,7 @@ import torch
 from webdataset.tariterators import tarfile_samples
 
 from lipsync.data.clip_sample import decode_clip_sample
-from lipsync.data.windows import ExpertSampling, ExpertWindow, collate_expert, sample_expert_windows
+from lipsync.data.windows import ExpertSampling, GeneratorSampling
 from lipsync.errors import ConfigError
 
 
@@ -52,29 +57,29 @@ def _reader_slot(rank: int, world_size: int) -> tuple[int, int]:
     return rank * info.num_workers + info.id, world_size * info.num_workers
 
 
-class ExpertBatchStream(torch.utils.data.IterableDataset):
-    """Endless (or ``epochs``-long) stream of collated expert batches for one reader.
+class WindowBatchStream(torch.utils.data.IterableDataset):
+    """Endless (or ``epochs``-long) stream of collated batches for one reader.
 
-    Yields dicts from :func:`lipsync.data.windows.collate_expert`. ``seed`` should differ per
-    resume (e.g. mix in the step) so a restored run does not replay the same windows.
+    Yields ``sampling.collate`` dicts. ``seed`` should differ per resume (e.g. mix in the
+    step) so a restored run does not replay the same windows.
     """
 
     def __init__(
         self,
         shard_paths: list[Path],
         *,
+        sampling,
         rank: int = 0,
         world_size: int = 1,
         batch_size: int = 64,
         windows_per_clip: int = 8,
         shuffle_buffer: int = 2048,
         seed: int = 0,
-        sampling: ExpertSampling = ExpertSampling(),
         epochs: int | None = None,
     ):
         super().__init__()
         if not shard_paths:
-            raise ConfigError("no shards given to the expert batch stream")
+            raise ConfigError("no shards given to the training batch stream")
         if batch_size < 1 or windows_per_clip < 1:
             raise ConfigError(f"batch size and windows per clip must be >= 1 (got {batch_size}, {windows_per_clip})")
         self.shard_paths = [Path(p) for p in shard_paths]
@@ -98,17 +103,17 @@ class ExpertBatchStream(torch.utils.data.IterableDataset):
             if i % n_readers == reader:
                 yield clip
 
-    def windows(self) -> Iterator[ExpertWindow]:
+    def windows(self) -> Iterator:
         """Shuffled windows for this reader (before batching)."""
         reader, n_readers = _reader_slot(self.rank, self.world_size)
         rng = np.random.default_rng([self.seed, reader, 11])
-        buffer: list[ExpertWindow] = []
+        buffer: list = []
         epoch = 0
         while self.epochs is None or epoch < self.epochs:
             produced = 0
             for clip in self._epoch_clips(epoch, reader, n_readers):
                 self.clips_seen += 1
-                new = sample_expert_windows(clip, self.windows_per_clip, rng, self.sampling)
+                new = self.sampling.sample(clip, self.windows_per_clip, rng)
                 if not new:
                     self.clips_skipped += 1
                     continue
@@ -121,24 +126,64 @@ class ExpertBatchStream(torch.utils.data.IterableDataset):
             if produced == 0:
                 raise ConfigError(
                     f"reader {reader}/{n_readers} got no usable clip from {len(self.shard_paths)} shard(s) "
-                    f"(clips seen {self.clips_seen}, skipped {self.clips_skipped}: too short for "
-                    f"T={self.sampling.T} and min offset {self.sampling.min_offset}, or one sound "
-                    f"throughout, e.g. silent, so no negative differs by --min-mel-distance "
-                    f"{self.sampling.min_mel_distance})"
+                    f"(clips seen {self.clips_seen}, skipped {self.clips_skipped}: {self.sampling.why_unusable()})"
                 )
             epoch += 1
         rng.shuffle(buffer)
         yield from buffer
 
     def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
-        batch: list[ExpertWindow] = []
+        batch: list = []
         for window in self.windows():
             batch.append(window)
             if len(batch) == self.batch_size:
-                yield collate_expert(batch)
+                yield self.sampling.collate(batch)
                 batch = []
         if batch:
-            yield collate_expert(batch)
+            yield self.sampling.collate(batch)
+
+
+class ExpertBatchStream(WindowBatchStream):
+    """Expert pairs (``lipsync.data.windows.collate_expert`` batches)."""
+
+    def __init__(self, shard_paths: list[Path], *, sampling: ExpertSampling = ExpertSampling(), **kwargs):
+        super().__init__(shard_paths, sampling=sampling, **kwargs)
+
+
+class GeneratorBatchStream(WindowBatchStream):
+    """Generator samples (``lipsync.data.windows.collate_generator`` batches)."""
+
+    def __init__(self, shard_paths: list[Path], *, sampling: GeneratorSampling = GeneratorSampling(), **kwargs):
+        super().__init__(shard_paths, sampling=sampling, **kwargs)
+
+
+def fixed_windows(
+    shard_paths: list[Path],
+    windows_per_clip: int,
+    seed: int,
+    sampling,
+    max_clips: int | None = None,
+    rank: int = 0,
+    world_size: int = 1,
+) -> list:
+    """A deterministic evaluation set: the same windows for the same shards and seed.
+
+    With ``world_size > 1`` each rank gets the windows of every ``world_size``-th clip; each
+    clip's windows come from its own seed, so the union over ranks is the same set whatever
+    the number of ranks (validation numbers stay comparable across scalings) and no rank
+    holds the whole set in memory.
+    """
+    out: list = []
+    n_clips = 0
+    for i, clip in enumerate(iter_clips(list(shard_paths))):
+        if max_clips is not None and i >= max_clips:
+            break
+        n_clips += 1
+        if i % world_size == rank:
+            out.extend(sampling.sample(clip, windows_per_clip, np.random.default_rng([seed, i, 13])))
+    if n_clips == 0:
+        raise ConfigError(f"no evaluation clips in {len(shard_paths)} shard(s)")
+    return out
 
 
 def fixed_expert_windows(
@@ -149,22 +194,6 @@ def fixed_expert_windows(
     max_clips: int | None = None,
     rank: int = 0,
     world_size: int = 1,
-) -> list[ExpertWindow]:
-    """A deterministic evaluation set: the same windows for the same shards and seed.
-
-    With ``world_size > 1`` each rank gets the windows of every ``world_size``-th clip; each
-    clip's windows come from its own seed, so the union over ranks is the same set whatever
-    the number of ranks (validation numbers stay comparable across scalings) and no rank
-    holds the whole set in memory.
-    """
-    out: list[ExpertWindow] = []
-    n_clips = 0
-    for i, clip in enumerate(iter_clips(list(shard_paths))):
-        if max_clips is not None and i >= max_clips:
-            break
-        n_clips += 1
-        if i % world_size == rank:
-            out.extend(sample_expert_windows(clip, windows_per_clip, np.random.default_rng([seed, i, 13]), sampling))
-    if n_clips == 0:
-        raise ConfigError(f"no evaluation clips in {len(shard_paths)} shard(s)")
-    return out
+) -> list:
+    """:func:`fixed_windows` of expert pairs (default sampling)."""
+    return fixed_windows(shard_paths, windows_per_clip, seed, sampling, max_clips, rank, world_size)

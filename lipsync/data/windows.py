@@ -45,6 +45,7 @@ import torch
 
 from lipsync.audio import MEL_STEP, WINDOW_POLICY, mel_start_index, mel_windows
 from lipsync.errors import ConfigError
+from lipsync.models.wav2lip import generator_input
 
 EXPERT_T = 5
 DEFAULT_MIN_OFFSET = 2
@@ -71,6 +72,50 @@ class ExpertSampling:
             raise ConfigError(f"--min-mel-distance must be >= 0, got {self.min_mel_distance}")
         if self.face_size is not None and (self.face_size < 4 or self.face_size % 2):
             raise ConfigError(f"--face-size must be an even number >= 4, got {self.face_size}")
+
+    # The window-sampler protocol used by lipsync.data.shard_stream (one stream for every kind).
+    def sample(self, clip, n: int, rng: np.random.Generator) -> list["ExpertWindow"]:
+        return sample_expert_windows(clip, n, rng, self)
+
+    def collate(self, windows: list["ExpertWindow"]) -> dict[str, torch.Tensor]:
+        return collate_expert(windows)
+
+    def why_unusable(self) -> str:
+        return (f"too short for T={self.T} and min offset {self.min_offset}, or one sound throughout, "
+                f"e.g. silent, so no negative differs by --min-mel-distance {self.min_mel_distance}")
+
+
+@dataclass(frozen=True)
+class GeneratorSampling:
+    """How generator samples are cut (see :func:`sample_generator_window`)."""
+
+    T: int = EXPERT_T
+    face_size: int | None = None
+    mel_mode: str = WINDOW_POLICY
+    min_ref_distance: int | None = None  # default T: reference and target never overlap
+
+    def __post_init__(self):
+        if self.T < 1:
+            raise ConfigError(f"generator window length T must be >= 1, got {self.T}")
+        if self.face_size is not None and (self.face_size < 4 or self.face_size % 2):
+            raise ConfigError(f"--face-size must be an even number >= 4, got {self.face_size}")
+        _per_frame_mel_starts(1, 1, self.mel_mode)  # names a bad mode here, not in a worker
+
+    def sample(self, clip, n: int, rng: np.random.Generator) -> list["GeneratorWindow"]:
+        out = []
+        for _ in range(n):
+            window = sample_generator_window(clip, rng, self.T, self.face_size, self.mel_mode, self.min_ref_distance)
+            if window is None:
+                return []
+            out.append(window)
+        return out
+
+    def collate(self, windows: list["GeneratorWindow"]) -> dict[str, torch.Tensor]:
+        return collate_generator(windows)
+
+    def why_unusable(self) -> str:
+        dist = self.T if self.min_ref_distance is None else self.min_ref_distance
+        return f"too short for T={self.T} target frames plus a reference window {dist} frames away"
 
 
 @dataclass
@@ -349,11 +394,16 @@ def generator_tensors(window: GeneratorWindow) -> dict[str, torch.Tensor]:
     gt (3,T,S,S), indiv_mels (T,1,80,16), mel (1,80,16); BGR in [0, 1]."""
     gt = torch.from_numpy(np.ascontiguousarray(window.gt.transpose(3, 0, 1, 2))).float().div_(255.0)
     ref = torch.from_numpy(np.ascontiguousarray(window.ref.transpose(3, 0, 1, 2))).float().div_(255.0)
-    masked = gt.clone()
-    masked[:, :, gt.shape[2] // 2 :, :] = 0.0
     return {
-        "x": torch.cat([masked, ref], dim=0),
+        "x": generator_input(gt[None], ref[None])[0],
         "gt": gt,
         "indiv_mels": torch.from_numpy(window.indiv_mels),
         "mel": torch.from_numpy(window.mel),
     }
+
+
+def collate_generator(windows: list[GeneratorWindow]) -> dict[str, torch.Tensor]:
+    """Batch of generator windows -> x (B,6,T,S,S), gt (B,3,T,S,S), indiv_mels (B,T,1,80,16),
+    mel (B,1,80,16), as the original's DataLoader stacks them."""
+    tensors = [generator_tensors(w) for w in windows]
+    return {k: torch.stack([t[k] for t in tensors]) for k in ("x", "gt", "indiv_mels", "mel")}

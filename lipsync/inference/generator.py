@@ -22,6 +22,7 @@ from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 from lipsync.errors import ConfigError
+from lipsync.models.wav2lip import generator_input
 
 
 def resolve_device(device: str = "auto") -> torch.device:
@@ -92,9 +93,7 @@ class FaceGenerator:
         x = torch.from_numpy(np.ascontiguousarray(faces)).to(self.device)
         # (B,S,S,3) uint8 -> (B,3,S,S) in [0,1]; permute gives a channels-last view for free.
         x = x.permute(0, 3, 1, 2).to(self.dtype).div_(255.0)
-        masked = x.clone()
-        masked[:, :, s // 2:] = 0
-        face_in = torch.cat((masked, x), dim=1)
+        face_in = generator_input(x, x)
         face_in = face_in.contiguous(memory_format=torch.channels_last if self.channels_last
                                      else torch.contiguous_format)
         audio = torch.from_numpy(np.ascontiguousarray(mels, dtype=np.float32))[:, None].to(self.device, self.dtype)

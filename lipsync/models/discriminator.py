@@ -64,6 +64,10 @@ class VisualQualityDiscriminator(nn.Module):
         return self.binary_pred(x).view(x.shape[0], -1)
 
     def perceptual_loss(self, fake: torch.Tensor) -> torch.Tensor:
-        """The generator's adversarial loss BCE(D(fake), 1), on whatever device `fake` is."""
+        """The generator's adversarial loss BCE(D(fake), 1), on whatever device `fake` is.
+
+        The BCE runs in float32 outside autocast (PyTorch refuses it in bf16/fp16 autocast)."""
         pred = self(fake)
-        return F.binary_cross_entropy(pred, torch.ones_like(pred))
+        with torch.autocast(pred.device.type, enabled=False):
+            pred = pred.float()
+            return F.binary_cross_entropy(pred, torch.ones_like(pred))

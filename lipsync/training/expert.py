@@ -7,17 +7,37 @@ A pair counts as correct when P > 0.5 matches the label.
 
 Evaluation reports accuracy and loss overall and per |audio offset| bucket: the offsets
 close to 0 are the hard ones and the ones a generator's sync loss depends on.
-Ray-free: the Ray Train loop (pipelines/train_expert.py) all-reduces the counts.
+``ExpertStage`` is the expert as a training stage (lipsync/training/stage.py). Ray-free:
+the one Ray Train loop (pipelines/train_loop.py) all-reduces the counts.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from lipsync.data.windows import ExpertWindow, collate_expert
-from lipsync.models import sync_probability
+from lipsync.checkpoints import ModelConfig
+from lipsync.data.windows import (
+    DEFAULT_MIN_MEL_DISTANCE,
+    DEFAULT_MIN_OFFSET,
+    ExpertSampling,
+    ExpertWindow,
+    collate_expert,
+)
+from lipsync.errors import ConfigError
+from lipsync.models import SyncNet, sync_probability
+from lipsync.training.schedule import check_schedule, lr_at, set_lr
+from lipsync.training.stage import (
+    CurvePanel,
+    ModelLoader,
+    SavedModel,
+    TrainingStage,
+    check_init_architecture,
+    init_weights,
+)
 
 # Buckets of |offset| in frames; 1 only occurs with --min-offset 1.
 OFFSET_BUCKETS: tuple[tuple[str, int, int], ...] = (
@@ -100,3 +120,109 @@ def summarize_evaluation(sums: torch.Tensor, prefix: str = "val") -> dict[str, f
         if n > 0:
             out[f"{prefix}_accuracy_offset_{name}"] = c / n
     return out
+
+
+# ----------------------------------------------------------------------------- the expert stage
+
+
+@dataclass
+class ExpertRecipe:
+    """The expert's recipe (paper defaults); flags map 1:1 (workflows/train.py)."""
+
+    width: float = 1.0
+    face_size: int = 96
+    batch_size: int = 64  # global batch per step, split across workers
+    lr: float = 1e-4
+    lr_schedule: str = "constant"  # or "cosine" (lipsync/training/schedule.py)
+    warmup_steps: int = 0
+    T: int = 5
+    min_offset: int = DEFAULT_MIN_OFFSET
+    min_mel_distance: float = DEFAULT_MIN_MEL_DISTANCE  # negatives must sound different (lipsync/data/windows.py)
+    augment: bool = False
+    stop_at_val_accuracy: float | None = None  # end early once validation reaches this
+    init: str | None = None  # start from these weights (ours or the official lipsync_expert.pth)
+
+    def validate(self) -> None:
+        if self.lr <= 0:
+            raise ConfigError(f"--lr must be > 0, got {self.lr}")
+        if self.T < 1:
+            raise ConfigError(f"--T must be >= 1, got {self.T}")
+        check_schedule(self.lr_schedule, self.warmup_steps)
+        self.sampling()  # fails here, in the driver, with the flag's name rather than in a worker
+
+    def sampling(self) -> ExpertSampling:
+        """How training windows are cut (validation: the same without augmentation)."""
+        return ExpertSampling(T=self.T, face_size=self.face_size, min_offset=self.min_offset,
+                              min_mel_distance=self.min_mel_distance, augment=self.augment)
+
+
+class ExpertStage(TrainingStage):
+    """SyncNet trained with BCE on the cosine score, Adam, one optimizer (the original's recipe)."""
+
+    name = "expert"
+    model_kind = "expert"
+    best_metric = "val_accuracy"
+    higher_is_better = True
+    curve_panels = (
+        CurvePanel("BCE loss", ("train_loss", "val_loss"), (0.6931, "ln 2 (chance)")),
+        CurvePanel("accuracy (threshold 0.5)", ("train_accuracy", "val_accuracy"), (0.5, "chance")),
+    )
+    progress_keys = ("train_loss", "train_accuracy")
+    MODEL_FILE = "expert.safetensors"
+
+    def __init__(self, recipe: ExpertRecipe, device="cpu", load_model: ModelLoader | None = None,
+                 initialise: bool = True, max_steps: int = 1):
+        super().__init__(recipe, device, load_model, initialise, max_steps)
+        self.model = SyncNet(width=recipe.width, face_size=recipe.face_size)
+        if initialise and recipe.init:
+            init_weights(self.model, recipe.init, "expert", "--init", load_model)
+        self.model.train()
+        self.trained = {"expert": self.model}
+        self.optimizers = {"expert": torch.optim.Adam(self.model.parameters(), lr=recipe.lr)}
+
+    def sampling(self, validation: bool = False) -> ExpertSampling:
+        sampling = self.recipe.sampling()
+        return replace(sampling, augment=False) if validation else sampling
+
+    def train_step(self, batch, step):
+        r = self.recipe
+        optimizer = self.optimizers["expert"]
+        set_lr(optimizer, lr_at(step, r.lr, self.max_steps, r.lr_schedule, r.warmup_steps))
+        mel, face, label = (batch[k].to(self.device, non_blocking=True) for k in ("mel", "face", "label"))
+        with self.autocast():
+            scores = sync_scores(self.trained["expert"], mel, face)
+        loss = expert_loss(scores, label)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        n = label.shape[0]
+        return {"loss": loss.item() * n, "correct": float(correct(scores, label).sum()), "samples": float(n)}
+
+    def train_metrics(self, sums):
+        n = float(sums["samples"])
+        return {"train_loss": float(sums["loss"]) / n, "train_accuracy": float(sums["correct"]) / n,
+                "lr": self.optimizers["expert"].param_groups[0]["lr"]}
+
+    def evaluate(self, windows, batch_size):
+        return {"buckets": evaluate_expert(self.bare("expert"), windows, batch_size, self.device, self.amp_dtype)}
+
+    def eval_metrics(self, sums):
+        return summarize_evaluation(sums["buckets"], prefix="val")
+
+    def should_stop(self, metrics):
+        target, acc = self.recipe.stop_at_val_accuracy, metrics.get("val_accuracy")
+        return target is not None and acc is not None and acc >= target
+
+    def saved_models(self):
+        config = ModelConfig(kind="expert", width=self.recipe.width, face_size=self.recipe.face_size)
+        return [SavedModel(self.MODEL_FILE, self.bare("expert"), config, "checkpoints", registered=True)]
+
+    @classmethod
+    def preflight(cls, recipe, load_model, shard_face_size):
+        recipe.validate()
+        tags = check_init_architecture(recipe.init, "expert", "--init", recipe, "width", load_model)
+        return {**super().preflight(recipe, load_model, shard_face_size), **tags}
+
+    @classmethod
+    def registration_tags(cls, recipe):
+        return {"min_offset": str(recipe.min_offset), "min_mel_distance": str(recipe.min_mel_distance)}
