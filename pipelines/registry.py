@@ -10,7 +10,6 @@ and nothing in the registry is pickled Python code that loading would execute.
 
 from __future__ import annotations
 
-import mlflow
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 
