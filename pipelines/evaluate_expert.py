@@ -95,9 +95,9 @@ def offset_metrics(rows: list[dict], shifts) -> dict[str, float]:
     if found:
         out["offset_recovery"] = float(np.mean(found))
         out["offset_recovery_within_1"] = float(np.mean(near))
-    for name, keys in (("in_sync", [s for s in shifts if s == 0]), ("shifted", [s for s in shifts if s != 0])):
+    if 0 in shifts:
         for metric in ("lse_d", "lse_c"):
-            vals = [r[f"{metric}@{s:+d}"] for s in keys for r in rows if f"{metric}@{s:+d}" in r]
+            vals = [r[f"{metric}@+0"] for r in rows if f"{metric}@+0" in r]
             if vals:
-                out[f"{metric}_{name}"] = float(np.mean(vals))
+                out[f"{metric}_in_sync"] = float(np.mean(vals))
     return out
