@@ -113,22 +113,25 @@ def parse_registry_uri(uri: str) -> tuple[str, str | None, str | None]:
 
 
 def resolve_reference(model: str, client) -> ModelRef:
+    """The model with its alias pinned to a version (``lipsync.model_ref.pin``) and the run that trained it."""
     from mlflow.exceptions import MlflowException
 
+    from lipsync import model_ref
+
     if not model.startswith("models:/"):
-        return ModelRef(uri=model, name=None, version=None, training_run_id=None)
-    name, alias, version = parse_registry_uri(model)
+        return ModelRef(uri=model_ref.pin(model), name=None, version=None, training_run_id=None)
+    name, _, version = parse_registry_uri(model_ref.pin(model, client.tracking_uri))
     try:
-        mv = client.get_model_version_by_alias(name, alias) if alias else client.get_model_version(name, version)
+        mv = client.get_model_version(name, version)
     except MlflowException as e:
         raise ConfigError(f"{model}: not in the registry ({e.message.splitlines()[0]})") from None
     return ModelRef(uri=f"models:/{name}/{mv.version}", name=name, version=str(mv.version), training_run_id=mv.run_id)
 
 
 def download_checkpoint(uri: str, dst: Path, tracking_uri: str) -> Path:
-    from pipelines.registry import resolve_model
+    from lipsync import model_ref
 
-    return resolve_model(uri, dst, tracking_uri)
+    return model_ref.fetch(uri, dst, tracking_uri)
 
 
 def model_name_of_file(path: Path) -> str:

@@ -23,14 +23,12 @@ as JPEG/XVID before scoring.
 from __future__ import annotations
 
 import os
-import tempfile
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 from scipy.signal import medfilt
 
-from lipsync.errors import CheckpointError, LipsyncError, NoFaceError
+from lipsync.errors import LipsyncError, NoFaceError
 from lipsync.metrics.sync import ExpertJudge, SyncJudge, SyncNetV2Judge, SyncScore
 
 CROPS = ("none", "face")
@@ -44,24 +42,10 @@ EXPERT_SMOOTH = 5
 
 
 def load_expert(model: str | os.PathLike, tracking_uri: str | None = None, trust: bool = False):
-    """The expert (nn.Module) from a checkpoint file or an MLflow URI (``models:/…``, ``runs:/…``).
+    """The expert (nn.Module) from a checkpoint file or an MLflow URI (``models:/…``, ``runs:/…``)."""
+    from lipsync import model_ref
 
-    The one place evaluation resolves a model reference; the integrator folds it into the
-    project's common resolver."""
-    from lipsync.checkpoints import load_model
-    from lipsync.inference.model_source import download_mlflow_artifact, find_checkpoint_file, is_mlflow_uri
-
-    model = os.fspath(model)
-    if is_mlflow_uri(model):
-        with tempfile.TemporaryDirectory(prefix="lipsync-expert-") as tmp:
-            path = find_checkpoint_file(download_mlflow_artifact(model, tmp, tracking_uri), model)
-            return load_model(str(path), kind="expert", trust=trust)[0]
-    path = Path(model).expanduser()
-    if not path.exists():
-        raise CheckpointError(f"{model}: no such checkpoint file")
-    if path.is_dir():
-        path = find_checkpoint_file(path, model)
-    return load_model(str(path), kind="expert", trust=trust)[0]
+    return model_ref.load(model, kind="expert", trust=trust, tracking_uri=tracking_uri)[0]
 
 
 def make_judge(judge: str, *, weights: str | None = None, model: str | None = None, device: str = "cpu",
