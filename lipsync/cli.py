@@ -23,6 +23,8 @@ SUBCOMMANDS = {
                       "save a PNG frame strip of a clip above its audio waveform"),
     "infer": ("lipsync.inference.cli", "add_arguments", "run",
               "lip-sync a face video or image to an audio track"),
+    "compare": ("lipsync.compare", "add_arguments", "run",
+                "before and after: a side-by-side video, a PNG strip, the undubbed input under the new audio"),
     "sync-score": ("lipsync.metrics.cli", "add_arguments", "run",
                    "LSE-D / LSE-C / AV offset of videos (SyncNet v2 or our expert as the judge)"),
 }

@@ -41,6 +41,23 @@ def side_by_side(input_video: str | os.PathLike, output_video: str | os.PathLike
     return os.fspath(out)
 
 
+def with_audio(video: str | os.PathLike, audio_source: str | os.PathLike, out: str | os.PathLike) -> str:
+    """Write ``out``: ``video``'s frames (looped as inference loops them) under the audio of
+    ``audio_source``, as long as that audio — the *undubbed* input, what sync metrics of a
+    dubbed output are compared against."""
+    from lipsync.audio import SAMPLE_RATE, load_audio, video_frames_for_audio
+    from lipsync.video import read_video, write_video
+
+    fps = 25.0  # the rate inference writes
+    frames = read_video(video, fps=fps).frames
+    if len(frames) == 0:
+        raise MediaError(f"{video}: has no frames")
+    audio = load_audio(audio_source)
+    n = video_frames_for_audio(audio.size, fps)
+    write_video(out, (frames[k % len(frames)] for k in range(n)), fps, audio=audio, sample_rate=SAMPLE_RATE)
+    return os.fspath(out)
+
+
 def before_after_strip(input_video: str | os.PathLike, output_video: str | os.PathLike,
                        out_png: str | os.PathLike, n_frames: int = 8, step: int = 3, dpi: int = 100) -> str:
     """Write ``out_png``: ``n_frames`` frames (every ``step``-th, from where the speech starts)
@@ -65,3 +82,28 @@ def before_after_strip(input_video: str | os.PathLike, output_video: str | os.Pa
              f"(every {step}) at {after.fps:g} fps, over the output's audio")
     return frames_over_waveform(strip, ["input", "output"], after.audio, after.sample_rate, after.fps,
                                 indices, step, title, out_png, dpi)
+
+
+# ----------------------------------------------------------------------------- command line
+
+
+def add_arguments(parser) -> None:
+    parser.add_argument("--input", required=True, help="the face video that was lip-synced")
+    parser.add_argument("--output", required=True, help="the lip-synced result (lipsync infer --out)")
+    parser.add_argument("--side-by-side", default=None, help="write input | output with the output's audio (mp4)")
+    parser.add_argument("--strip", default=None, help="write input frames above output frames over the audio (png)")
+    parser.add_argument("--undubbed", default=None,
+                        help="write the input's frames under the output's audio (mp4): the 'before' of a sync score")
+
+
+def run(args) -> int:
+    from lipsync.errors import ConfigError
+
+    if not (args.side_by_side or args.strip or args.undubbed):
+        raise ConfigError("lipsync compare: pass at least one of --side-by-side, --strip, --undubbed")
+    for flag, path, write in (("--side-by-side", args.side_by_side, side_by_side),
+                              ("--strip", args.strip, before_after_strip),
+                              ("--undubbed", args.undubbed, lambda i, o, out: with_audio(i, o, out))):
+        if path:
+            print(f"{flag}: {write(args.input, args.output, path)}")
+    return 0

@@ -34,8 +34,23 @@ TRAINING_PROGRESS = r"step (\d+)/(\d+)"
 class StageRecord:
     fingerprint: str
     seconds: float
-    result: dict | None = None
+    result: dict | None = None  # the last JSON object the command printed
+    objects: list = field(default_factory=list)  # every one-line JSON object it printed, in order
     reused: bool = False
+
+
+def _json_lines(lines: list[str]) -> list[dict]:
+    out = []
+    for line in lines:
+        text = line.strip()
+        if text.startswith("{") and text.endswith("}"):
+            try:
+                value = json.loads(text)
+            except json.JSONDecodeError:
+                continue
+            if isinstance(value, dict):
+                out.append(value)
+    return out
 
 
 def _last_json_object(lines: list[str]) -> dict | None:
@@ -105,32 +120,35 @@ class Chain:
             return False
 
     def run(self, key: str, title: str, cmd: list[str], *, outputs: list[Path] = (), after: list[str] = (),
-            registers: str | None = None, progress: str = TRAINING_PROGRESS, check: bool = True) -> dict | None:
-        """Run (or reuse) one stage; returns the JSON result it printed (None if none)."""
+            registers: str | None = None, progress: str = TRAINING_PROGRESS,
+            ok_codes: tuple[int, ...] = (0,)) -> StageRecord:
+        """Run (or reuse) one stage; its record holds the JSON the command printed. An exit
+        code outside ``ok_codes`` stops the chain with the end of the command's output."""
         self._index += 1
         self.titles[key] = title
         fingerprint = self.fingerprint(cmd, list(after))
         saved = self._reusable(key, fingerprint, list(outputs), registers)
         label = f"[{self._index}] {title}"
         if saved is not None:
-            self.records[key] = StageRecord(fingerprint, saved["seconds"], saved.get("result"), reused=True)
+            record = StageRecord(fingerprint, saved["seconds"], saved.get("result"), saved.get("objects", []),
+                                 reused=True)
+            self.records[key] = record
             print(f"{label}: reused (unchanged since the last run; --fresh runs it again)", flush=True)
-            return saved.get("result")
+            return record
         started = time.monotonic()
         returncode, lines = self._execute(label, cmd, re.compile(progress))
         seconds = time.monotonic() - started
-        if returncode != 0:
-            if not check:
-                return None
+        if returncode not in ok_codes:
             tail = "\n".join("    " + line for line in lines[-15:])
             print(f"{label}: FAILED (exit {returncode}) after {seconds:.0f}s; the last lines of {self.log_path}:\n{tail}",
                   file=sys.stderr, flush=True)
             sys.exit(returncode or 1)
-        result = _last_json_object(lines)
-        self.records[key] = StageRecord(fingerprint, seconds, result)
-        self._state[key] = {"fingerprint": fingerprint, "seconds": seconds, "result": result}
+        record = StageRecord(fingerprint, seconds, _last_json_object(lines), _json_lines(lines))
+        self.records[key] = record
+        self._state[key] = {"fingerprint": fingerprint, "seconds": seconds, "result": record.result,
+                            "objects": record.objects}
         self.state_path.write_text(json.dumps(self._state, indent=1))
-        return result
+        return record
 
     def _execute(self, label: str, cmd: list[str], progress: re.Pattern) -> tuple[int, list[str]]:
         from tqdm import tqdm
