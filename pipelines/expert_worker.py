@@ -81,7 +81,7 @@ def train_loop_per_worker(config: dict) -> None:
     # The stream seed mixes in the resume step: a restored run samples fresh windows
     # rather than replaying the ones it saw before the failure.
     stream = ExpertBatchStream(
-        [Path(p) for p in config["train_shards"]],
+        config["train_shards"],  # local paths or s3:// / gs:// URIs, as listed by the driver
         rank=rank,
         world_size=world,
         batch_size=per_worker_batch,
@@ -92,7 +92,7 @@ def train_loop_per_worker(config: dict) -> None:
     )
     val_sampling = replace(sampling, augment=False)
     val_windows = fixed_expert_windows(
-        [Path(p) for p in config["val_shards"]], cfg.val_windows_per_clip, cfg.seed, val_sampling,
+        config["val_shards"], cfg.val_windows_per_clip, cfg.seed, val_sampling,
         cfg.val_max_clips, rank=rank, world_size=world,
     )
 

@@ -147,6 +147,16 @@ def glob(uri: str | os.PathLike, pattern: str) -> list[str]:
     return [join(text, name) for name in listdir(text) if fnmatch.fnmatchcase(name, pattern)]
 
 
+def list_shards(shards_dir: str | os.PathLike, split: str) -> list[str]:
+    """Sorted `<split>-*.tar` shard locations under a shards folder or URI (the library's
+    `lipsync.data.shard_stream.list_shards`, for object storage too); an error when none."""
+    found = glob(resolve(shards_dir), f"{split}-*.tar")
+    if not found:
+        what = "does not exist" if not exists(shards_dir) else f"has no '{split}-*.tar' shards"
+        raise StorageError(f"{shards_dir}: shard location {what} (run workflows/preprocess.py first)")
+    return found
+
+
 def size(uri: str | os.PathLike) -> int:
     fs, path = filesystem(uri)
     info = fs.get_file_info(path)

@@ -12,11 +12,13 @@ latest checkpoint and the same MLflow run.
 from __future__ import annotations
 
 import json
+import tempfile
 import time
 from dataclasses import asdict
 from pathlib import Path
 
 from lipsync.errors import ConfigError
+from pipelines import storage
 from pipelines.expert_config import (  # noqa: F401 - re-exported for callers and tests
     CHECKPOINT_ARTIFACT_DIR,
     DEFAULT_EXPERIMENT,
@@ -30,11 +32,22 @@ from pipelines.expert_config import (  # noqa: F401 - re-exported for callers an
 def _resolve_shards(cfg: ExpertTrainConfig) -> tuple[list[str], list[str]]:
     from lipsync.data.shard_stream import list_shards
 
+    if storage.is_uri(cfg.shards):
+        return storage.list_shards(cfg.shards, "train"), storage.list_shards(cfg.shards, "val")
     return [str(p) for p in list_shards(cfg.shards, "train")], [str(p) for p in list_shards(cfg.shards, "val")]
 
 
-def _run_dir(cfg: ExpertTrainConfig) -> Path:
-    return Path(cfg.storage_path).resolve() / cfg.run_name
+def _run_dir(cfg: ExpertTrainConfig) -> str:
+    """The Ray run folder: a local path or an object-storage URI."""
+    return storage.join(storage.resolve(cfg.storage_path), cfg.run_name)
+
+
+def _fail_marker(cfg: ExpertTrainConfig) -> str:
+    # The fault-injection marker is a local file the worker writes; a run on object storage
+    # keeps it in the machine's temporary folder (the injection tests run on one machine).
+    if storage.is_uri(cfg.storage_path):
+        return str(Path(tempfile.gettempdir()) / f"lipsync-{cfg.run_name}-injected_failure.marker")
+    return storage.join(_run_dir(cfg), "injected_failure.marker")
 
 
 def _open_mlflow_run(cfg: ExpertTrainConfig, tracking_uri: str, n_train: int, n_val: int) -> str:
@@ -44,32 +57,31 @@ def _open_mlflow_run(cfg: ExpertTrainConfig, tracking_uri: str, n_train: int, n_
     from pipelines import tracking
 
     run_dir = _run_dir(cfg)
-    state_path = run_dir / RUN_STATE_FILE
+    state_path = storage.join(run_dir, RUN_STATE_FILE)
     client = MlflowClient(tracking_uri=tracking_uri)
     if cfg.resume:
-        if not state_path.exists():
+        if not storage.exists(state_path):
             raise ConfigError(f"{state_path}: nothing to resume (no earlier run named {cfg.run_name!r} there)")
-        run_id = json.loads(state_path.read_text())["mlflow_run_id"]
+        run_id = json.loads(storage.get_bytes(state_path))["mlflow_run_id"]
         client.update_run(run_id, status="RUNNING")
         resumed = int(client.get_run(run_id).data.tags.get("lipsync.resumed", "0")) + 1
         client.set_tag(run_id, "lipsync.resumed", str(resumed))
         client.set_tag(run_id, f"lipsync.resume_{resumed}.max_steps", str(cfg.max_steps))
         client.set_tag(run_id, f"lipsync.resume_{resumed}.lr", str(cfg.lr))
         return run_id
-    if run_dir.exists():
+    if storage.exists(run_dir):
         raise ConfigError(
             f"{run_dir}: a run named {cfg.run_name!r} exists; pass --resume to continue it or choose another --run-name"
         )
     tracking.configure(tracking_uri, cfg.experiment)
-    manifest = cfg.manifest or str(Path(cfg.shards) / "manifest.parquet")
+    manifest = cfg.manifest or storage.join(storage.resolve(cfg.shards), "manifest.parquet")
     tags = {**tracking.run_tags(manifest), "lipsync.stage": "expert", "lipsync.ray_run_dir": str(run_dir)}
     experiment = mlflow.get_experiment_by_name(cfg.experiment)
     run = client.create_run(experiment.experiment_id, run_name=cfg.run_name, tags=tags)
     params = {k: v for k, v in asdict(cfg).items() if k not in ("resume", "fail_at_step")}
     params.update(train_shards=n_train, val_shards=n_val)
     client.log_batch(run.info.run_id, params=[mlflow.entities.Param(k, str(v)) for k, v in params.items()])
-    run_dir.mkdir(parents=True, exist_ok=True)
-    state_path.write_text(json.dumps({"mlflow_run_id": run.info.run_id, "tracking_uri": tracking_uri}))
+    storage.put_bytes(state_path, json.dumps({"mlflow_run_id": run.info.run_id, "tracking_uri": tracking_uri}).encode())
     return run.info.run_id
 
 
@@ -119,7 +131,7 @@ def train_expert(cfg: ExpertTrainConfig) -> ExpertTrainResult:
 
     cfg.validate()
     cfg.run_name = cfg.run_name or time.strftime("expert-%Y%m%d-%H%M%S")
-    cfg.storage_path = str(Path(cfg.storage_path).resolve())
+    cfg.storage_path = storage.resolve(cfg.storage_path)  # URIs stay URIs; Ray Train opens them with pyarrow
     train_shards, val_shards = _resolve_shards(cfg)
     tracking_uri = tracking.resolve_tracking_uri(cfg.tracking_uri)
     run_id = _open_mlflow_run(cfg, tracking_uri, len(train_shards), len(val_shards))
@@ -132,7 +144,7 @@ def train_expert(cfg: ExpertTrainConfig) -> ExpertTrainResult:
         "val_shards": val_shards,
         "mlflow_run_id": run_id,
         "tracking_uri": tracking_uri,
-        "fail_marker": str(_run_dir(cfg) / "injected_failure.marker"),
+        "fail_marker": _fail_marker(cfg),
     }
     trainer = TorchTrainer(
         train_loop_per_worker,
@@ -181,5 +193,5 @@ def train_expert(cfg: ExpertTrainConfig) -> ExpertTrainResult:
         best_val_accuracy=best_acc,
         model_version=version,
         tracking_uri=tracking_uri,
-        run_dir=str(_run_dir(cfg)),
+        run_dir=_run_dir(cfg),
     )
