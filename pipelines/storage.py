@@ -169,7 +169,8 @@ def open_input(uri: str | os.PathLike):
     """A readable binary stream (sequential; fine for tar shards and parquet reads)."""
     fs, path = filesystem(uri)
     try:
-        return fs.open_input_stream(path)
+        # Buffered: without it every small read() on object storage is one ranged GET.
+        return fs.open_input_stream(path, compression=None, buffer_size=_CHUNK)
     except FileNotFoundError as e:
         raise StorageError(f"{uri}: not found") from e
 
