@@ -371,7 +371,8 @@ def team_mlflow_server(s3_server):
         (root / "basic_auth.ini").write_text(
             "[mlflow]\ndefault_permission = READ\n"
             f"database_uri = {db_url}/mlflow_auth\n"
-            "authorization_function = mlflow.server.auth:authenticate_request_basic_auth\n")
+            "authorization_function = mlflow.server.auth:authenticate_request_basic_auth\n"
+            "auth_cache_ttl_seconds = 60\n")
         mlflow_port = free_port()
         env = {**pg_env, "MLFLOW_AUTH_CONFIG_PATH": str(root / "basic_auth.ini"),
                "MLFLOW_AUTH_ADMIN_USERNAME": "admin", "MLFLOW_AUTH_ADMIN_PASSWORD": admin_password,
