@@ -339,6 +339,19 @@ class TeamMlflow:
     env: dict              # PGPASSWORD etc. for clients of the database
     proc: subprocess.Popen
 
+    def add_user(self, name: str) -> dict:
+        """Create a user (as the admin); returns the MLFLOW_TRACKING_* environment it works with."""
+        from mlflow.server.auth.client import AuthServiceClient
+        password = secrets.token_urlsafe(16)
+        saved = {k: os.environ.get(k) for k in ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD")}
+        os.environ.update(MLFLOW_TRACKING_USERNAME=self.admin_user, MLFLOW_TRACKING_PASSWORD=self.admin_password)
+        try:
+            AuthServiceClient(self.uri).create_user(name, password)
+        finally:
+            for k, v in saved.items():
+                os.environ.pop(k) if v is None else os.environ.__setitem__(k, v)
+        return {"MLFLOW_TRACKING_USERNAME": name, "MLFLOW_TRACKING_PASSWORD": password}
+
 
 @pytest.fixture(scope="session")
 def team_mlflow_server(s3_server):

@@ -77,9 +77,14 @@ def fake_cluster_config(launcher: dict, gcs_address: str) -> dict:
     }
 
 
-def start_autoscaling_head(config: dict, gcs_port: int, tmp: Path) -> RayHead:
+def start_autoscaling_head(config: dict, gcs_port: int, tmp: Path, node_env: dict | None = None) -> RayHead:
+    """`node_env`: what every node's environment carries (the launcher config's --env-file,
+    the RayCluster's pod env): here the MLflow credentials; fake worker nodes inherit it."""
     token = secrets.token_hex(32)
-    env = {**ray_env(token), "RAY_FAKE_CLUSTER": "1", "AUTOSCALER_UPDATE_INTERVAL_S": "1"}
+    env = {**ray_env(token), **(node_env or {}), "RAY_FAKE_CLUSTER": "1", "AUTOSCALER_UPDATE_INTERVAL_S": "1",
+           # Every fake node sees the whole machine's memory, used mostly by other processes on a
+           # shared CI box; Ray's OOM killer would kill this rehearsal's tasks for their usage.
+           "RAY_memory_monitor_refresh_ms": "0"}
     config_path = tmp / "autoscaling.json"
     config_path.write_text(json.dumps(config))
     dash_port = free_port()
@@ -149,7 +154,7 @@ def submit(head: RayHead, runtime_env: dict, *entrypoint: str, timeout: float = 
 
 @pytest.mark.integration
 @pytest.mark.slow
-def test_autoscaler_adds_the_right_node_types_and_removes_them(s3_server, mlflow_server, tmp_path):
+def test_autoscaler_adds_the_right_node_types_and_removes_them(s3_server, team_mlflow_server, tmp_path):
     from lipsync.synth import make_corpus
     from pipelines import storage
 
@@ -163,7 +168,8 @@ def test_autoscaler_adds_the_right_node_types_and_removes_them(s3_server, mlflow
     make_corpus(corpus, speakers=3, clips_per_speaker=2, seed=3, layout="lrs2", seconds=(2.0, 2.5),
                 progress=False)
 
-    head = start_autoscaling_head(config, gcs_port, tmp_path)
+    credentials = team_mlflow_server.add_user("rehearsal")
+    head = start_autoscaling_head(config, gcs_port, tmp_path, node_env=credentials)
     watcher = None
     try:
         assert head.env["RAY_AUTH_MODE"] == "token"
@@ -198,7 +204,7 @@ def test_autoscaler_adds_the_right_node_types_and_removes_them(s3_server, mlflow
                "--checkpoint-every", "4", "--num-workers", "1", "--worker-resources", json.dumps({"gpu_1x": 1}),
                "--val-max-clips", "2", "--val-windows-per-clip", "2", "--windows-per-clip", "2",
                "--storage-path", s3_server.uri("autoscale", "ray"), "--run-name", "rehearsal",
-               "--tracking-uri", mlflow_server.uri, "--experiment", "test-autoscale", "--no-register",
+               "--tracking-uri", team_mlflow_server.uri, "--experiment", "test-autoscale",
                "--no-system-metrics", "--max-failures", "0")
         during_expert = {t for snapshot in watcher.seen[before_expert:] for t in snapshot}
         assert "gpu_1x" in during_expert, watcher.seen
@@ -207,6 +213,24 @@ def test_autoscaler_adds_the_right_node_types_and_removes_them(s3_server, mlflow
         keys = s3_server.keys("autoscale/ray/rehearsal/")
         assert "autoscale/ray/rehearsal/lipsync_run.json" in keys, keys
         assert any("checkpoint_" in k for k in keys), keys
+
+        # Logged and registered on the team server, as the user whose credentials the nodes carry.
+        from mlflow import MlflowClient
+        from mlflow.server.auth.client import AuthServiceClient
+        os.environ.update(credentials)
+        try:
+            client = MlflowClient(tracking_uri=team_mlflow_server.uri)
+            version = client.get_model_version_by_alias("lipsync-expert", "candidate")
+            run = client.get_run(version.run_id)
+            assert run.data.metrics["val_loss"] > 0 and run.data.tags["lipsync.stage"] == "expert"
+            os.environ.update(MLFLOW_TRACKING_USERNAME=team_mlflow_server.admin_user,
+                              MLFLOW_TRACKING_PASSWORD=team_mlflow_server.admin_password)
+            permission = AuthServiceClient(team_mlflow_server.uri).get_experiment_permission(
+                run.info.experiment_id, "rehearsal")
+            assert permission.permission == "MANAGE"  # the job created it as that user
+        finally:
+            for key in credentials:
+                os.environ.pop(key, None)
 
         # Idle workers are removed.
         watcher.wait_until(lambda alive: alive == [], timeout=60)

@@ -36,7 +36,6 @@ def _status(url: str, user: str | None = None, password: str | None = None) -> i
 def test_team_server_refuses_strangers_and_serves_the_team(team_mlflow_server, s3_server, tmp_path, monkeypatch):
     import mlflow
     from mlflow import MlflowClient
-    from mlflow.server.auth.client import AuthServiceClient
 
     from lipsync.checkpoints import ModelConfig, load_model, save_checkpoint
     from pipelines.registry import register_checkpoint, resolve_model
@@ -47,11 +46,8 @@ def test_team_server_refuses_strangers_and_serves_the_team(team_mlflow_server, s
     assert _status(server.uri + SEARCH, server.admin_user, server.admin_password) == 200
 
     # The admin creates a team member; the member works with credentials from the environment.
-    monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", server.admin_user)
-    monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", server.admin_password)
-    AuthServiceClient(server.uri).create_user("trainer", "trainer-pass-123")
-    monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", "trainer")
-    monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", "trainer-pass-123")
+    for key, value in server.add_user("trainer").items():
+        monkeypatch.setenv(key, value)
 
     config = ModelConfig(kind="expert", width=0.0625)
     ckpt = save_checkpoint(tmp_path / "ckpt" / "expert.safetensors", config.build(), config)
