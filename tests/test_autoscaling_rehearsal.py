@@ -217,6 +217,7 @@ def test_autoscaler_adds_the_right_node_types_and_removes_them(s3_server, team_m
         # Logged and registered on the team server, as the user whose credentials the nodes carry.
         from mlflow import MlflowClient
         from mlflow.server.auth.client import AuthServiceClient
+        from mlflow.server.auth.permissions import RESOURCE_TYPE_EXPERIMENT
         os.environ.update(credentials)
         try:
             client = MlflowClient(tracking_uri=team_mlflow_server.uri)
@@ -225,8 +226,8 @@ def test_autoscaler_adds_the_right_node_types_and_removes_them(s3_server, team_m
             assert run.data.metrics["val_loss"] > 0 and run.data.tags["lipsync.stage"] == "expert"
             os.environ.update(MLFLOW_TRACKING_USERNAME=team_mlflow_server.admin_user,
                               MLFLOW_TRACKING_PASSWORD=team_mlflow_server.admin_password)
-            permission = AuthServiceClient(team_mlflow_server.uri).get_experiment_permission(
-                run.info.experiment_id, "rehearsal")
+            permission = AuthServiceClient(team_mlflow_server.uri).get_user_permission(
+                "rehearsal", RESOURCE_TYPE_EXPERIMENT, run.info.experiment_id)
             assert permission.permission == "MANAGE"  # the job created it as that user
         finally:
             for key in credentials:

@@ -46,7 +46,8 @@ def test_team_server_refuses_strangers_and_serves_the_team(team_mlflow_server, s
     assert _status(server.uri + SEARCH, server.admin_user, server.admin_password) == 200
 
     # The admin creates a team member; the member works with credentials from the environment.
-    for key, value in server.add_user("trainer").items():
+    trainer = server.add_user("trainer")
+    for key, value in trainer.items():
         monkeypatch.setenv(key, value)
 
     config = ModelConfig(kind="expert", width=0.0625)
@@ -61,6 +62,16 @@ def test_team_server_refuses_strangers_and_serves_the_team(team_mlflow_server, s
     version = register_checkpoint(run.info.run_id, "checkpoints/step-0000010", "team-expert", alias="candidate",
                                   tracking_uri=server.uri)
     assert version == "1"
+
+    # The member owns what they created (MANAGE), as the auth app records it.
+    monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", server.admin_user)
+    monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", server.admin_password)
+    from mlflow.server.auth.client import AuthServiceClient
+    from mlflow.server.auth.permissions import RESOURCE_TYPE_EXPERIMENT
+    owned = AuthServiceClient(server.uri).get_user_permission("trainer", RESOURCE_TYPE_EXPERIMENT, exp)
+    assert owned.permission == "MANAGE", owned.to_json()
+    for key, value in trainer.items():
+        monkeypatch.setenv(key, value)
 
     # The registered model comes back through the registry and loads.
     path = resolve_model("models:/team-expert@candidate", dst_dir=tmp_path / "dl", tracking_uri=server.uri)
