@@ -5,16 +5,26 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
 DEMO ?= demo
+# One torch pin for the local install and the container images (infra/docker/Dockerfile).
+TORCH_VERSION ?= 2.13.0
+TORCH_CUDA_INDEX ?= https://download.pytorch.org/whl/cu128
+SUDO ?= $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+IMAGE ?= lipsync
+IMAGE_TAG ?= 0.1.0
 
-.PHONY: install test demo bench clean
+.PHONY: install test demo bench clean images
 
 # torch first, pinned to the CPU wheel on local disk: an unpinned torch (asked for by
 # any dependency) would pull a multi-GB CUDA build. Our own range admits 2.13.0.
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) install --quiet --upgrade pip
-	$(PIP) install --quiet torch==2.13.0
+	$(PIP) install --quiet torch==$(TORCH_VERSION)
 	$(PIP) install --quiet -e '.[dev]'
+	@# The team-MLflow tests start a PostgreSQL server (Debian's package; CI runs as root).
+	@ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || command -v initdb >/dev/null || \
+		{ echo "installing PostgreSQL for the team MLflow server tests"; \
+		  $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq --no-install-recommends postgresql; }
 	touch $@
 
 install: $(VENV)/.installed
@@ -27,6 +37,14 @@ demo: install
 
 bench: install
 	for b in benchmarks/*.py; do case $$b in *expert_curve.py) continue;; esac; echo "== $$b"; $(PY) $$b || exit 1; done
+
+# The container images (infra/README.md): CPU (head, preprocessing), CUDA (training), MLflow server.
+images:
+	docker build -f infra/docker/Dockerfile --build-arg TORCH_VERSION=$(TORCH_VERSION) -t $(IMAGE):$(IMAGE_TAG)-cpu .
+	docker build -f infra/docker/Dockerfile --build-arg TORCH_VERSION=$(TORCH_VERSION) \
+		--build-arg TORCH_INDEX=$(TORCH_CUDA_INDEX) -t $(IMAGE):$(IMAGE_TAG)-cuda .
+	docker build -f infra/docker/Dockerfile --build-arg TORCH_VERSION=$(TORCH_VERSION) --build-arg EXTRAS=server \
+		-t $(IMAGE):$(IMAGE_TAG)-mlflow .
 
 clean:
 	rm -rf $(DEMO) mlruns.db mlartifacts

@@ -15,6 +15,7 @@ from pathlib import Path
 import mlflow
 
 from lipsync.model_ref import DEFAULT_ARTIFACTS, default_tracking_uri
+from pipelines import storage
 
 EXPERT_MODEL_NAME = "lipsync-expert"
 GENERATOR_MODEL_NAME = "wav2lip"
@@ -66,7 +67,7 @@ def code_version(repo_dir: str | os.PathLike | None = None) -> str:
 def file_hash(path: str | os.PathLike, algorithm: str = "sha256") -> str:
     """Content hash of a file (e.g. manifest.parquet), streamed in 1 MiB blocks."""
     digest = hashlib.new(algorithm)
-    with open(path, "rb") as f:
+    with storage.open_input(path) as f:
         for block in iter(lambda: f.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
@@ -75,8 +76,8 @@ def file_hash(path: str | os.PathLike, algorithm: str = "sha256") -> str:
 def run_tags(manifest_path: str | os.PathLike | None = None) -> dict[str, str]:
     """Tags every run carries so a model traces back to its code and data."""
     tags = {"lipsync.code_version": code_version()}
-    if manifest_path is not None and Path(manifest_path).exists():
+    if manifest_path is not None and storage.exists(manifest_path):
         tags["lipsync.manifest_sha256"] = file_hash(manifest_path)
-        tags["lipsync.manifest_path"] = str(Path(manifest_path).resolve())
+        tags["lipsync.manifest_path"] = storage.resolve(manifest_path)
     return tags
 

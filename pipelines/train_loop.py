@@ -118,12 +118,12 @@ def train_loop_per_worker(loop_config: dict) -> None:
     # The stream seed mixes in the resume step: a restored run samples fresh windows
     # rather than replaying the ones it saw before the failure.
     stream = WindowBatchStream(
-        [Path(p) for p in plan.train_shards], sampling=stage.sampling(), rank=rank, world_size=world,
+        plan.train_shards, sampling=stage.sampling(), rank=rank, world_size=world,
         batch_size=per_worker_batch, windows_per_clip=cfg.data.windows_per_clip,
         shuffle_buffer=cfg.shuffle_buffer, seed=cfg.data.seed * 1_000_003 + start_step,
     )
     val_windows = fixed_windows(
-        [Path(p) for p in plan.val_shards], cfg.data.val_windows_per_clip, cfg.data.seed,
+        plan.val_shards, cfg.data.val_windows_per_clip, cfg.data.seed,
         stage.sampling(validation=True), cfg.data.val_max_clips, rank=rank, world_size=world,
     )
 

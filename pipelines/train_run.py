@@ -15,11 +15,13 @@ model name with alias ``candidate``. ``--resume`` (same ``--run-name`` and
 from __future__ import annotations
 
 import json
+import tempfile
 import time
 from functools import partial
 from pathlib import Path
 
 from lipsync.errors import ConfigError, LipsyncError
+from pipelines import storage
 from pipelines.train_config import (
     CHECKPOINT_ARTIFACT_DIR,
     RUN_STATE_FILE,
@@ -33,8 +35,11 @@ MODEL_REFERENCE_FIELDS = {"expert": "--expert", "init": "--init", "init_disc": "
 
 
 def _resolve_shards(cfg: TrainConfig) -> tuple[list[str], list[str]]:
+    """Shard paths or object-storage URIs (s3://, gs://), listed once on the driver."""
     from lipsync.data.shard_stream import list_shards
 
+    if storage.is_uri(cfg.data.shards):
+        return storage.list_shards(cfg.data.shards, "train"), storage.list_shards(cfg.data.shards, "val")
     return ([str(p) for p in list_shards(cfg.data.shards, "train")],
             [str(p) for p in list_shards(cfg.data.shards, "val")])
 
@@ -43,14 +48,23 @@ def shard_face_size(train_shards: list[str]) -> int | None:
     """The crop size of the shards' face frames (from the first clip's metadata)."""
     from lipsync.data.shard_stream import iter_clips
 
-    for clip in iter_clips([Path(train_shards[0])]):
+    for clip in iter_clips([train_shards[0]]):
         size = (clip.meta or {}).get("crop_size")
         return int(size) if size is not None else None
     return None
 
 
-def _run_dir(cfg: TrainConfig) -> Path:
-    return Path(cfg.tracking.storage_path).resolve() / cfg.tracking.run_name
+def _run_dir(cfg: TrainConfig) -> str:
+    """The Ray run folder: a local path or an object-storage URI."""
+    return storage.join(storage.resolve(cfg.tracking.storage_path), cfg.tracking.run_name)
+
+
+def _fail_marker(cfg: TrainConfig) -> str:
+    # The fault-injection marker is a local file the worker writes; a run on object storage
+    # keeps it in the machine's temporary folder (the injection tests run on one machine).
+    if storage.is_uri(cfg.tracking.storage_path):
+        return str(Path(tempfile.gettempdir()) / f"lipsync-{cfg.tracking.run_name}-injected_failure.marker")
+    return storage.join(_run_dir(cfg), "injected_failure.marker")
 
 
 def _pin_references(cfg: TrainConfig, tracking_uri: str) -> dict[str, str]:
@@ -77,12 +91,12 @@ def _open_mlflow_run(cfg: TrainConfig, tracking_uri: str, n_train: int, n_val: i
     from pipelines import tracking
 
     run_dir = _run_dir(cfg)
-    state_path = run_dir / RUN_STATE_FILE
+    state_path = storage.join(run_dir, RUN_STATE_FILE)
     client = MlflowClient(tracking_uri=tracking_uri)
     if cfg.tracking.resume:
-        if not state_path.exists():
+        if not storage.exists(state_path):
             raise ConfigError(f"{state_path}: nothing to resume (no earlier run named {cfg.tracking.run_name!r} there)")
-        state = json.loads(state_path.read_text())
+        state = json.loads(storage.get_bytes(state_path))
         for field_name, ref in state.get("pinned", {}).items():
             if getattr(cfg.recipe, field_name, None) not in (None, ref):
                 print(f"[{cfg.stage}] --resume keeps the run's {MODEL_REFERENCE_FIELDS[field_name]} {ref}", flush=True)
@@ -94,23 +108,22 @@ def _open_mlflow_run(cfg: TrainConfig, tracking_uri: str, n_train: int, n_val: i
         client.set_tag(run_id, f"lipsync.resume_{resumed}.max_steps", str(cfg.cadence.max_steps))
         client.set_tag(run_id, f"lipsync.resume_{resumed}.lr", str(cfg.recipe.lr))
         return run_id
-    if run_dir.exists():
+    if storage.exists(run_dir):
         raise ConfigError(
             f"{run_dir}: a run named {cfg.tracking.run_name!r} exists; pass --resume to continue it or choose another --run-name"
         )
     pinned = _pin_references(cfg, tracking_uri)
     stage_tags = preflight()
     tracking.configure(tracking_uri, cfg.experiment)
-    manifest = cfg.data.manifest or str(Path(cfg.data.shards) / "manifest.parquet")
+    manifest = cfg.data.manifest or storage.join(storage.resolve(cfg.data.shards), "manifest.parquet")
     tags = {**tracking.run_tags(manifest), **stage_tags, "lipsync.stage": cfg.stage, "lipsync.ray_run_dir": str(run_dir)}
     tags.update({f"lipsync.{k}": v for k, v in pinned.items()})
     experiment = mlflow.get_experiment_by_name(cfg.experiment)
     run = client.create_run(experiment.experiment_id, run_name=cfg.tracking.run_name, tags=tags)
     params = {**cfg.params(), "train_shards": n_train, "val_shards": n_val}
     client.log_batch(run.info.run_id, params=[mlflow.entities.Param(k, str(v)) for k, v in params.items()])
-    run_dir.mkdir(parents=True, exist_ok=True)
-    state_path.write_text(json.dumps({"mlflow_run_id": run.info.run_id, "tracking_uri": tracking_uri,
-                                      "stage": cfg.stage, "pinned": pinned}))
+    storage.put_bytes(state_path, json.dumps({"mlflow_run_id": run.info.run_id, "tracking_uri": tracking_uri,
+                                              "stage": cfg.stage, "pinned": pinned}).encode())
     return run.info.run_id
 
 
@@ -163,7 +176,7 @@ def run_training(cfg: TrainConfig) -> TrainResult:
     cfg.validate()
     stage_cls = cfg.entry.stage
     cfg.tracking.run_name = cfg.tracking.run_name or time.strftime(f"{cfg.stage}-%Y%m%d-%H%M%S")
-    cfg.tracking.storage_path = str(Path(cfg.tracking.storage_path).resolve())
+    cfg.tracking.storage_path = storage.resolve(cfg.tracking.storage_path)  # URIs stay URIs (Ray Train opens them)
     train_shards, val_shards = _resolve_shards(cfg)
     tracking_uri = tracking.resolve_tracking_uri(cfg.tracking.tracking_uri)
     loader = partial(model_ref.load, tracking_uri=tracking_uri, trust=cfg.tracking.trust_checkpoints)
@@ -174,7 +187,7 @@ def run_training(cfg: TrainConfig) -> TrainResult:
     init_ray()
     w = cfg.workers
     plan = WorkerPlan(config=cfg, train_shards=train_shards, val_shards=val_shards, mlflow_run_id=run_id,
-                      tracking_uri=tracking_uri, fail_marker=str(_run_dir(cfg) / "injected_failure.marker"))
+                      tracking_uri=tracking_uri, fail_marker=_fail_marker(cfg))
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config={"plan": plan},
@@ -218,4 +231,4 @@ def run_training(cfg: TrainConfig) -> TrainResult:
     client.set_terminated(run_id, status="FINISHED")
     return TrainResult(run_id=run_id, stage=cfg.stage, final_step=final_step, best_step=best_step,
                        best_metric=stage_cls.best_metric, best_value=best_value, model_version=version,
-                       tracking_uri=tracking_uri, run_dir=str(_run_dir(cfg)))
+                       tracking_uri=tracking_uri, run_dir=_run_dir(cfg))

@@ -298,3 +298,161 @@ def trained_expert(shards, tmp_path_factory):
     return path, model
 
 # ---------------------------------------------------------------- end of eval block
+
+
+# ================================================================ object storage (infra, issue 12)
+# A local S3-compatible server (moto) on 127.0.0.1 with one bucket. The session's
+# environment gets the standard AWS variables, so `pipelines.storage`, pyarrow, boto3 and
+# any subprocess started afterwards (Ray nodes, `ray job submit`) reach it with no flags.
+# Ray clusters started BEFORE this fixture do not see them: pass `s3_server.env` on.
+
+@dataclass
+class S3Server:
+    endpoint: str           # http://127.0.0.1:PORT
+    bucket: str
+    env: dict               # the AWS_* variables a client needs
+    proc: subprocess.Popen
+
+    def uri(self, *parts: str) -> str:
+        return "/".join([f"s3://{self.bucket}", *(p.strip("/") for p in parts)])
+
+    def client(self):
+        import boto3
+        return boto3.client("s3", endpoint_url=self.endpoint, region_name=self.env["AWS_DEFAULT_REGION"],
+                            aws_access_key_id=self.env["AWS_ACCESS_KEY_ID"],
+                            aws_secret_access_key=self.env["AWS_SECRET_ACCESS_KEY"])
+
+    def keys(self, prefix: str = "") -> list[str]:
+        pages = self.client().get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=prefix)
+        return sorted(o["Key"] for page in pages for o in page.get("Contents", []))
+
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory):
+    root = tmp_path_factory.mktemp("s3")
+    port = free_port()
+    endpoint = f"http://127.0.0.1:{port}"
+    log = open(root / "moto.log", "wb")
+    proc = subprocess.Popen([str(VENV_BIN / "moto_server"), "-H", "127.0.0.1", "-p", str(port)],
+                            start_new_session=True, stdout=log, stderr=subprocess.STDOUT, cwd=root)
+    # Test-only credentials of the throwaway local server (moto accepts any pair).
+    env = {"AWS_ENDPOINT_URL": endpoint, "AWS_ACCESS_KEY_ID": "testing-key",
+           "AWS_SECRET_ACCESS_KEY": "testing-secret", "AWS_DEFAULT_REGION": "us-east-1",
+           "AWS_EC2_METADATA_DISABLED": "true"}
+    server = S3Server(endpoint=endpoint, bucket="lipsync-test", env=env, proc=proc)
+    try:
+        wait_for_http(f"{endpoint}/moto-api/", timeout=60, proc=proc)
+        server.client().create_bucket(Bucket=server.bucket)
+    except Exception:
+        stop_process_group(proc)
+        raise RuntimeError(f"moto S3 server failed to start; log:\n{(root / 'moto.log').read_text()[-4000:]}")
+    saved = {k: os.environ.get(k) for k in [*env, "AWS_ENDPOINT_URL_S3", "AWS_SESSION_TOKEN", "AWS_PROFILE"]}
+    for k in ("AWS_ENDPOINT_URL_S3", "AWS_SESSION_TOKEN", "AWS_PROFILE"):
+        os.environ.pop(k, None)
+    os.environ.update(env)
+    yield server
+    for k, v in saved.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
+    stop_process_group(proc)
+    log.close()
+# ================================================================ end object storage (infra)
+
+
+# ---------------------------------------------------------------- team MLflow server (infra, issue 12)
+# What infra/mlflow deploys, on loopback: PostgreSQL 15 (Debian's package; `make install`
+# brings it) with password authentication, `mlflow server --app-name basic-auth` with its
+# backend store AND its user store on PostgreSQL, artifacts on the local S3 server. Every
+# secret reaches the processes through the environment (PGPASSWORD, MLFLOW_AUTH_ADMIN_*),
+# never in a URI or a config file - exactly as the manifests do it.
+
+def postgres_bin(name: str) -> str:
+    import glob
+    found = shutil.which(name) or next(iter(sorted(glob.glob(f"/usr/lib/postgresql/*/bin/{name}"), reverse=True)), None)
+    if not found:
+        raise RuntimeError(f"PostgreSQL's {name} not found: install Debian's `postgresql` package (make install does)")
+    return found
+
+
+@dataclass
+class TeamMlflow:
+    uri: str
+    admin_user: str
+    admin_password: str
+    db_url: str            # postgresql://user@127.0.0.1:port/db, no password in it
+    env: dict              # PGPASSWORD etc. for clients of the database
+    proc: subprocess.Popen
+
+    def add_user(self, name: str) -> dict:
+        """Create a user (as the admin); returns the MLFLOW_TRACKING_* environment it works with."""
+        from mlflow.server.auth.client import AuthServiceClient
+        password = secrets.token_urlsafe(16)
+        saved = {k: os.environ.get(k) for k in ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD")}
+        os.environ.update(MLFLOW_TRACKING_USERNAME=self.admin_user, MLFLOW_TRACKING_PASSWORD=self.admin_password)
+        try:
+            AuthServiceClient(self.uri).create_user(name, password)
+        finally:
+            for k, v in saved.items():
+                os.environ.pop(k) if v is None else os.environ.__setitem__(k, v)
+        return {"MLFLOW_TRACKING_USERNAME": name, "MLFLOW_TRACKING_PASSWORD": password}
+
+
+@pytest.fixture(scope="session")
+def team_mlflow_server(s3_server):
+    import pwd
+    root = Path(tempfile.mkdtemp(prefix="lipsync_pg_", dir="/tmp"))
+    as_postgres: list[str] = []
+    if os.geteuid() == 0:  # initdb and postgres refuse to run as root
+        as_postgres = ["runuser", "-u", "postgres", "--"]
+        pw = pwd.getpwnam("postgres")
+        os.chown(root, pw.pw_uid, pw.pw_gid)
+    db_password, admin_password = secrets.token_urlsafe(16), secrets.token_urlsafe(16)
+    pwfile = root / "pw"
+    pwfile.write_text(db_password)
+    if as_postgres:
+        os.chown(pwfile, pwd.getpwnam("postgres").pw_uid, -1)
+    data, port = root / "data", free_port()
+    subprocess.run([*as_postgres, postgres_bin("initdb"), "-D", str(data), "-U", "lipsync", "--auth=scram-sha-256",
+                    f"--pwfile={pwfile}", "-E", "UTF8"], check=True, capture_output=True, timeout=120)
+    pwfile.unlink()
+    pg_log = root / "pg.log"
+    subprocess.run([*as_postgres, postgres_bin("pg_ctl"), "-D", str(data), "-l", str(pg_log), "-w", "-t", "60",
+                    "-o", f"-p {port} -k {root} -c listen_addresses=127.0.0.1", "start"],
+                   check=True, capture_output=True, timeout=120)
+    pg_env = {**os.environ, "PGPASSWORD": db_password, "PGHOST": "127.0.0.1", "PGPORT": str(port), "PGUSER": "lipsync"}
+    proc = None
+    try:
+        for db in ("mlflow", "mlflow_auth"):
+            subprocess.run([postgres_bin("createdb"), db], env=pg_env, check=True, capture_output=True, timeout=60)
+        db_url = f"postgresql://lipsync@127.0.0.1:{port}"
+        (root / "basic_auth.ini").write_text(
+            "[mlflow]\ndefault_permission = READ\n"
+            f"database_uri = {db_url}/mlflow_auth\n"
+            "authorization_function = mlflow.server.auth:authenticate_request_basic_auth\n"
+            "auth_cache_ttl_seconds = 60\n")
+        mlflow_port = free_port()
+        env = {**pg_env, "MLFLOW_AUTH_CONFIG_PATH": str(root / "basic_auth.ini"),
+               "MLFLOW_AUTH_ADMIN_USERNAME": "admin", "MLFLOW_AUTH_ADMIN_PASSWORD": admin_password,
+               "MLFLOW_FLASK_SERVER_SECRET_KEY": secrets.token_hex(16)}
+        log = open(root / "mlflow.log", "wb")
+        proc = subprocess.Popen(
+            [str(VENV_BIN / "mlflow"), "server", "--app-name", "basic-auth", "--host", "127.0.0.1",
+             "--port", str(mlflow_port), "--backend-store-uri", f"{db_url}/mlflow",
+             "--artifacts-destination", s3_server.uri("mlflow-artifacts"), "--workers", "1"],
+            env=env, start_new_session=True, stdout=log, stderr=subprocess.STDOUT, cwd=root)
+        uri = f"http://127.0.0.1:{mlflow_port}"
+        try:
+            wait_for_http(f"{uri}/health", timeout=180, proc=proc)
+        except Exception:
+            raise RuntimeError(f"team mlflow server failed; log:\n{(root / 'mlflow.log').read_text()[-4000:]}")
+        yield TeamMlflow(uri=uri, admin_user="admin", admin_password=admin_password, db_url=db_url,
+                         env={"PGPASSWORD": db_password}, proc=proc)
+    finally:
+        if proc is not None:
+            stop_process_group(proc)
+        subprocess.run([*as_postgres, postgres_bin("pg_ctl"), "-D", str(data), "-m", "fast", "-w", "stop"],
+                       capture_output=True, timeout=120)
+        shutil.rmtree(root, ignore_errors=True)
+# ---------------------------------------------------------------- end team MLflow server (infra)

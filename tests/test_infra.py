@@ -1,0 +1,284 @@
+"""infra/ checked as code: every YAML parses; the Ray launcher configs validate against the
+schema inside the installed `ray` package; Kubernetes manifests validate against the
+Kubernetes schemas (kubernetes-validate) and the KubeRay resources structurally; every job
+entrypoint names a workflow and flags its own argparse parser accepts; the image installs the
+same dependency set as `make install`; no secret literal anywhere in infra/."""
+
+from __future__ import annotations
+
+import copy
+import importlib.util
+import re
+import shlex
+import tomllib
+from pathlib import Path
+
+import pytest
+import yaml
+
+from conftest import REPO
+
+INFRA = REPO / "infra"
+LAUNCHER_CONFIGS = sorted((INFRA / "ray").glob("*.yaml"))
+K8S_FILES = sorted((INFRA / "kuberay").glob("*.yaml")) + sorted((INFRA / "mlflow" / "k8s").glob("*.yaml"))
+ALL_YAML = sorted(INFRA.rglob("*.yaml")) + sorted(INFRA.rglob("*.yml"))
+K8S_VERSION = "1.33.0"
+WORKER_TYPES = {"cpu_worker": 0, "gpu_1x": 1, "gpu_8x": 8}  # launcher type -> GPUs per node
+
+
+def k8s_documents() -> list[tuple[Path, dict]]:
+    return [(p, d) for p in K8S_FILES for d in yaml.safe_load_all(p.read_text()) if d]
+
+
+def test_every_yaml_parses_and_the_expected_files_exist():
+    names = {p.relative_to(INFRA).as_posix() for p in ALL_YAML}
+    assert {"ray/aws.yaml", "ray/gcp.yaml", "kuberay/raycluster.yaml", "kuberay/rayjob-preprocess.yaml",
+            "kuberay/rayjob-train-expert.yaml", "kuberay/rayjob-train-generator.yaml", "mlflow/compose.yaml",
+            "mlflow/k8s/mlflow.yaml", "mlflow/k8s/postgres.yaml"} <= names, names
+    for path in ALL_YAML:
+        docs = [d for d in yaml.safe_load_all(path.read_text()) if d is not None]
+        assert docs and all(isinstance(d, dict) for d in docs), f"{path}: not a mapping"
+
+
+# ---------------------------------------------------------------- Ray cluster launcher
+
+def _ray_schema() -> dict:
+    import json
+
+    import ray
+
+    # The schema `ray up` validates against, from the installed package.
+    return json.loads((Path(ray.__file__).parent / "autoscaler" / "ray-schema.json").read_text())
+
+
+@pytest.mark.parametrize("path", LAUNCHER_CONFIGS, ids=lambda p: p.name)
+def test_launcher_config_validates_against_rays_schema(path):
+    import jsonschema
+
+    schema = _ray_schema()
+    config = yaml.safe_load(path.read_text())
+    jsonschema.validate(config, schema)
+    # The schema really rejects a bad config (the check above can fail).
+    broken = copy.deepcopy(config)
+    broken["available_node_types"]["gpu_1x"]["resources"]["GPU"] = "one"
+    with pytest.raises(jsonschema.ValidationError, match="'one' is not of type 'integer'"):
+        jsonschema.validate(broken, schema)
+    broken = copy.deepcopy(config)
+    broken["available_node_types"]["gpu_1x"]["max_nodes"] = 3  # a misspelt key
+    with pytest.raises(jsonschema.ValidationError, match="max_nodes"):
+        jsonschema.validate(broken, schema)
+
+
+@pytest.mark.parametrize("path", LAUNCHER_CONFIGS, ids=lambda p: p.name)
+def test_launcher_config_structure(path):
+    config = yaml.safe_load(path.read_text())
+    types = config["available_node_types"]
+    head = types[config["head_node_type"]]
+    assert head["resources"] == {"CPU": 0}, "the head runs no tasks"
+    assert set(types) - {config["head_node_type"]} == set(WORKER_TYPES)
+    for name, gpus in WORKER_TYPES.items():
+        spec = types[name]
+        assert spec["min_workers"] == 0 or name == "cpu_worker"
+        assert spec["max_workers"] >= 1 and spec["resources"].get(name) == 1
+        assert spec["resources"].get("GPU", 0) == gpus
+    assert config["idle_timeout_minutes"] > 0
+    assert config["docker"]["head_image"].endswith("-cpu") and config["docker"]["worker_image"].endswith("-cuda")
+    head_start = " ".join(config["head_start_ray_commands"])
+    assert "--dashboard-host=127.0.0.1" in head_start, "the dashboard must never listen publicly"
+    init = " ".join(config["initialization_commands"])
+    assert "RAY_AUTH_MODE=token" in init and "RAY_AUTH_TOKEN=" in init
+    assert "--env-file" in " ".join(config["docker"]["run_options"])
+
+
+# ---------------------------------------------------------------- Kubernetes
+
+def test_kubernetes_manifests_validate_against_the_kubernetes_schemas():
+    import kubernetes_validate
+    from kubernetes_validate.utils import SchemaNotFoundError
+
+    core, custom = 0, 0
+    for path, doc in k8s_documents():
+        if doc["apiVersion"].startswith("ray.io/"):
+            custom += 1
+            with pytest.raises(SchemaNotFoundError):  # KubeRay CRDs: checked structurally below
+                kubernetes_validate.validate(doc, K8S_VERSION, strict=True)
+            continue
+        kubernetes_validate.validate(doc, K8S_VERSION, strict=True)
+        core += 1
+    assert core >= 10 and custom == 4, (core, custom)
+    # The validator rejects what Kubernetes would reject.
+    deployment = next(d for _, d in k8s_documents() if d["kind"] == "Deployment")
+    bad = copy.deepcopy(deployment)
+    bad["spec"]["template"]["spec"]["containers"][0]["ports"][0]["containerPort"] = "five thousand"
+    with pytest.raises(kubernetes_validate.ValidationError):
+        kubernetes_validate.validate(bad, K8S_VERSION, strict=True)
+
+
+def _containers(pod_spec: dict) -> list[dict]:
+    return pod_spec.get("initContainers", []) + pod_spec["containers"]
+
+
+def test_raycluster_structure():
+    cluster = yaml.safe_load((INFRA / "kuberay" / "raycluster.yaml").read_text())
+    spec = cluster["spec"]
+    assert cluster["kind"] == "RayCluster" and cluster["apiVersion"] == "ray.io/v1"
+    assert spec["enableInTreeAutoscaling"] is True and spec["autoscalerOptions"]["idleTimeoutSeconds"] > 0
+    assert spec["authOptions"] == {"mode": "token", "secretName": "lipsync-ray-auth"}
+    head = spec["headGroupSpec"]
+    assert head["rayStartParams"]["num-cpus"] == "0" and head["serviceType"] == "ClusterIP"
+    groups = {g["groupName"]: g for g in spec["workerGroupSpecs"]}
+    assert set(groups) == {"cpu-worker", "gpu-1x", "gpu-8x"}
+    for name, gpus in WORKER_TYPES.items():
+        group = groups[name.replace("_", "-")]
+        assert group["minReplicas"] == 0 and group["maxReplicas"] >= 1
+        assert f'\\"{name}\\": 1' in group["rayStartParams"]["resources"]
+        pod = group["template"]["spec"]
+        (container,) = _containers(pod)
+        assert container["image"].endswith("-cuda" if gpus else "-cpu")
+        if gpus:
+            assert container["resources"]["limits"]["nvidia.com/gpu"] == gpus
+            assert container["resources"]["requests"]["nvidia.com/gpu"] == gpus
+            assert group["rayStartParams"]["num-gpus"] == str(gpus)
+            assert {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"} in pod["tolerations"]
+        else:
+            assert "nvidia.com/gpu" not in container["resources"]["limits"]
+    for pod in [head["template"]["spec"], *(g["template"]["spec"] for g in groups.values())]:
+        assert pod["securityContext"]["runAsNonRoot"] is True
+        env = {e["name"]: e for c in _containers(pod) for e in c.get("env", [])}
+        for secret_var in ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD"):
+            assert "secretKeyRef" in env[secret_var]["valueFrom"], secret_var
+
+
+def _rayjobs() -> list[tuple[Path, dict]]:
+    return [(p, d) for p, d in k8s_documents() if d["kind"] == "RayJob"]
+
+
+def test_rayjobs_target_the_cluster():
+    jobs = _rayjobs()
+    assert {d["metadata"]["name"] for _, d in jobs} == {
+        "lipsync-preprocess-lrs2", "lipsync-train-expert", "lipsync-train-generator"}
+    for _, job in jobs:
+        assert job["spec"]["clusterSelector"] == {"ray.io/cluster": "lipsync"}
+
+
+# ---------------------------------------------------------------- entrypoints and workflow flags
+
+def _workflow_parser(script: str):
+    path = REPO / "workflows" / Path(script).name
+    assert path.is_file(), f"entrypoint names {script}: no such workflow"
+    spec = importlib.util.spec_from_file_location(f"_wf_{path.stem}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.build_parser()
+
+
+def _check_entrypoint(command: str, where: str) -> str:
+    argv = shlex.split(command)
+    assert argv[0] in ("python", "python3"), f"{where}: {command}"
+    assert argv[1].endswith(".py") and "/workflows/" in f"/{argv[1]}", f"{where}: not a workflow: {argv[1]}"
+    parser = _workflow_parser(argv[1])
+    try:
+        parser.parse_args(argv[2:])
+    except SystemExit as e:
+        raise AssertionError(f"{where}: {Path(argv[1]).name} rejects the flags of: {command}") from e
+    return Path(argv[1]).name
+
+
+def test_every_job_entrypoint_parses_with_its_workflows_own_parser():
+    seen = set()
+    for path, job in _rayjobs():
+        seen.add(_check_entrypoint(job["spec"]["entrypoint"], path.name))
+    # The commands of infra/README.md too (lines starting `python workflows/...` after `--`).
+    readme = (INFRA / "README.md").read_text()
+    commands = [m.group(1) for m in re.finditer(r"-- (python3? \S*workflows/\S+\.py[^\n`]*(?:\\\n[^\n`]*)*)", readme)]
+    assert len(commands) >= 3, commands
+    for command in commands:
+        seen.add(_check_entrypoint(command.replace("\\\n", " "), "infra/README.md"))
+    assert {"preprocess.py", "train.py"} <= seen
+    # A flag that does not exist is caught.
+    with pytest.raises(AssertionError, match="rejects the flags"):
+        _check_entrypoint("python workflows/train.py --stage expert --shards s3://b/s --no-such-flag", "probe")
+
+
+# ---------------------------------------------------------------- images: one dependency set
+
+def _makefile_var(name: str) -> str:
+    m = re.search(rf"^{name}\s*\?=\s*(\S+)", (REPO / "Makefile").read_text(), re.M)
+    assert m, f"Makefile has no {name}"
+    return m.group(1)
+
+
+def test_image_installs_the_same_dependency_set_as_make_install():
+    dockerfile = (INFRA / "docker" / "Dockerfile").read_text()
+    makefile = (REPO / "Makefile").read_text()
+    torch_pin = re.search(r"^ARG TORCH_VERSION=(\S+)", dockerfile, re.M).group(1)
+    assert torch_pin == _makefile_var("TORCH_VERSION")
+    assert "torch==$(TORCH_VERSION)" in makefile and "--build-arg TORCH_VERSION=$(TORCH_VERSION)" in makefile
+    # The only things pip installs in the image: the pinned torch and this package (from
+    # pyproject.toml, optionally with one of its own extras) - no second dependency list.
+    pip_lines = re.findall(r"pip install ([^\n&\\]+)", dockerfile)
+    installed = [tok for line in pip_lines for tok in shlex.split(line) if not tok.startswith("-")
+                 and not tok.startswith("${") and not tok.startswith("$")]
+    assert installed and all(tok.startswith("torch==") or tok.startswith(".") for tok in installed), installed
+    assert not re.search(r"requirements[^\s]*\.txt", dockerfile)
+    extras = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+    for arg in re.findall(r"EXTRAS=(\w+)", dockerfile + makefile):
+        assert arg in extras, f"image extra {arg!r} is not in pyproject.toml"
+    # Non-root, and the README install is `make install` (the Makefile above).
+    assert re.search(r"^USER ray$", dockerfile, re.M)
+    assert "make demo" in (REPO / "README.md").read_text()
+
+
+# ---------------------------------------------------------------- no secret literals
+
+SECRET_PATTERNS = [
+    (re.compile(r"AKIA[0-9A-Z]{16}"), "an AWS access key id"),
+    (re.compile(r"-----BEGIN [A-Z ]*PRIVATE KEY-----"), "a private key"),
+    (re.compile(r"[a-z0-9+]+://[^/\s:@'\"]+:[^@\s/'\"$]+@"), "a password inside a URI"),
+    (re.compile(r"(?i)(password|passwd|secret|token|secret[-_]key)['\"]?\s*[:=]\s*['\"]?[A-Za-z0-9+/_\-]{6,}"),
+     "a literal credential"),
+]
+# Mentions that are references, not values.
+ALLOWED = re.compile(r"(?i)secretKeyRef|secretName|_FILE|/run/secrets|\$|PGPASSWORD|secrets\.|\bkey: password\b")
+
+
+def _infra_text_files() -> list[Path]:
+    return [p for p in INFRA.rglob("*") if p.is_file() and p.suffix in (".yaml", ".yml", ".ini", ".sql", ".md", "")]
+
+
+def test_no_secret_literal_in_infra():
+    files = _infra_text_files()
+    assert len(files) >= 12
+    for path in files:
+        for n, line in enumerate(path.read_text().splitlines(), 1):
+            if ALLOWED.search(line):
+                continue
+            for pattern, what in SECRET_PATTERNS:
+                assert not pattern.search(line), f"{path.relative_to(REPO)}:{n}: {what}: {line.strip()}"
+    # Kubernetes: no Secret objects with values; every secret-looking env var comes from a Secret.
+    for path, doc in k8s_documents():
+        assert doc["kind"] != "Secret", f"{path.name}: create Secrets out of band, never in a manifest"
+        specs = [doc["spec"]["template"]["spec"]] if doc["kind"] in ("Deployment", "StatefulSet") else []
+        if doc["kind"] == "RayCluster":
+            specs = [doc["spec"]["headGroupSpec"]["template"]["spec"],
+                     *(g["template"]["spec"] for g in doc["spec"]["workerGroupSpecs"])]
+        for spec in specs:
+            for c in _containers(spec):
+                for e in c.get("env", []):
+                    if re.search(r"PASSWORD|SECRET|TOKEN", e["name"]):
+                        assert "valueFrom" in e and "value" not in e, f"{path.name}: {e['name']} inline"
+    # The pattern check itself catches a planted literal.
+    planted = "  MLFLOW_TRACKING_PASSWORD: hunter2hunter2"
+    assert any(p.search(planted) for p, _ in SECRET_PATTERNS) and not ALLOWED.search(planted)
+
+
+def test_compose_binds_loopback_and_reads_secrets_from_files():
+    compose = yaml.safe_load((INFRA / "mlflow" / "compose.yaml").read_text())
+    mlflow = compose["services"]["mlflow"]
+    assert mlflow["ports"] == ["${MLFLOW_BIND:-127.0.0.1}:5000:5000"]
+    assert "postgres" not in " ".join(compose["services"]["postgres"].get("ports", []))
+    assert set(mlflow["secrets"]) == {"postgres_password", "mlflow_admin_password", "flask_secret_key"}
+    assert all("file" in s for s in compose["secrets"].values())
+    command = " ".join(mlflow["command"])
+    assert "--app-name basic-auth" in command and "postgresql://mlflow@postgres:5432/mlflow" in command
+    assert compose["services"]["postgres"]["image"] == "postgres:15"

@@ -1,0 +1,94 @@
+"""A team MLflow server, really started: PostgreSQL backend and user stores, basic auth,
+artifacts on (local) object storage - the deployment of infra/mlflow on loopback.
+
+An unauthenticated client is refused; a client with credentials from the environment
+MLflow documents (MLFLOW_TRACKING_USERNAME / MLFLOW_TRACKING_PASSWORD) logs a run and
+registers a model; the rows are in PostgreSQL and the artifact in the bucket.
+(The autoscaling rehearsal trains and registers a real expert against this server too.)
+"""
+
+from __future__ import annotations
+
+import subprocess
+import urllib.error
+import urllib.request
+from base64 import b64encode
+
+import pytest
+
+from conftest import postgres_bin
+
+SEARCH = "/api/2.0/mlflow/experiments/search?max_results=5"
+
+
+def _status(url: str, user: str | None = None, password: str | None = None) -> int:
+    req = urllib.request.Request(url)
+    if user is not None:
+        req.add_header("Authorization", "Basic " + b64encode(f"{user}:{password}".encode()).decode())
+    try:
+        with urllib.request.urlopen(req, timeout=30) as r:
+            return r.status
+    except urllib.error.HTTPError as e:
+        return e.code
+
+
+@pytest.mark.integration
+def test_team_server_refuses_strangers_and_serves_the_team(team_mlflow_server, s3_server, tmp_path, monkeypatch):
+    import mlflow
+    from mlflow import MlflowClient
+
+    from lipsync.checkpoints import ModelConfig, load_model, save_checkpoint
+    from pipelines.registry import register_checkpoint, resolve_model
+
+    server = team_mlflow_server
+    assert _status(server.uri + SEARCH) == 401
+    assert _status(server.uri + SEARCH, "admin", "wrong-password") == 401
+    assert _status(server.uri + SEARCH, server.admin_user, server.admin_password) == 200
+
+    # The admin creates a team member; the member works with credentials from the environment.
+    trainer = server.add_user("trainer")
+    for key, value in trainer.items():
+        monkeypatch.setenv(key, value)
+
+    config = ModelConfig(kind="expert", width=0.0625)
+    ckpt = save_checkpoint(tmp_path / "ckpt" / "expert.safetensors", config.build(), config)
+    client = MlflowClient(tracking_uri=server.uri)
+    exp = client.create_experiment("team-test")
+    run = client.create_run(exp, run_name="team-run")
+    client.log_param(run.info.run_id, "lr", "1e-4")
+    client.log_metric(run.info.run_id, "val_accuracy", 0.75, step=10)
+    client.log_artifacts(run.info.run_id, str(ckpt.parent), "checkpoints/step-0000010")
+    client.set_terminated(run.info.run_id)
+    version = register_checkpoint(run.info.run_id, "checkpoints/step-0000010", "team-expert", alias="candidate",
+                                  tracking_uri=server.uri)
+    assert version == "1"
+
+    # The member owns what they created (MANAGE), as the auth app records it.
+    monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", server.admin_user)
+    monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", server.admin_password)
+    from mlflow.server.auth.client import AuthServiceClient
+    from mlflow.server.auth.permissions import RESOURCE_TYPE_EXPERIMENT
+    owned = AuthServiceClient(server.uri).get_user_permission("trainer", RESOURCE_TYPE_EXPERIMENT, exp)
+    assert owned.permission == "MANAGE", owned.to_json()
+    for key, value in trainer.items():
+        monkeypatch.setenv(key, value)
+
+    # The registered model comes back through the registry and loads.
+    path = resolve_model("models:/team-expert@candidate", dst_dir=tmp_path / "dl", tracking_uri=server.uri)
+    loaded = load_model(path, kind="expert")
+    assert loaded is not None
+
+    # Where things went: runs and the registry in PostgreSQL, the artifact in the bucket.
+    rows = subprocess.run([postgres_bin("psql"), f"{server.db_url}/mlflow", "-tAc",
+                           "select count(*) from runs; select count(*) from model_versions;"],
+                          env={**server.env, "PATH": "/usr/bin:/bin"}, capture_output=True, text=True,
+                          check=True, timeout=60).stdout.split()
+    assert rows == ["1", "1"], rows
+    keys = [k for k in s3_server.keys("mlflow-artifacts/") if k.endswith("expert.safetensors")]
+    assert len(keys) == 1, s3_server.keys("mlflow-artifacts/")
+
+    # Without credentials the same client is refused.
+    monkeypatch.delenv("MLFLOW_TRACKING_USERNAME")
+    monkeypatch.delenv("MLFLOW_TRACKING_PASSWORD")
+    with pytest.raises(mlflow.exceptions.MlflowException, match="401|Unauthorized|credentials"):
+        MlflowClient(tracking_uri=server.uri).search_experiments()
