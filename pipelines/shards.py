@@ -214,6 +214,7 @@ class TaskShardWriter:
         self._samples = 0
         self._rows: list[dict] = []
         self.completed: list[dict] = []  # {"shard", "samples", "bytes"}
+        out.fs.create_dir(out.path(INDEX_DIR), recursive=True)
 
     @staticmethod
     def clear_task(out: Output, task: str) -> None:
