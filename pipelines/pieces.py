@@ -66,15 +66,26 @@ def plan_pieces(items: Sequence[dict], frames: dict[str, int], per_piece: int) -
 
 
 def plan_tasks(pieces: Sequence[dict], n_tasks: int, run: int) -> list[dict]:
-    """Contiguous runs of pieces, as rows ``{"task": name, "pieces": json}``."""
+    """Runs of consecutive pieces, as rows ``{"task": name, "pieces": json}``: about
+    ``len(pieces) / n_tasks`` whole short inputs per task; every piece of a long input is a
+    task of its own (that is what spreads it over the cluster)."""
     from pipelines.shards import task_name
 
-    n_tasks = max(1, min(n_tasks, len(pieces)))
-    tasks = []
-    for t in range(n_tasks):
-        lo, hi = len(pieces) * t // n_tasks, len(pieces) * (t + 1) // n_tasks
-        tasks.append({"task": task_name(run, t), "pieces": json.dumps(list(pieces[lo:hi]))})
-    return tasks
+    per_task = max(1, math.ceil(len(pieces) / max(1, n_tasks)))
+    groups: list[list[dict]] = []
+    current: list[dict] = []
+    for piece in pieces:
+        if piece["n_pieces"] > 1 or len(current) >= per_task:
+            if current:
+                groups.append(current)
+            current = []
+        current.append(piece)
+        if piece["n_pieces"] > 1:
+            groups.append(current)
+            current = []
+    if current:
+        groups.append(current)
+    return [{"task": task_name(run, t), "pieces": json.dumps(group)} for t, group in enumerate(groups)]
 
 
 def _nanmean(pairs: Iterable[tuple[float, float]]) -> float:

@@ -1,22 +1,31 @@
 """The preprocessing job: raw videos -> WebDataset shards + manifest.parquet + summary.json.
 
-Flow: discover inputs (pipelines/sources.py) -> assign splits (pipelines/splits.py) -> skip
-inputs that earlier runs already accounted for (pipelines/shards.py ``recover``) -> a
-streaming Ray Data pipeline over the rest (pipelines/stages.py: decode -> detect -> finish,
-one task per input on CPU, detection on a GPU actor pool when the cluster has GPUs)
--> the driver writes shards in input order (``preserve_order``), one writer per split, and
-the manifest and summary at the end.
+Flow: discover inputs (pipelines/sources.py) -> assign splits (pipelines/splits.py) -> read
+what earlier runs committed (pipelines/shards.py ``recover``) -> probe the remaining inputs'
+lengths in Ray tasks and plan pieces and tasks (pipelines/pieces.py: a long input becomes
+several pieces, one task each) -> one Ray Data task per planned task
+(pipelines/write_task.py) decodes, detects, crops, encodes and writes its own shards
+``{split}-{task}-{n}.tar`` with a manifest part each, straight to the output (a directory or
+``s3://`` / ``gs://``) -> the driver merges the parts into manifest.parquet and summary.json.
 
-Streaming: the dataset starts from the list of input paths only; Ray Data pulls clips
-through the stages with bounded in-flight data, and the driver holds at most one input's
-encoded samples at a time.
+The driver handles metadata only: input paths, piece plans, one small row per piece back
+(status, counts, timings) and the parts' JSON. No crop passes through it, so its cost does not
+grow with the bytes written (benchmarks/preprocess.py measures its CPU seconds per GB).
+Detection runs in the CPU tasks, or on one actor per GPU that the tasks call when the cluster
+has GPUs.
 
-Resumable and idempotent: processing order is fixed (sorted input ids), shards close only
-between inputs and are committed by an atomic rename after their index (see shards.py). A
-re-run skips every input a committed shard (or a split's tail) accounts for, and continues
-each split at the next shard number, so killed-and-resumed and uninterrupted runs give the
-same shards and manifest. Settings that change shard content are fingerprinted in
-``index/config.json``; re-running with different ones is refused (``overwrite`` starts over).
+Resumable and exactly once: a piece is done when a committed part lists it (a part is written
+before its tar is committed; recover drops parts without a tar and partial files). A re-run
+plans only the pieces not done, under a new run number (task names ``r{run}t{n}``), so it
+never overwrites what a killed run committed; a retried Ray task first deletes what its
+earlier attempt committed. Shard names depend on the plan, so a killed-and-resumed run holds
+the same samples and manifest rows as an uninterrupted one but not the same shard names.
+Settings that change shard content are fingerprinted in ``index/config.json``; re-running
+with different ones is refused (``overwrite`` starts over).
+
+Shard size: each task closes a shard once it reaches ``shard_size``; its last shard per split
+is what is left (smaller). Tasks hold several inputs (``inputs_per_task``) so most shards reach
+the target on a real corpus; the loaders read any size.
 
 ``sync_filter``: a hook for a trained expert (LatentSync keeps clips with SyncNet confidence
 >= 3 and |offset| <= 6 and shifts the audio). Called in the finish stage with the
@@ -255,7 +264,7 @@ def run_preprocess(cfg: PreprocessConfig) -> dict:
           flush=True)
 
     timings: dict[str, float] = {}
-    gpus, n_tasks, n_pieces = 0, 0, 0
+    gpus, n_tasks, n_pieces, nodes = 0, 0, 0, set()
     if rows:
         _connect(cfg)
         cpus = _configure_data(cfg)
@@ -266,7 +275,7 @@ def run_preprocess(cfg: PreprocessConfig) -> dict:
                   if (p["input_id"], p["piece"]) not in state.done]
         tasks = pc.plan_tasks(pieces, input_blocks(len(pieces), cpus, cfg.inputs_per_task), state.last_run + 1)
         n_tasks, n_pieces = len(tasks), len(pieces)
-        _drain(_build_dataset(tasks, cfg, out, gpus), n_pieces, timings, cfg)
+        nodes = _drain(_build_dataset(tasks, cfg, out, gpus), n_pieces, timings, cfg)
         state = sh.recover(out)
 
     all_rows, incomplete = pc.input_rows(state.rows)
@@ -279,7 +288,7 @@ def run_preprocess(cfg: PreprocessConfig) -> dict:
     manifest_path = _write_manifest(all_rows, out)
     summary = _summary(all_rows, state, out, manifest_path, resumed, len(rows), timings,
                        time.time() - started, cfg)
-    summary.update(detect_gpu_actors=gpus, tasks=n_tasks, pieces=n_pieces,
+    summary.update(detect_gpu_actors=gpus, tasks=n_tasks, pieces=n_pieces, writer_nodes=len(nodes),
                    driver_cpu_seconds=time.process_time() - driver_cpu)
     out.put_json(summary, SUMMARY_NAME)
     _print_summary(summary)
@@ -299,16 +308,20 @@ def _write_manifest(rows: list[dict], out: sh.Output) -> Path:
     return local
 
 
-def _drain(ds, n_pieces: int, timings: dict, cfg: PreprocessConfig) -> None:
-    """Consume the pieces' summary rows (metadata only: the shards are written by the tasks)."""
+def _drain(ds, n_pieces: int, timings: dict, cfg: PreprocessConfig) -> set[str]:
+    """Consume the pieces' summary rows (metadata only: the shards are written by the tasks);
+    returns the ids of the nodes whose tasks wrote them."""
     from tqdm import tqdm
 
+    nodes = set()
     bar = tqdm(total=n_pieces, desc="pieces", unit="piece", disable=not cfg.progress, mininterval=2.0)
     for row in ds.iter_rows():
         for stage, seconds in json.loads(row["timings"]).items():
             timings[stage] = timings.get(stage, 0.0) + float(seconds)
+        nodes.add(row["node"])
         bar.update(1)
     bar.close()
+    return nodes
 
 
 def _summary(rows, state: sh.ShardState, out: sh.Output, manifest_path: Path, resumed: int, processed: int,

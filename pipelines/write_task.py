@@ -22,6 +22,15 @@ from pipelines import stages
 from pipelines.shards import Output, TaskShardWriter
 
 
+def _node_id() -> str:
+    try:
+        import ray
+
+        return ray.get_runtime_context().get_node_id() if ray.is_initialized() else ""
+    except Exception:  # noqa: BLE001 - outside a Ray worker
+        return ""
+
+
 class GpuFaceDetector(stages.FaceDetectStage):
     """Detection on a GPU: a Ray actor (``num_gpus=1``) loading its detector once."""
 
@@ -67,7 +76,7 @@ def run_task(task: str, pieces: list[dict], cfg: Any, out: Output,
                 for stage, seconds in p.get("timings", {}).items():
                     timings[stage] = timings.get(stage, 0.0) + float(seconds)
             results.append({"task": task, "input_id": piece["input_id"], "piece": int(piece["piece"]),
-                            "status": row["status"], "n_clips": row["n_clips"], "pid": os.getpid(),
+                            "status": row["status"], "n_clips": row["n_clips"], "pid": os.getpid(), "node": _node_id(),
                             "seconds": time.perf_counter() - t0, "timings": json.dumps(timings)})
     except BaseException:
         for writer in writers.values():
@@ -84,5 +93,5 @@ def process_and_write(batch: dict, cfg: Any, out: Output, detectors: Optional[Se
     results = []
     for task, pieces in zip(batch["task"], batch["pieces"]):
         results.extend(run_task(str(task), json.loads(pieces), cfg, out, detectors))
-    keys = ("task", "input_id", "piece", "status", "n_clips", "pid", "seconds", "timings")
+    keys = ("task", "input_id", "piece", "status", "n_clips", "pid", "node", "seconds", "timings")
     return {k: [r[k] for r in results] for k in keys}

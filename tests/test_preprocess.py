@@ -30,25 +30,30 @@ from pipelines.manifest import manifest_hash, read_manifest
 from pipelines.preprocess import PreprocessConfig, run_preprocess
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from preprocess_inputs import EXPECTED, add_broken_inputs  # noqa: E402
+from preprocess_inputs import EXPECTED, add_broken_inputs, add_long_input  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 pytestmark = pytest.mark.integration
 
 # Small shards so a handful of clips spans several of them (resume has shards to skip).
 SHARD_SIZE = 250_000
+# Inputs over 1.5 x 2 s are cut into 2 s pieces (clips of at most 2 s): the corpus' "long" input
+# (about 5 s) is three pieces, three tasks; the other inputs are one piece each.
+PIECE = dict(segment_seconds=2.0, max_clip_seconds=2.0)
+LONG = "long"
 
 
 def _config(corpus: Path, output: Path, **overrides) -> PreprocessConfig:
     base = dict(input=str(corpus), output=str(output), layout="lrs2", codec="png",
-                shard_size=SHARD_SIZE, num_cpus=2, progress=False)
+                shard_size=SHARD_SIZE, num_cpus=2, progress=False, **PIECE)
     base.update(overrides)
     return PreprocessConfig(**base)
 
 
 def _cli_args(corpus: Path, output: Path) -> list[str]:
     return ["--input", str(corpus), "--output", str(output), "--layout", "lrs2", "--codec", "png",
-            "--shard-size", str(SHARD_SIZE), "--no-progress"]
+            "--shard-size", str(SHARD_SIZE), "--no-progress", "--segment-seconds", str(PIECE["segment_seconds"]),
+            "--max-clip-seconds", str(PIECE["max_clip_seconds"])]
 
 
 def _digest_dir(path: Path) -> dict[str, str]:
@@ -78,6 +83,7 @@ def corpus(tmp_path_factory):
     info = make_corpus(root, speakers=3, clips_per_speaker=2, seed=11, layout="lrs2",
                        seconds=(1.2, 1.6), progress=False)
     add_broken_inputs(root, info.files[0], info.files[-1], speaker="broken")
+    add_long_input(root, info.files[0])
     return root
 
 
@@ -102,8 +108,9 @@ def test_manifest_accounts_for_every_input(corpus, preprocessed):
     assert good and all(r["status"] == "ok" for r in good)
     for r in rows.values():
         if r["status"] == "ok":
-            clips = 2 if r["input_id"] == "broken/twoshots" else 1
-            assert r["shard"] and (out / r["shard"]).exists() and len(r["sample_keys"]) == r["n_clips"] == clips
+            clips = {"broken/twoshots": 2, LONG: 3}.get(r["input_id"].replace(r["speaker"] + "/", ""), 1)
+            assert len(r["sample_keys"]) == r["n_clips"] == clips, r
+            assert r["shard"] and all((out / name).exists() for name in r["shard"].split(","))
             assert r["mean_face_size"] > 48 and r["detection_rate"] > 0.9 and np.isfinite(r["box_jitter"])
     # 30 fps input resampled to 25 fps: frame count follows the duration, not the source rate.
     fps30 = rows["broken/fps30"]
@@ -124,6 +131,14 @@ def test_manifest_accounts_for_every_input(corpus, preprocessed):
     on_disk = json.loads((out / "summary.json").read_text())
     assert on_disk["manifest_sha256"] == manifest_hash(out / "manifest.parquet")
     assert summary["shards"] == len(list(out.glob("*.tar"))) >= 3
+    # The long input: one manifest row, its three pieces processed by three tasks (parts of
+    # three task names hold its rows), each clip from its own piece.
+    (long_row,) = [r for r in rows.values() if r["clip_id"] == LONG]
+    assert long_row["n_frames"] == long_row["n_frames_source"] and long_row["status"] == "ok"
+    assert summary["pieces"] == summary["inputs"] + 2 and summary["tasks"] >= 4
+    tasks = {p.name.split("-")[1] for p in (out / "index").glob("*-r*t*-*.json")
+             if any(row["input_id"] == long_row["input_id"] for row in json.loads(p.read_text())["rows"])}
+    assert len(tasks) == 3 and len(long_row["shard"].split(",")) == 3
 
 
 def test_shards_hold_exactly_what_the_library_computes(preprocessed):
@@ -136,7 +151,7 @@ def test_shards_hold_exactly_what_the_library_computes(preprocessed):
         assert clip.key not in seen
         seen.add(clip.key)
         row = rows[meta["input_id"]]
-        assert clip.key in row["sample_keys"] and Path(sample["__url__"]).name == row["shard"]
+        assert clip.key in row["sample_keys"] and Path(sample["__url__"]).name in row["shard"].split(",")
         assert sample["__url__"].split("/")[-1].startswith(meta["split"] + "-")
         video = lsv.read_video(meta["source"], fps=25)
         start, n = meta["start_frame"], meta["n_frames"]
@@ -313,7 +328,7 @@ use_loopback()
 ray.init(num_cpus=2, num_gpus=1, object_store_memory=300 * 2**20, include_dashboard=False)
 from pipelines.preprocess import PreprocessConfig, run_preprocess
 summary = run_preprocess(PreprocessConfig(input={str(corpus)!r}, output={str(out)!r}, codec="png",
-                                          shard_size={SHARD_SIZE}, progress=False))
+                                          shard_size={SHARD_SIZE}, progress=False, **{PIECE!r}))
 print("GPU_ACTORS", summary["detect_gpu_actors"])
 ray.shutdown()
 """

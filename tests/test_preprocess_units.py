@@ -147,6 +147,10 @@ def test_long_inputs_become_pieces_and_piece_rows_merge_into_one_input_row():
         ("long", 0, 0, 750), ("long", 1, 750, 1500), ("long", 2, 1500, None), ("short", 0, 0, None)]
     tasks = plan_tasks(pieces, 8, run=2)
     assert [t["task"] for t in tasks] == ["r2t00000", "r2t00001", "r2t00002", "r2t00003"]
+    shorts = plan_pieces([{"input_id": f"s{i}"} for i in range(7)], {}, 750)
+    tasks = plan_tasks(shorts[:3] + pieces + shorts[3:], 3, run=1)   # 11 pieces, 4 per task
+    assert [[p["input_id"] for p in json.loads(t["pieces"])] for t in tasks] == [
+        ["s0", "s1", "s2"], ["long"], ["long"], ["long"], ["short", "s3", "s4", "s5"], ["s6"]]
     base = {"source": "/x.mp4", "corpus": "c", "speaker": "s", "clip_id": "1", "split": "train",
             "source_duration": 64.0, "source_fps": 25.0, "width": 8, "height": 8, "rotation": 0,
             "detail": "", "n_pieces": 3, "input_id": "long"}
