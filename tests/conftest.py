@@ -252,3 +252,64 @@ def shards(synth_corpus, ray_local, tmp_path_factory):
     from lipsync.data.shard_stream import list_shards
     list_shards(out, "train"), list_shards(out, "val")  # fail loudly if a split is missing
     return out
+
+
+# ================================================================ object storage (infra, issue 12)
+# A local S3-compatible server (moto) on 127.0.0.1 with one bucket. The session's
+# environment gets the standard AWS variables, so `pipelines.storage`, pyarrow, boto3 and
+# any subprocess started afterwards (Ray nodes, `ray job submit`) reach it with no flags.
+# Ray clusters started BEFORE this fixture do not see them: pass `s3_server.env` on.
+
+@dataclass
+class S3Server:
+    endpoint: str           # http://127.0.0.1:PORT
+    bucket: str
+    env: dict               # the AWS_* variables a client needs
+    proc: subprocess.Popen
+
+    def uri(self, *parts: str) -> str:
+        return "/".join([f"s3://{self.bucket}", *(p.strip("/") for p in parts)])
+
+    def client(self):
+        import boto3
+        return boto3.client("s3", endpoint_url=self.endpoint, region_name=self.env["AWS_DEFAULT_REGION"],
+                            aws_access_key_id=self.env["AWS_ACCESS_KEY_ID"],
+                            aws_secret_access_key=self.env["AWS_SECRET_ACCESS_KEY"])
+
+    def keys(self, prefix: str = "") -> list[str]:
+        pages = self.client().get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=prefix)
+        return sorted(o["Key"] for page in pages for o in page.get("Contents", []))
+
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory):
+    root = tmp_path_factory.mktemp("s3")
+    port = free_port()
+    endpoint = f"http://127.0.0.1:{port}"
+    log = open(root / "moto.log", "wb")
+    proc = subprocess.Popen([str(VENV_BIN / "moto_server"), "-H", "127.0.0.1", "-p", str(port)],
+                            start_new_session=True, stdout=log, stderr=subprocess.STDOUT, cwd=root)
+    # Test-only credentials of the throwaway local server (moto accepts any pair).
+    env = {"AWS_ENDPOINT_URL": endpoint, "AWS_ACCESS_KEY_ID": "testing-key",
+           "AWS_SECRET_ACCESS_KEY": "testing-secret", "AWS_DEFAULT_REGION": "us-east-1",
+           "AWS_EC2_METADATA_DISABLED": "true"}
+    server = S3Server(endpoint=endpoint, bucket="lipsync-test", env=env, proc=proc)
+    try:
+        wait_for_http(f"{endpoint}/moto-api/", timeout=60, proc=proc)
+        server.client().create_bucket(Bucket=server.bucket)
+    except Exception:
+        stop_process_group(proc)
+        raise RuntimeError(f"moto S3 server failed to start; log:\n{(root / 'moto.log').read_text()[-4000:]}")
+    saved = {k: os.environ.get(k) for k in [*env, "AWS_ENDPOINT_URL_S3", "AWS_SESSION_TOKEN", "AWS_PROFILE"]}
+    for k in ("AWS_ENDPOINT_URL_S3", "AWS_SESSION_TOKEN", "AWS_PROFILE"):
+        os.environ.pop(k, None)
+    os.environ.update(env)
+    yield server
+    for k, v in saved.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
+    stop_process_group(proc)
+    log.close()
+# ================================================================ end object storage (infra)
