@@ -29,7 +29,9 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 import tarfile
+import tempfile
 from dataclasses import dataclass, field
 from typing import Iterable, Optional
 
@@ -37,6 +39,7 @@ import pyarrow.fs as pafs
 import webdataset as wds
 
 from lipsync.errors import ConfigError
+from pipelines import storage
 
 INDEX_DIR = "index"
 PART_RE = re.compile(r"^(?P<split>[A-Za-z0-9_]+)-r(?P<run>\d+)t(?P<task>\d+)-(?P<n>\d+|tail)\.json$")
@@ -57,30 +60,23 @@ def parse_size(text: str | int | float) -> int:
 # ------------------------------------------------------------------------------ filesystem
 
 
-def filesystem(uri: str) -> tuple[pafs.FileSystem, str]:
-    """(pyarrow filesystem, path inside it) for a local path or an ``s3://`` / ``gs://`` URI."""
-    try:
-        from pipelines.storage import filesystem as storage_filesystem
-    except ImportError:  # pipelines/storage.py (object-storage settings) not in this checkout
-        if "://" in str(uri):
-            return pafs.FileSystem.from_uri(str(uri))
-        import os
-
-        return pafs.LocalFileSystem(), os.path.abspath(str(uri))
-    return storage_filesystem(str(uri))
-
-
 @dataclass(frozen=True)
 class Output:
-    """Where a job writes: a filesystem and the root path in it. Picklable (pyarrow fs are)."""
+    """Where a job writes: a filesystem and the root path in it (pipelines/storage.py resolves
+    local paths and ``s3://`` / ``gs://`` URIs). Picklable: pyarrow filesystems are, and the
+    workers take credentials from their own environment."""
 
     fs: pafs.FileSystem
     root: str
 
     @classmethod
     def of(cls, uri: str) -> "Output":
-        fs, root = filesystem(uri)
+        fs, root = storage.filesystem(uri)
         return cls(fs, root.rstrip("/"))
+
+    @property
+    def local(self) -> bool:
+        return isinstance(self.fs, pafs.LocalFileSystem)
 
     def path(self, *parts: str) -> str:
         return "/".join([self.root, *parts])
@@ -103,12 +99,14 @@ class Output:
             return json.loads(f.read().decode("utf-8"))
 
     def put_bytes(self, data: bytes, *parts: str) -> None:
-        """Write a whole file under a temporary name, then move it into place."""
+        """Write a whole file atomically: locally under a temporary name, then renamed; on
+        object storage the object appears only when its upload completes."""
         final = self.path(*parts)
-        tmp = final + ".tmp"
+        tmp = final + ".tmp" if self.local else final
         with self.fs.open_output_stream(tmp) as f:
             f.write(data)
-        self.fs.move(tmp, final)
+        if tmp != final:
+            self.fs.move(tmp, final)
 
     def put_json(self, data, *parts: str) -> None:
         self.put_bytes(json.dumps(data, indent=1, sort_keys=True, default=_json_default).encode("utf-8"), *parts)
@@ -238,7 +236,10 @@ class TaskShardWriter:
         samples = list(samples)
         if samples:
             if self._writer is None:
-                self._stream = self.out.fs.open_output_stream(self.out.path(self.current_name + ".partial"))
+                # Local: a .partial file renamed on commit. Object storage: a local spool file,
+                # uploaded on commit (the object appears only when the upload completes).
+                self._stream = (self.out.fs.open_output_stream(self.out.path(self.current_name + ".partial"))
+                                if self.out.local else tempfile.TemporaryFile(prefix="lipsync-shard-"))
                 # Fixed mtime/owner: the same samples always give the same bytes.
                 self._writer = wds.TarWriter(self._stream, encoder=False, mtime=0, user="lipsync",
                                              group="lipsync", format=tarfile.USTAR_FORMAT)
@@ -255,15 +256,24 @@ class TaskShardWriter:
     def close_shard(self) -> None:
         if self._writer is None:
             return
-        self._writer.close()  # writes the end-of-archive blocks and closes the stream
-        if not self._stream.closed:
-            self._stream.close()
         final = self.current_name
-        size = self.out.fs.get_file_info(self.out.path(final + ".partial")).size
         stem = final[:-len(".tar")]
-        self.out.put_json({"shard": final, "samples": self._samples, "bytes": size, "rows": self._rows},
-                          INDEX_DIR, f"{stem}.json")
-        self.out.fs.move(self.out.path(final + ".partial"), self.out.path(final))
+        self._writer.close()  # the end-of-archive blocks (the stream stays open: we passed it in)
+        if self.out.local:
+            self._stream.close()
+            size = self.out.fs.get_file_info(self.out.path(final + ".partial")).size
+            self.out.put_json({"shard": final, "samples": self._samples, "bytes": size, "rows": self._rows},
+                              INDEX_DIR, f"{stem}.json")
+            self.out.fs.move(self.out.path(final + ".partial"), self.out.path(final))
+        else:
+            spool = self._stream
+            size = spool.tell()
+            self.out.put_json({"shard": final, "samples": self._samples, "bytes": size, "rows": self._rows},
+                              INDEX_DIR, f"{stem}.json")
+            spool.seek(0)
+            with self.out.fs.open_output_stream(self.out.path(final)) as dest:
+                shutil.copyfileobj(spool, dest, 8 << 20)
+            spool.close()
         self.completed.append({"shard": final, "samples": self._samples, "bytes": size})
         self._writer, self._stream = None, None
         self._bytes, self._samples, self._rows = 0, 0, []
@@ -281,7 +291,8 @@ class TaskShardWriter:
         """Drop the open shard (the task failed): its pieces stay unaccounted and are redone."""
         if self._writer is not None:
             try:
-                self._writer.close()
+                self._stream.close()
             finally:
                 self._writer, self._stream = None, None
-                self.out.delete(self.current_name + ".partial")
+                if self.out.local:
+                    self.out.delete(self.current_name + ".partial")

@@ -248,50 +248,72 @@ def test_killed_driver_resumes_without_loss_or_duplicates(corpus, preprocessed, 
 def _kill_own_worker_once(sample):
     """sync_filter that SIGKILLs the Ray worker running it at the clip of one input, the first
     time only; the marker file records which shards were committed at that moment."""
+    from pipelines import storage
+
     marker = Path(os.environ["LIPSYNC_TEST_KILL_MARKER"])
     if sample.meta["input_id"] == os.environ["LIPSYNC_TEST_KILL_INPUT"] and not marker.exists():
-        marker.write_text(json.dumps(sorted(p.name for p in marker.parent.glob("out/*.tar"))))
+        committed = [n for n in storage.listdir(os.environ["LIPSYNC_TEST_KILL_OUTPUT"]) if n.endswith(".tar")]
+        marker.write_text(json.dumps(committed))
         os.kill(os.getpid(), signal.SIGKILL)
     return None
 
 
-def test_killed_worker_task_is_retried_and_every_input_counted_once(corpus, tmp_path):
+def _fetch(uri: str, dest: Path) -> Path:
+    """A local copy of an output written to object storage (shards, index, manifest)."""
+    from pipelines import storage
+
+    for sub in ("", "index"):
+        (dest / sub).mkdir(parents=True, exist_ok=True)
+        for name in storage.listdir(storage.join(uri, sub) if sub else uri):
+            if "." in name:
+                (dest / sub / name).write_bytes(storage.get_bytes(storage.join(uri, sub, name)))
+    return dest
+
+
+@pytest.mark.parametrize("where", ["local", "s3"])
+def test_killed_worker_task_is_retried_and_every_input_counted_once(corpus, tmp_path, where, request):
     """A worker process killed inside a task after that task committed a shard: Ray retries the
     task, the retry first removes what the killed attempt committed, and the job ends with
-    every input once and every clip in exactly one shard. Five inputs in four tasks on one CPU:
-    the last task holds two inputs; the worker dies on the second."""
-    good = sorted(p for p in corpus.glob("main/*/*.mp4") if p.parent.name != "broken")[:5]
+    every input once and every clip in exactly one shard - on local disk and on an S3 server.
+    Five inputs in three tasks on one CPU (2, 2, 1): the worker dies on the first task's second
+    input."""
+    good = sorted(p for p in corpus.glob("main/*/*.mp4") if p.parent.name not in ("broken",)
+                  and p.stem != LONG)[:5]
     ids = [p.with_suffix("").as_posix().lstrip("/") for p in good]
     listfile = tmp_path / "inputs.txt"
     listfile.write_text("".join(f"{p}\t{p.parent.name}\ttrain\n" for p in good))
-    out, marker = tmp_path / "out", tmp_path / "killed.json"
+    out = str(tmp_path / "out") if where == "local" else request.getfixturevalue("s3_server").uri("killed-worker")
+    marker = tmp_path / "killed.json"
     script = f"""
 import ray
 from pipelines.ray_env import init_ray
 init_ray(num_cpus=1, object_store_memory=300 * 2**20)
 from pipelines.preprocess import PreprocessConfig, run_preprocess
 from test_preprocess import _kill_own_worker_once
-summary = run_preprocess(PreprocessConfig(input={str(listfile)!r}, output={str(out)!r}, layout="filelist",
+summary = run_preprocess(PreprocessConfig(input={str(listfile)!r}, output={out!r}, layout="filelist",
     codec="png", shard_size={SHARD_SIZE}, num_cpus=1, progress=False, sync_filter=_kill_own_worker_once))
 print("TASKS", summary["tasks"], "PIECES", summary["pieces"])
 ray.shutdown()
 """
-    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
-    env.update(LIPSYNC_TEST_KILL_MARKER=str(marker), LIPSYNC_TEST_KILL_INPUT=ids[-1],
-               PYTHONPATH=f"{REPO}:{REPO / 'tests'}")
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}   # s3_server's AWS_* included
+    env.update(LIPSYNC_TEST_KILL_MARKER=str(marker), LIPSYNC_TEST_KILL_INPUT=ids[1],
+               LIPSYNC_TEST_KILL_OUTPUT=out, PYTHONPATH=f"{REPO}:{REPO / 'tests'}")
     done = subprocess.run([sys.executable, "-c", script], env=env, cwd=REPO, capture_output=True, text=True,
                           timeout=400)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
-    assert "TASKS 4 PIECES 5" in done.stdout, done.stdout[-2000:]
-    rows = {r["input_id"]: r for r in read_manifest(out / "manifest.parquet")}
+    assert "TASKS 3 PIECES 5" in done.stdout, done.stdout[-2000:]
+    local = Path(out) if where == "local" else _fetch(out, tmp_path / "fetched")
+    rows = {r["input_id"]: r for r in read_manifest(local / "manifest.parquet")}
     assert sorted(rows) == sorted(ids)
     assert all(r["status"] == "ok" and r["n_clips"] == 1 for r in rows.values()), rows
     # The killed attempt had committed the shard of the task's first input; the retry rewrote it.
-    assert rows[ids[-2]]["shard"] in json.loads(marker.read_text())
-    assert rows[ids[-2]]["shard"].split("-")[1] == rows[ids[-1]]["shard"].split("-")[1]
-    keys = _sample_digests(out)                       # asserts no key is in two shards
+    assert rows[ids[0]]["shard"] in json.loads(marker.read_text())
+    assert rows[ids[0]]["shard"].split("-")[1] == rows[ids[1]]["shard"].split("-")[1]
+    keys = _sample_digests(local)                      # asserts no key is in two shards
     assert sorted(keys) == sorted(k for r in rows.values() for k in r["sample_keys"])
-    assert not list(out.glob("*.partial")) and not list((out / "index").glob("*.tmp"))
+    names = sorted(p.name for p in local.iterdir() if p.is_file())
+    assert not [n for n in names if n.endswith((".partial", ".tmp"))], names
+    assert len([n for n in names if n.endswith(".tar")]) == len({r["shard"] for r in rows.values()})
 
 
 def test_ray_job_submit_against_a_token_auth_head(corpus, preprocessed, ray_head, tmp_path):
