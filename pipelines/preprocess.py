@@ -70,7 +70,7 @@ class PreprocessConfig:
     max_clip_seconds: float = 10.0               # 0 = no segmentation
     min_clip_seconds: float = 1.0
     scene_cut_threshold: float = 25.0            # 0 disables scene-cut splitting
-    segment_seconds: float = 60.0                # longer inputs: pieces of ~this length, one task each
+    segment_seconds: float = 20.0                # inputs over 1.5x this: pieces of ~this length, one task each
     # faces
     detector: str = "auto"                       # auto | dlib | s3fd
     detector_weights: Optional[str] = None
