@@ -273,10 +273,11 @@ def run_preprocess(cfg: PreprocessConfig) -> dict:
         frames = _probe_frames(rows, cpus) if per_piece else {}
         pieces = [p for p in pc.plan_pieces(rows, frames, per_piece)
                   if (p["input_id"], p["piece"]) not in state.done]
-        tasks = pc.plan_tasks(pieces, input_blocks(len(pieces), cpus, cfg.inputs_per_task), state.last_run + 1)
+        run = state.last_run + 1
+        tasks = pc.plan_tasks(pieces, input_blocks(len(pieces), cpus, cfg.inputs_per_task), run)
         n_tasks, n_pieces = len(tasks), len(pieces)
         nodes = _drain(_build_dataset(tasks, cfg, out, gpus), n_pieces, timings, cfg)
-        state = sh.recover(out)
+        state = _merge_leftovers(out, sh.recover(out), cfg.shard_size, run)
 
     all_rows, incomplete = pc.input_rows(state.rows)
     ids = [r["input_id"] for r in all_rows]
@@ -296,6 +297,24 @@ def run_preprocess(cfg: PreprocessConfig) -> dict:
         summary["mlflow_run_id"] = _log_mlflow(cfg, summary, manifest_path)
         out.put_json(summary, SUMMARY_NAME)
     return summary
+
+
+def _merge_leftovers(out: sh.Output, state: sh.ShardState, target: int, run: int) -> sh.ShardState:
+    """Merge shards under half the target (each task's last ones) in Ray tasks; see compaction.py."""
+    import ray
+
+    from pipelines import compaction
+
+    groups = compaction.plan_merges(state.shards, target)
+    if not groups:
+        return state
+    merge = ray.remote(num_cpus=1)(compaction.merge_shards)
+    refs = [merge.remote(out, [s["shard"] for s in group],
+                         compaction.merged_name(group[0]["shard"].split("-")[0], run, n))
+            for n, group in enumerate(groups)]
+    ray.get(refs)
+    print(f"preprocess: merged {sum(len(g) for g in groups)} small shards into {len(groups)}", flush=True)
+    return sh.recover(out)
 
 
 def _write_manifest(rows: list[dict], out: sh.Output) -> Path:

@@ -42,7 +42,8 @@ from lipsync.errors import ConfigError
 from pipelines import storage
 
 INDEX_DIR = "index"
-PART_RE = re.compile(r"^(?P<split>[A-Za-z0-9_]+)-r(?P<run>\d+)t(?P<task>\d+)-(?P<n>\d+|tail)\.json$")
+# Parts of task shards (r{run}t{task}) and of merged ones (r{run}m{n}, pipelines/compaction.py).
+PART_RE = re.compile(r"^(?P<split>[A-Za-z0-9_]+)-r(?P<run>\d+)[tm](?P<task>\d+)-(?P<n>\d+|tail)\.json$")
 SPLITS_WRITTEN = ("train", "val", "test", "none")
 
 
@@ -108,6 +109,15 @@ class Output:
         if tmp != final:
             self.fs.move(tmp, final)
 
+    def put_file(self, fileobj, *parts: str) -> None:
+        """Copy an open file's contents to a file here, atomically (as ``put_bytes``)."""
+        final = self.path(*parts)
+        tmp = final + ".partial" if self.local else final
+        with self.fs.open_output_stream(tmp) as dest:
+            shutil.copyfileobj(fileobj, dest, 8 << 20)
+        if tmp != final:
+            self.fs.move(tmp, final)
+
     def put_json(self, data, *parts: str) -> None:
         self.put_bytes(json.dumps(data, indent=1, sort_keys=True, default=_json_default).encode("utf-8"), *parts)
 
@@ -169,16 +179,25 @@ def recover(out: Output) -> ShardState:
             out.delete(info.base_name)
     state = ShardState()
     seen: dict[tuple[str, int], str] = {}
+    parts = {}
     for info in sorted(out.listdir(INDEX_DIR), key=lambda i: i.base_name):
         name = info.base_name
         if name.endswith(".tmp"):
             out.delete(INDEX_DIR, name)
             continue
         m = PART_RE.match(name)
-        if not m:
-            continue
-        state.last_run = max(state.last_run, int(m.group("run")))
-        part = out.read_json(INDEX_DIR, name)
+        if m:
+            state.last_run = max(state.last_run, int(m.group("run")))
+            parts[name] = out.read_json(INDEX_DIR, name)
+    # An interrupted merge (pipelines/compaction.py): once the merged shard is committed, its
+    # sources are gone, whatever of them is still there.
+    for name, part in list(parts.items()):
+        if part.get("replaces") and out.exists(part["shard"]):
+            for source in part["replaces"]:
+                out.delete(source)
+                out.delete(INDEX_DIR, source[:-len(".tar")] + ".json")
+                parts.pop(source[:-len(".tar")] + ".json", None)
+    for name, part in parts.items():
         if part.get("shard"):
             if not out.exists(part["shard"]):
                 out.delete(INDEX_DIR, name)  # part written, tar not committed: never happened
@@ -271,8 +290,7 @@ class TaskShardWriter:
             self.out.put_json({"shard": final, "samples": self._samples, "bytes": size, "rows": self._rows},
                               INDEX_DIR, f"{stem}.json")
             spool.seek(0)
-            with self.out.fs.open_output_stream(self.out.path(final)) as dest:
-                shutil.copyfileobj(spool, dest, 8 << 20)
+            self.out.put_file(spool, final)
             spool.close()
         self.completed.append({"shard": final, "samples": self._samples, "bytes": size})
         self._writer, self._stream = None, None

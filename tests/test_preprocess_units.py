@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import webdataset as wds
 
 from lipsync.errors import ConfigError
 from pipelines import shards as sh
@@ -223,3 +224,44 @@ def test_inputs_are_grouped_into_tasks_without_starving_cpus():
     assert input_blocks(64, 2, inputs_per_task=1) == 64
     with pytest.raises(ConfigError, match="inputs-per-task"):
         PreprocessConfig(input="in", output="out", inputs_per_task=0).validate()
+
+
+def test_small_shards_are_merged_exactly_once_even_when_interrupted(tmp_path):
+    from pipelines.compaction import merge_shards, merged_name, plan_merges
+
+    out = sh.Output.of(str(tmp_path))
+    for task, keys in enumerate([["a", "b"], ["c"], ["d"], ["e"]]):
+        w = sh.TaskShardWriter(out, "train", sh.task_name(1, task), target_bytes=10**6)
+        for key in keys:
+            w.add_piece([_sample(key)], _row(key))
+        if task == 3:
+            w.add_piece([], _row("r", "rejected"))
+        w.finish()
+    state = sh.recover(out)
+    sizes = {s["shard"]: s["bytes"] for s in state.shards}
+    assert len(sizes) == 4
+    groups = plan_merges(state.shards, target_bytes=3 * max(sizes.values()))
+    assert [[s["shard"] for s in g] for g in groups] == [sorted(sizes)]   # one group, under 2x target
+    assert plan_merges(state.shards, target_bytes=min(sizes.values())) == []  # none under half of it
+    before = {}
+    for sample in wds.WebDataset(sorted(str(p) for p in tmp_path.glob("*.tar")), shardshuffle=False):
+        before[sample["__key__"]] = sample["frames.pack"]
+    sources = [s["shard"] for s in groups[0]]
+    name = merged_name("train", 2, 0)
+    kept = {p: p.read_bytes() for s in sources
+            for p in (tmp_path / s, tmp_path / "index" / (s[:-4] + ".json"))}
+    merge_shards(out, sources, name)
+    assert not any(p.exists() for p in kept)
+    # Interrupted after the merged shard was committed, before the sources were deleted:
+    for p, data in kept.items():
+        p.write_bytes(data)
+    state = sh.recover(out)
+    assert [s["shard"] for s in state.shards] == [name]
+    assert state.done == {(k, 0) for k in "abcder"}
+    after = {s["__key__"]: s["frames.pack"] for s in wds.WebDataset(str(tmp_path / name), shardshuffle=False)}
+    assert after == before
+    rows = json.loads((tmp_path / "index" / (name[:-4] + ".json")).read_text())["rows"]
+    assert {r.get("shard", "") for r in rows} == {name, ""}
+    # A retried merge task finds its shard committed and only removes what is left of the sources.
+    assert merge_shards(out, sources, name)["samples"] == 5
+    assert sorted(p.name for p in tmp_path.glob("*.tar")) == [name]
