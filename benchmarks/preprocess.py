@@ -117,6 +117,9 @@ def main() -> int:
     p.add_argument("--long-size", default="1280x720")
     p.add_argument("--segment-seconds", type=float, default=20.0)
     p.add_argument("--nodes", type=int, default=0, help="also run on a fake cluster of this many 1-CPU nodes")
+    p.add_argument("--big-crop", type=int, default=288,
+                   help="the marginal driver cost: rerun the same clips with PNG crops at 96 and this size "
+                        "(same clips, many more bytes; 0: skip)")
     args = p.parse_args()
 
     from lipsync.synth import make_corpus
@@ -165,6 +168,20 @@ def main() -> int:
         b_gb, a_gb = before["driver_cpu"] / (before["bytes"] / 1e9), after["driver_cpu"] / (after["bytes"] / 1e9)
         print(f"driver CPU per GB of shards at {top} CPUs: before {b_gb:.1f} s/GB (every shard byte through the "
               f"driver: 1000 MB per GB), after {a_gb:.1f} s/GB -> {b_gb / a_gb:.2f}x less")
+    if args.big_crop:
+        # Same inputs and clips, ~10x the bytes: the driver's extra CPU is its cost per byte,
+        # free of the fixed per-job and per-clip costs that dominate a small corpus.
+        for label, tree in trees.items():
+            small = results[(label, top)]
+            big = run_job(tree, cpus=top, input=str(corpus), layout="lrs2", warmup=str(warmup),
+                          out=str(work / f"{label}_big"),
+                          cfg={"shard_size": shard_size, "codec": "png", "crop_sizes": [96, args.big_crop]})
+            results[(label, "big")] = big
+            print(describe(f"{label}, {top} CPU, PNG 96+{args.big_crop} px", big))
+            slope = (big["driver_cpu"] - small["driver_cpu"]) / ((big["bytes"] - small["bytes"]) / 1e9)
+            print(f"{label}: marginal driver CPU {slope:.2f} s per extra GB of shards "
+                  f"({big['driver_cpu'] - small['driver_cpu']:+.2f} CPU-s for "
+                  f"{(big['bytes'] - small['bytes']) / 1e6:+.0f} MB)", flush=True)
     total = sum(after["stages"].values())
     split = ", ".join(f"{k} {v / total:.0%}" for k, v in sorted(after["stages"].items(), key=lambda kv: -kv[1]))
     print(f"cost split by stage (summed worker time, {total:.1f}s): {split}")
