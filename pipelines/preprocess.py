@@ -39,7 +39,6 @@ It must be picklable (it runs in Ray workers).
 from __future__ import annotations
 
 import json
-import os
 import tempfile
 import time
 from dataclasses import asdict, dataclass, field
