@@ -117,6 +117,7 @@ def main() -> int:
     p.add_argument("--long-size", default="1280x720")
     p.add_argument("--segment-seconds", type=float, default=20.0)
     p.add_argument("--nodes", type=int, default=0, help="also run on a fake cluster of this many 1-CPU nodes")
+    p.add_argument("--long-only", action="store_true", help="only the long-input measurement")
     p.add_argument("--big-crop", type=int, default=288,
                    help="the marginal driver cost: rerun the same clips with PNG crops at 96 and this size "
                         "(same clips, many more bytes; 0: skip)")
@@ -146,45 +147,46 @@ def main() -> int:
     shard_size = parse_size(args.shard_size)
 
     results: dict = {}
-    for label, tree in trees.items():
+    for label, tree in ({} if args.long_only else trees).items():
         for cpus in args.cpus:
             r = run_job(tree, cpus=cpus, input=str(corpus), layout="lrs2", warmup=str(warmup),
                         out=str(work / f"{label}_{cpus}"), cfg={"shard_size": shard_size})
             results[(label, cpus)] = r
             print(describe(f"{label}, {cpus} CPU", r), flush=True)
-    for label in trees:
+    for label in ({} if args.long_only else trees):
         lo, hi = min(args.cpus), max(args.cpus)
         if lo != hi:
             a, b = results[(label, lo)], results[(label, hi)]
             ratio = (b["frames"] / b["wall"]) / (a["frames"] / a["wall"])
             print(f"{label}: scaling {lo} -> {hi} CPUs: {ratio:.2f}x throughput (ideal {hi / lo:.1f}x)")
     top = max(args.cpus)
-    after = results[("after", top)]
-    print(f"after: driver read {after['meta_bytes'] / 1e3:.1f} kB of manifest parts + manifest for "
-          f"{after['bytes'] / 1e6:.1f} MB of shards ({after['meta_bytes'] / after['bytes'] * 1e3:.2f} MB per GB); "
-          f"{after['tasks']} tasks, shard sizes {after['shard_bytes']}")
-    if args.before:
-        before = results[("before", top)]
-        b_gb, a_gb = before["driver_cpu"] / (before["bytes"] / 1e9), after["driver_cpu"] / (after["bytes"] / 1e9)
-        print(f"driver CPU per GB of shards at {top} CPUs: before {b_gb:.1f} s/GB (every shard byte through the "
-              f"driver: 1000 MB per GB), after {a_gb:.1f} s/GB -> {b_gb / a_gb:.2f}x less")
-    if args.big_crop:
-        # Same inputs and clips, ~10x the bytes: the driver's extra CPU is its cost per byte,
-        # free of the fixed per-job and per-clip costs that dominate a small corpus.
-        for label, tree in trees.items():
-            small = results[(label, top)]
-            big = run_job(tree, cpus=top, input=str(corpus), layout="lrs2", warmup=str(warmup),
-                          out=str(work / f"{label}_big"),
-                          cfg={"shard_size": shard_size, "codec": "png", "crop_sizes": [96, args.big_crop]})
-            results[(label, "big")] = big
-            print(describe(f"{label}, {top} CPU, PNG 96+{args.big_crop} px", big))
-            slope = (big["driver_cpu"] - small["driver_cpu"]) / ((big["bytes"] - small["bytes"]) / 1e9)
-            print(f"{label}: marginal driver CPU {slope:.2f} s per extra GB of shards "
-                  f"({big['driver_cpu'] - small['driver_cpu']:+.2f} CPU-s for "
-                  f"{(big['bytes'] - small['bytes']) / 1e6:+.0f} MB)", flush=True)
-    total = sum(after["stages"].values())
-    split = ", ".join(f"{k} {v / total:.0%}" for k, v in sorted(after["stages"].items(), key=lambda kv: -kv[1]))
-    print(f"cost split by stage (summed worker time, {total:.1f}s): {split}")
+    if not args.long_only:
+        after = results[("after", top)]
+        print(f"after: driver read {after['meta_bytes'] / 1e3:.1f} kB of manifest parts + manifest for "
+              f"{after['bytes'] / 1e6:.1f} MB of shards ({after['meta_bytes'] / after['bytes'] * 1e3:.2f} MB per GB); "
+              f"{after['tasks']} tasks, shard sizes {after['shard_bytes']}")
+        if args.before:
+            before = results[("before", top)]
+            b_gb, a_gb = before["driver_cpu"] / (before["bytes"] / 1e9), after["driver_cpu"] / (after["bytes"] / 1e9)
+            print(f"driver CPU per GB of shards at {top} CPUs: before {b_gb:.1f} s/GB (every shard byte through the "
+                  f"driver: 1000 MB per GB), after {a_gb:.1f} s/GB -> {b_gb / a_gb:.2f}x less")
+        if args.big_crop:
+            # Same inputs and clips, ~10x the bytes: the driver's extra CPU is its cost per byte,
+            # free of the fixed per-job and per-clip costs that dominate a small corpus.
+            for label, tree in trees.items():
+                small = results[(label, top)]
+                big = run_job(tree, cpus=top, input=str(corpus), layout="lrs2", warmup=str(warmup),
+                              out=str(work / f"{label}_big"),
+                              cfg={"shard_size": shard_size, "codec": "png", "crop_sizes": [96, args.big_crop]})
+                results[(label, "big")] = big
+                print(describe(f"{label}, {top} CPU, PNG 96+{args.big_crop} px", big))
+                slope = (big["driver_cpu"] - small["driver_cpu"]) / ((big["bytes"] - small["bytes"]) / 1e9)
+                print(f"{label}: marginal driver CPU {slope:.2f} s per extra GB of shards "
+                      f"({big['driver_cpu'] - small['driver_cpu']:+.2f} CPU-s for "
+                      f"{(big['bytes'] - small['bytes']) / 1e6:+.0f} MB)", flush=True)
+        total = sum(after["stages"].values())
+        split = ", ".join(f"{k} {v / total:.0%}" for k, v in sorted(after["stages"].items(), key=lambda kv: -kv[1]))
+        print(f"cost split by stage (summed worker time, {total:.1f}s): {split}")
 
     if args.long_seconds:
         w, h = (int(v) for v in args.long_size.lower().split("x"))
@@ -201,7 +203,8 @@ def main() -> int:
                         out=str(work / f"long_{seg}"), cfg={"segment_seconds": seg})
             walls[label] = r["wall"]
             print(f"long input, {label}, {top} CPU: {r['wall']:.1f}s wall, {r['pieces']} pieces in "
-                  f"{r['tasks']} tasks, {r['clips']} clips, stage time {sum(r['stages'].values()):.1f}s", flush=True)
+                  f"{r['tasks']} tasks, {r['clips']} clips, stage time {sum(r['stages'].values()):.1f}s "
+                  f"({', '.join(f'{k} {v:.1f}s' for k, v in sorted(r['stages'].items()))})", flush=True)
         one, cut = walls.values()
         print(f"long input: {one / cut:.2f}x faster cut into pieces (ideal {top}x on {top} CPUs)")
 
