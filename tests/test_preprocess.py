@@ -349,7 +349,7 @@ sys.path.insert(0, {str(REPO)!r})
 import ray
 from pipelines.ray_env import use_loopback
 use_loopback()
-ray.init(num_cpus=2, num_gpus=1, object_store_memory=300 * 2**20, include_dashboard=False)
+ray.init(address="local", num_cpus=2, num_gpus=1, object_store_memory=300 * 2**20, include_dashboard=False)
 from pipelines.preprocess import PreprocessConfig, run_preprocess
 summary = run_preprocess(PreprocessConfig(input={str(corpus)!r}, output={str(out)!r}, codec="png",
                                           shard_size={SHARD_SIZE}, progress=False, **{PIECE!r}))
