@@ -39,7 +39,7 @@ sys.path.insert(0, str(REPO))
 _JOB = r"""
 import json, os, sys, time
 import ray
-from pipelines.ray_env import init_ray, use_loopback
+from pipelines.ray_env import use_loopback
 from pipelines.preprocess import PreprocessConfig, run_preprocess
 args = json.loads(sys.argv[1])
 if args.get("nodes", 1) > 1:
@@ -49,8 +49,9 @@ if args.get("nodes", 1) > 1:
     for _ in range(args["nodes"] - 1):
         cluster.add_node(num_cpus=1, object_store_memory=200 * 2**20)
     ray.init(address=cluster.address)
-else:
-    init_ray(num_cpus=args["cpus"], object_store_memory=300 * 2**20)
+else:  # a new private cluster, whatever else runs on this machine (and whatever the tree's ray_env does)
+    use_loopback()
+    ray.init(address="local", num_cpus=args["cpus"], object_store_memory=300 * 2**20, include_dashboard=False)
 common = dict(progress=False, num_cpus=args["cpus"], **args.get("cfg", {}))
 run_preprocess(PreprocessConfig(input=args["warmup"], output=args["out"] + "_warm", layout="filelist", **common))
 cpu0, t0 = time.process_time(), time.perf_counter()
