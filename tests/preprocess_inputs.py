@@ -110,14 +110,16 @@ def add_broken_inputs(root: Path, good_clip: Path, other_clip: Path, speaker: st
     return paths
 
 
-def add_long_input(root: Path, good_clip: Path, repeats: int = 4) -> Path:
-    """A long input for piece planning: the good clip played forwards and backwards ``repeats``
-    times (no jump, so no scene cut), as ``main/<its speaker>/long.mp4``, listed in train.txt."""
+def add_long_input(root: Path, good_clip: Path, n_frames: int = 150) -> Path:
+    """A long input for piece planning: the good clip played forwards, backwards, forwards...
+    (no jump, so no scene cut) for exactly ``n_frames`` frames at 25 fps with its audio, as
+    ``main/<its speaker>/long.mp4``, listed in train.txt."""
     good = lsv.read_video(good_clip, fps=25)
     n = min(len(good.frames), len(good.audio) // 640)
-    frames = [good.frames[:n] if k % 2 == 0 else good.frames[:n][::-1] for k in range(repeats)]
-    audio = [good.audio[:n * 640] if k % 2 == 0 else good.audio[:n * 640][::-1] for k in range(repeats)]
-    path = mux(good_clip.parent / "long.mp4", frames=np.concatenate(frames), audio=np.concatenate(audio))
+    order = np.concatenate([np.arange(n) if k % 2 == 0 else np.arange(n)[::-1]
+                            for k in range(-(-n_frames // n))])[:n_frames]
+    audio = np.concatenate([good.audio[i * 640:(i + 1) * 640] for i in order])
+    path = mux(good_clip.parent / "long.mp4", frames=good.frames[order], audio=audio)
     with open(root / "train.txt", "a", encoding="utf-8") as f:
         f.write(f"{good_clip.parent.name}/long\n")
     return path
