@@ -132,11 +132,6 @@ def _json_default(value):
     raise TypeError(f"not JSON serialisable: {type(value).__name__}")
 
 
-def write_json_atomic(path, data) -> None:
-    """A local JSON file written whole (temp file + rename)."""
-    Output.of(str(path.parent)).put_json(data, path.name)
-
-
 # ------------------------------------------------------------------------------ names
 
 
