@@ -231,6 +231,107 @@ def iter_frames(
         yield from _resample_frames(timed, float(fps), rotate, lambda t: _last_frame_end(stream, t))
 
 
+# Seek this far before a range's first frame, so the keyframe found is before it.
+SEEK_MARGIN_S = 1.0
+
+
+def iter_frame_range(
+    path: str | os.PathLike, fps: float, start: int, stop: int | None = None, rotate: bool = True,
+    threads: int | None = None,
+) -> Iterator[np.ndarray]:
+    """Frames ``start .. stop-1`` of ``iter_frames(path, fps)``, the same pixels, without decoding
+    what comes before: seeks to a keyframe before ``start``.
+
+    Nearest-timestamp resampling is local (output frame i depends only on the source frames
+    around t0 + i/fps), so once one source frame at or before the wanted time is decoded the
+    grid continues exactly as a full decode would. ``t0`` (the first frame's time) is read by
+    decoding the first frame. Falls back to decoding from the start when the seek lands late.
+    """
+    path = os.fspath(path)
+    if start <= 0:
+        yield from _stop_after(iter_frames(path, fps=fps, rotate=rotate, threads=threads), stop)
+        return
+    with _open(path) as container:
+        if not container.streams.video:
+            raise MediaError(f"{path}: has no video stream")
+        stream = container.streams.video[0]
+        stream.thread_type = "AUTO"
+        if threads:
+            stream.thread_count = int(threads)
+        first = next(_timed_frames(path, container, stream), None)
+        if first is None:
+            return
+        t0 = first[1]
+        target = t0 + start / fps - SEEK_MARGIN_S
+        seeked = False
+        if target > t0 and stream.time_base is not None:
+            try:
+                container.seek(int(target / stream.time_base), stream=stream, backward=True, any_frame=False)
+                seeked = True
+            except av.error.FFmpegError:
+                seeked = False
+        if seeked:
+            timed = _timed_frames(path, container, stream)
+            try:
+                yield from _resample_range(timed, float(fps), rotate, lambda t: _last_frame_end(stream, t),
+                                           t0, start, stop)
+                return
+            except _SeekedTooFar:
+                pass
+    frames = iter_frames(path, fps=fps, rotate=rotate, threads=threads)
+    for index, frame in enumerate(_stop_after(frames, stop)):
+        if index >= start:
+            yield frame
+
+
+class _SeekedTooFar(Exception):
+    pass
+
+
+def _stop_after(frames: Iterator[np.ndarray], stop: int | None) -> Iterator[np.ndarray]:
+    for index, frame in enumerate(frames):
+        if stop is not None and index >= stop:
+            return
+        yield frame
+
+
+def _resample_range(timed, fps: float, rotate: bool, end_of, t0: float, start: int,
+                    stop: int | None) -> Iterator[np.ndarray]:
+    """``_resample_frames`` from a mid-stream position: grid points before the first decoded
+    frame's time may belong to frames not decoded, so counting starts at the first one after it."""
+    prev_frame, prev_t, prev_image = None, 0.0, None
+    emitted = 0
+    for frame, t in timed:
+        if prev_frame is None:
+            emitted = max(0, int(np.ceil((t - t0) * fps)) - 1)
+            while t0 + emitted / fps < t:
+                emitted += 1
+            if emitted > start:
+                raise _SeekedTooFar
+        else:
+            midpoint = (prev_t + t) / 2.0
+            while t0 + emitted / fps < midpoint:
+                if stop is not None and emitted >= stop:
+                    return
+                if emitted >= start:
+                    if prev_image is None:
+                        prev_image = _to_bgr(prev_frame, rotate)
+                    yield prev_image.copy()
+                emitted += 1
+        prev_frame, prev_t, prev_image = frame, t, None
+    if prev_frame is None:
+        return
+    total = max(1, int(round((end_of(prev_t) - t0) * fps)))
+    if stop is not None:
+        total = min(total, stop)
+    while emitted < total:
+        if emitted >= start:
+            if prev_image is None:
+                prev_image = _to_bgr(prev_frame, rotate)
+            yield prev_image.copy()
+        emitted += 1
+
+
 def _resample_frames(timed, fps: float, rotate: bool, end_of) -> Iterator[np.ndarray]:
     """Nearest-timestamp selection onto the grid t0 + i/fps; converts only frames that are kept.
     ``end_of(last_t)`` gives the time the last frame stops showing."""

@@ -1,22 +1,31 @@
 """The preprocessing job: raw videos -> WebDataset shards + manifest.parquet + summary.json.
 
-Flow: discover inputs (pipelines/sources.py) -> assign splits (pipelines/splits.py) -> skip
-inputs that earlier runs already accounted for (pipelines/shards.py ``recover``) -> a
-streaming Ray Data pipeline over the rest (pipelines/stages.py: decode -> detect -> finish,
-one task per input on CPU, detection on a GPU actor pool when the cluster has GPUs)
--> the driver writes shards in input order (``preserve_order``), one writer per split, and
-the manifest and summary at the end.
+Flow: discover inputs (pipelines/sources.py) -> assign splits (pipelines/splits.py) -> read
+what earlier runs committed (pipelines/shards.py ``recover``) -> probe the remaining inputs'
+lengths in Ray tasks and plan pieces and tasks (pipelines/pieces.py: a long input becomes
+several pieces, one task each) -> one Ray Data task per planned task
+(pipelines/write_task.py) decodes, detects, crops, encodes and writes its own shards
+``{split}-{task}-{n}.tar`` with a manifest part each, straight to the output (a directory or
+``s3://`` / ``gs://``) -> the driver merges the parts into manifest.parquet and summary.json.
 
-Streaming: the dataset starts from the list of input paths only; Ray Data pulls clips
-through the stages with bounded in-flight data, and the driver holds at most one input's
-encoded samples at a time.
+The driver handles metadata only: input paths, piece plans, one small row per piece back
+(status, counts, timings) and the parts' JSON. No crop passes through it, so its cost does not
+grow with the bytes written (benchmarks/preprocess.py measures its CPU seconds per GB).
+Detection runs in the CPU tasks, or on one actor per GPU that the tasks call when the cluster
+has GPUs.
 
-Resumable and idempotent: processing order is fixed (sorted input ids), shards close only
-between inputs and are committed by an atomic rename after their index (see shards.py). A
-re-run skips every input a committed shard (or a split's tail) accounts for, and continues
-each split at the next shard number, so killed-and-resumed and uninterrupted runs give the
-same shards and manifest. Settings that change shard content are fingerprinted in
-``index/config.json``; re-running with different ones is refused (``overwrite`` starts over).
+Resumable and exactly once: a piece is done when a committed part lists it (a part is written
+before its tar is committed; recover drops parts without a tar and partial files). A re-run
+plans only the pieces not done, under a new run number (task names ``r{run}t{n}``), so it
+never overwrites what a killed run committed; a retried Ray task first deletes what its
+earlier attempt committed. Shard names depend on the plan, so a killed-and-resumed run holds
+the same samples and manifest rows as an uninterrupted one but not the same shard names.
+Settings that change shard content are fingerprinted in ``index/config.json``; re-running
+with different ones is refused (``overwrite`` starts over).
+
+Shard size: each task closes a shard once it reaches ``shard_size``; its last shard per split
+is what is left (smaller). Tasks hold several inputs (``inputs_per_task``) so most shards reach
+the target on a real corpus; the loaders read any size.
 
 ``sync_filter``: a hook for a trained expert (LatentSync keeps clips with SyncNet confidence
 >= 3 and |offset| <= 6 and shifts the audio). Called in the finish stage with the
@@ -30,12 +39,13 @@ It must be picklable (it runs in Ray workers).
 from __future__ import annotations
 
 import json
-import os
-import shutil
+import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable, Optional
+
+import pyarrow.fs as pafs
 
 from lipsync.errors import ConfigError
 from pipelines import manifest as mf
@@ -59,6 +69,7 @@ class PreprocessConfig:
     max_clip_seconds: float = 10.0               # 0 = no segmentation
     min_clip_seconds: float = 1.0
     scene_cut_threshold: float = 25.0            # 0 disables scene-cut splitting
+    segment_seconds: float = 20.0                # inputs over 1.5x this: pieces of ~this length, one task each
     # faces
     detector: str = "auto"                       # auto | dlib | s3fd
     detector_weights: Optional[str] = None
@@ -111,13 +122,15 @@ class PreprocessConfig:
             raise ConfigError("--shard-size must be positive")
         if self.detect_every < 1:
             raise ConfigError("--detect-every must be >= 1")
+        if self.segment_seconds < 0:
+            raise ConfigError(f"--segment-seconds must be >= 0 (0: never cut), got {self.segment_seconds}")
         if self.inputs_per_task < 1:
             raise ConfigError(f"--inputs-per-task must be >= 1, got {self.inputs_per_task}")
 
     def fingerprint(self) -> dict:
         """Settings that change what goes into the shards (resume refuses a mismatch)."""
         keys = ("layout", "speaker_regex", "split_fractions", "split_seed", "max_clip_seconds",
-                "min_clip_seconds", "scene_cut_threshold", "detector", "detect_every",
+                "min_clip_seconds", "scene_cut_threshold", "segment_seconds", "detector", "detect_every",
                 "detect_downscale_to", "detect_upsample", "face_policy", "min_face_size",
                 "min_detection_rate", "smooth_window", "crop_sizes", "pads", "codec",
                 "jpeg_quality", "shard_size")
@@ -130,25 +143,43 @@ class PreprocessConfig:
 # ------------------------------------------------------------------------------ Ray side
 
 
-def _build_dataset(rows: list[dict], cfg: PreprocessConfig, use_gpus: int):
+def _configure_data(cfg: PreprocessConfig):
     import ray
-    from pipelines import stages
 
     ctx = ray.data.DataContext.get_current()
-    ctx.execution_options.preserve_order = True  # shards are written in input order
-    ctx.enable_progress_bars = bool(cfg.progress)
+    ctx.enable_progress_bars = False  # the driver prints one bar over pieces
     if cfg.num_cpus:
         ctx.execution_options.resource_limits = ctx.execution_options.resource_limits.copy(
             cpu=float(cfg.num_cpus))
-    cpus = cfg.num_cpus or int(ray.cluster_resources().get("CPU", 1))
-    ds = ray.data.from_items(rows, override_num_blocks=input_blocks(len(rows), cpus, cfg.inputs_per_task))
-    if not use_gpus:
-        return ds.flat_map(stages.process_input, fn_kwargs={"cfg": cfg})
-    # GPU: decode on CPU tasks -> detect on one actor per GPU -> crop/mel on CPU tasks.
-    ds = ds.flat_map(stages.decode_input, fn_kwargs={"cfg": cfg})
-    ds = ds.map_batches(stages.FaceDetectStage, fn_constructor_args=(cfg, "cuda"),
-                        batch_size=1, num_gpus=1, concurrency=use_gpus, zero_copy_batch=False)
-    return ds.map(stages.finish_clip, fn_kwargs={"cfg": cfg})
+    return cfg.num_cpus or int(ray.cluster_resources().get("CPU", 1))
+
+
+def _probe_frames(rows: list[dict], cpus: int) -> dict[str, int]:
+    """25 fps frame counts of the inputs, probed in Ray tasks (headers only)."""
+    import ray
+
+    from pipelines.pieces import probe_frames
+
+    todo = [{"input_id": r["input_id"], "path": r["path"]} for r in rows if not r.get("reject_reason")]
+    if not todo:
+        return {}
+    ds = ray.data.from_items(todo, override_num_blocks=input_blocks(len(todo), cpus, 256))
+    return {r["input_id"]: int(r["frames"]) for r in ds.map_batches(probe_frames, batch_size=None).iter_rows()}
+
+
+def _build_dataset(tasks: list[dict], cfg: PreprocessConfig, out: sh.Output, use_gpus: int):
+    import ray
+
+    from pipelines.write_task import GpuFaceDetector, process_and_write
+
+    detectors = None
+    if use_gpus:
+        # Detection on one actor per GPU; decode, crop and shard writing stay in the CPU tasks.
+        actor = ray.remote(num_gpus=1, num_cpus=0)(GpuFaceDetector)
+        detectors = [actor.remote(cfg, "cuda") for _ in range(use_gpus)]
+    ds = ray.data.from_items(tasks, override_num_blocks=len(tasks))
+    return ds.map_batches(process_and_write, batch_size=None, zero_copy_batch=False,
+                          fn_kwargs={"cfg": cfg, "out": out, "detectors": detectors})
 
 
 def input_blocks(n_inputs: int, cpus: int, inputs_per_task: int = 8, max_blocks: int = 20000) -> int:
@@ -178,14 +209,8 @@ def _gpus_to_use(cfg: PreprocessConfig) -> int:
 
 
 def _connect(cfg: PreprocessConfig) -> None:
-    try:
-        from pipelines.ray_env import init_ray
-    except ImportError:  # pragma: no cover - ray_env is part of the repo
-        import ray
+    from pipelines.ray_env import init_ray
 
-        if not ray.is_initialized():
-            ray.init(address=cfg.ray_address or os.environ.get("RAY_ADDRESS"), num_cpus=cfg.num_cpus)
-        return
     init_ray(address=cfg.ray_address, num_cpus=cfg.num_cpus,
              object_store_memory=cfg.object_store_memory)
 
@@ -193,25 +218,25 @@ def _connect(cfg: PreprocessConfig) -> None:
 # ------------------------------------------------------------------------------ driver
 
 
-def _prepare_output(cfg: PreprocessConfig) -> Path:
-    out = Path(cfg.output)
-    fingerprint_path = out / sh.INDEX_DIR / "config.json"
-    if cfg.overwrite and out.exists():
-        for path in list(out.glob("*.tar")) + list(out.glob("*.tar.partial")):
-            path.unlink()
-        shutil.rmtree(out / sh.INDEX_DIR, ignore_errors=True)
-        for name in (mf.MANIFEST_NAME, SUMMARY_NAME):
-            (out / name).unlink(missing_ok=True)
-    (out / sh.INDEX_DIR).mkdir(parents=True, exist_ok=True)
+def _prepare_output(cfg: PreprocessConfig) -> sh.Output:
+    out = sh.Output.of(cfg.output)
+    if cfg.overwrite:
+        for info in out.listdir():
+            if info.base_name.endswith((".tar", ".partial", ".tmp")) or info.base_name in (
+                    mf.MANIFEST_NAME, SUMMARY_NAME):
+                out.delete(info.base_name)
+        if out.exists(sh.INDEX_DIR):
+            out.fs.delete_dir(out.path(sh.INDEX_DIR))
+    out.fs.create_dir(out.path(sh.INDEX_DIR), recursive=True)
     fingerprint = cfg.fingerprint()
-    if fingerprint_path.exists():
-        previous = json.loads(fingerprint_path.read_text(encoding="utf-8"))
+    if out.exists(sh.INDEX_DIR, "config.json"):
+        previous = out.read_json(sh.INDEX_DIR, "config.json")
         if previous != fingerprint:
             changed = sorted(k for k in set(previous) | set(fingerprint) if previous.get(k) != fingerprint.get(k))
-            raise ConfigError(f"--output {out}: made with different settings ({', '.join(changed)}); "
+            raise ConfigError(f"--output {cfg.output}: made with different settings ({', '.join(changed)}); "
                               "use another --output or --overwrite")
     else:
-        sh.write_json_atomic(fingerprint_path, fingerprint)
+        out.put_json(fingerprint, sh.INDEX_DIR, "config.json")
     return out
 
 
@@ -221,108 +246,113 @@ def _input_rows(items: list[InputItem], splits: dict[str, str]) -> list[dict]:
 
 def run_preprocess(cfg: PreprocessConfig) -> dict:
     """Run (or resume) a preprocessing job; returns the summary dict (also in summary.json)."""
+    from pipelines import pieces as pc
+
     cfg.validate()
-    started = time.time()
+    started, driver_cpu = time.time(), time.process_time()
     items = discover_inputs(cfg.input, cfg.layout, speaker_regex=cfg.speaker_regex,
                             filelists_dir=cfg.filelists)
     splits = assign_splits(items, cfg.split_fractions, cfg.split_seed)
     out = _prepare_output(cfg)
     state = sh.recover(out)
     known = {it.input_id for it in items}
-    rows = [r for r in _input_rows(items, splits) if r["input_id"] not in state.done]
+    done_inputs = {r["input_id"] for r in pc.input_rows(state.rows)[0]}
+    rows = [r for r in _input_rows(items, splits) if r["input_id"] not in done_inputs]
     resumed = len(items) - len(rows)
     print(f"preprocess: {len(items)} inputs, {resumed} already in completed shards, {len(rows)} to do",
           flush=True)
 
-    writers: dict[str, sh.SplitShardWriter] = {}
     timings: dict[str, float] = {}
-    new_rows: list[dict] = []
-    gpus = 0
+    gpus, n_tasks, n_pieces, nodes = 0, 0, 0, set()
     if rows:
         _connect(cfg)
+        cpus = _configure_data(cfg)
         gpus = _gpus_to_use(cfg)
-        ds = _build_dataset(rows, cfg, gpus)
-        try:
-            new_rows = _drain(ds, rows, out, state, cfg, writers, timings)
-        except BaseException:
-            for writer in writers.values():
-                writer.abort()
-            raise
-        for writer in writers.values():
-            writer.finish()
+        per_piece = pc.piece_frames(cfg)
+        frames = _probe_frames(rows, cpus) if per_piece else {}
+        pieces = [p for p in pc.plan_pieces(rows, frames, per_piece)
+                  if (p["input_id"], p["piece"]) not in state.done]
+        run = state.last_run + 1
+        tasks = pc.plan_tasks(pieces, input_blocks(len(pieces), cpus, cfg.inputs_per_task), run)
+        n_tasks, n_pieces = len(tasks), len(pieces)
+        nodes = _drain(_build_dataset(tasks, cfg, out, gpus), n_pieces, timings, cfg)
+        state = _merge_leftovers(out, sh.recover(out), cfg.shard_size, run)
 
-    all_rows = state.rows + new_rows
+    all_rows, incomplete = pc.input_rows(state.rows)
     ids = [r["input_id"] for r in all_rows]
     missing = known - set(ids)
-    if missing or len(ids) != len(set(ids)):
-        raise RuntimeError(f"accounting failed: {len(missing)} inputs missing, "
-                           f"{len(ids) - len(set(ids))} recorded twice")
+    if missing or incomplete or len(ids) != len(set(ids)):
+        raise RuntimeError(f"accounting failed: {len(missing)} inputs missing, {len(incomplete)} with pieces "
+                           f"missing, {len(ids) - len(set(ids))} recorded twice")
     all_rows = [r for r in all_rows if r["input_id"] in known]
-    manifest_path = mf.write_manifest(all_rows, out / mf.MANIFEST_NAME)
-    summary = _summary(all_rows, out, manifest_path, resumed, len(rows), timings, time.time() - started, cfg)
-    summary["detect_gpu_actors"] = gpus
-    sh.write_json_atomic(out / SUMMARY_NAME, summary)
+    manifest_path = _write_manifest(all_rows, out)
+    summary = _summary(all_rows, state, out, manifest_path, resumed, len(rows), timings,
+                       time.time() - started, cfg)
+    summary.update(detect_gpu_actors=gpus, tasks=n_tasks, pieces=n_pieces, writer_nodes=len(nodes),
+                   driver_cpu_seconds=time.process_time() - driver_cpu)
+    out.put_json(summary, SUMMARY_NAME)
     _print_summary(summary)
     if cfg.tracking_uri:
         summary["mlflow_run_id"] = _log_mlflow(cfg, summary, manifest_path)
-        sh.write_json_atomic(out / SUMMARY_NAME, summary)
+        out.put_json(summary, SUMMARY_NAME)
     return summary
 
 
-def _drain(ds, rows, out, state, cfg, writers, timings) -> list[dict]:
-    """Consume the pipeline's rows in input order; write each input once it is complete."""
+def _merge_leftovers(out: sh.Output, state: sh.ShardState, target: int, run: int) -> sh.ShardState:
+    """Merge shards under half the target (each task's last ones) in Ray tasks; see compaction.py."""
+    import ray
+
+    from pipelines import compaction
+
+    groups = compaction.plan_merges(state.shards, target)
+    if not groups:
+        return state
+    merge = ray.remote(num_cpus=1)(compaction.merge_shards)
+    refs = [merge.remote(out, [s["shard"] for s in group],
+                         compaction.merged_name(group[0]["shard"].split("-")[0], run, n))
+            for n, group in enumerate(groups)]
+    ray.get(refs)
+    print(f"preprocess: merged {sum(len(g) for g in groups)} small shards into {len(groups)}", flush=True)
+    return sh.recover(out)
+
+
+def _write_manifest(rows: list[dict], out: sh.Output) -> Path:
+    """manifest.parquet in the output (for object storage: written here, then uploaded)."""
+    if isinstance(out.fs, pafs.LocalFileSystem):
+        return mf.write_manifest(rows, Path(out.root) / mf.MANIFEST_NAME)
+    local = Path(tempfile.mkdtemp(prefix="lipsync_manifest_")) / mf.MANIFEST_NAME
+    mf.write_manifest(rows, local)
+    out.put_bytes(local.read_bytes(), mf.MANIFEST_NAME)
+    return local
+
+
+def _drain(ds, n_pieces: int, timings: dict, cfg: PreprocessConfig) -> set[str]:
+    """Consume the pieces' summary rows (metadata only: the shards are written by the tasks);
+    returns the ids of the nodes whose tasks wrote them."""
     from tqdm import tqdm
 
-    from pipelines import stages
-
-    by_id = {r["input_id"]: r for r in rows}
-    resolved: list[dict] = []
-    pending_id, pending = None, []
-    bar = tqdm(total=len(rows), desc="inputs", unit="input", disable=not cfg.progress, mininterval=2.0)
-
-    def flush(input_id: str, payloads: list[dict]) -> None:
-        item = by_id[input_id]
-        row = mf.input_row(payloads)
-        samples = [p["sample"] for p in payloads if p["status"] == "ok"] if row["status"] == "ok" else []
-        writer = writers.get(item["split"])
-        if writer is None:
-            writer = writers[item["split"]] = sh.SplitShardWriter(
-                out, item["split"], state.next_index.get(item["split"], 0), cfg.shard_size)
-        resolved.append(writer.add_input(samples, row))
-        for p in payloads:
-            for stage, seconds in p.get("timings", {}).items():
-                timings[stage] = timings.get(stage, 0.0) + float(seconds)
-        bar.update(1)
-
+    nodes = set()
+    bar = tqdm(total=n_pieces, desc="pieces", unit="piece", disable=not cfg.progress, mininterval=2.0)
     for row in ds.iter_rows():
-        payload = stages.unpack(row["payload"])
-        payload.pop("frames", None)
-        payload.pop("audio", None)
-        if row["input_id"] != pending_id:
-            if pending:
-                raise RuntimeError(f"rows of input {pending_id} ended without its last clip")
-            pending_id = row["input_id"]
-        pending.append(payload)
-        if row["last"]:
-            flush(pending_id, pending)
-            pending_id, pending = None, []
+        for stage, seconds in json.loads(row["timings"]).items():
+            timings[stage] = timings.get(stage, 0.0) + float(seconds)
+        nodes.add(row["node"])
+        bar.update(1)
     bar.close()
-    if pending:
-        raise RuntimeError(f"rows of input {pending_id} ended without its last clip")
-    return resolved
+    return nodes
 
 
-def _summary(rows, out: Path, manifest_path: Path, resumed: int, processed: int, timings: dict,
-             wall: float, cfg: PreprocessConfig) -> dict:
+def _summary(rows, state: sh.ShardState, out: sh.Output, manifest_path: Path, resumed: int, processed: int,
+             timings: dict, wall: float, cfg: PreprocessConfig) -> dict:
     counts = mf.status_counts(rows)
-    shards = sorted(out.glob("*.tar"))
+    shards = sorted(state.shards, key=lambda s: s["shard"])
     ok_rows = [r for r in rows if r["status"] == "ok"]
     frames = sum(r["n_frames"] for r in ok_rows)
-    shard_bytes = sum(p.stat().st_size for p in shards)
+    shard_bytes = sum(s["bytes"] for s in shards)
     source_seconds = sum(r["source_duration"] for r in rows
                          if r["source_duration"] == r["source_duration"])  # skip NaN
     return {
-        "output": str(out.resolve()),
+        "output": cfg.output if "://" in cfg.output else out.root,
         "inputs": len(rows),
         "ok": counts["ok"],
         "rejected": sum(counts["rejected"].values()),
@@ -335,14 +365,17 @@ def _summary(rows, out: Path, manifest_path: Path, resumed: int, processed: int,
         "source_hours": source_seconds / 3600.0,
         "splits": {s: sum(1 for r in ok_rows if r["split"] == s) for s in sorted({r["split"] for r in ok_rows})},
         "shards": len(shards),
-        "shard_names": [p.name for p in shards],
+        "shard_names": [s["shard"] for s in shards],
+        "shard_bytes": {"min": min((s["bytes"] for s in shards), default=0),
+                        "max": max((s["bytes"] for s in shards), default=0),
+                        "target": cfg.shard_size},
         "bytes": shard_bytes,
         "bytes_per_frame": shard_bytes / frames if frames else None,
         "resumed_inputs": resumed,
         "processed_inputs": processed,
         "wall_seconds": wall,
         "stage_seconds": timings,
-        "manifest": str(manifest_path.resolve()),
+        "manifest": out.path(mf.MANIFEST_NAME),
         "manifest_sha256": mf.manifest_hash(manifest_path),
         "config": cfg.fingerprint(),
     }
@@ -372,6 +405,6 @@ def _log_mlflow(cfg: PreprocessConfig, summary: dict, manifest_path: Path) -> st
         mlflow.log_metrics({k: float(summary[k]) for k in
                             ("inputs", "ok", "rejected", "errors", "clips", "frames", "hours",
                              "shards", "bytes", "wall_seconds")})
-        mlflow.log_artifact(str(Path(cfg.output) / SUMMARY_NAME))
+        mlflow.log_dict(summary, SUMMARY_NAME)
         mlflow.log_artifact(str(manifest_path))
         return run.info.run_id

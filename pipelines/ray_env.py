@@ -40,5 +40,7 @@ def init_ray(address: str | None = None, num_cpus: int | None = None,
     else:
         options.setdefault("include_dashboard", False)
         use_loopback()
-        ctx = ray.init(num_cpus=num_cpus, object_store_memory=object_store_memory, **options)
+        # address="local": always a new private cluster. Without it ray.init() joins a cluster
+        # that `ray start` left running on this machine (and then refuses num_cpus).
+        ctx = ray.init(address="local", num_cpus=num_cpus, object_store_memory=object_store_memory, **options)
     return {"address": ctx.address_info.get("gcs_address") or ctx.address_info.get("address")}

@@ -1,41 +1,50 @@
-"""Shard writing with crash safety: ``{split}-NNNNNN.tar`` WebDataset shards plus an index.
+"""Shard writing where the crops are made: ``{split}-{task}-{n}.tar`` plus a manifest part each.
 
-Commit protocol, per shard:
+Every Ray task of the preprocessing job (pipelines/preprocess.py) writes its own shards,
+straight to the output filesystem (a local directory or ``s3://`` / ``gs://`` through
+pyarrow), so no crop passes through the driver. Commit protocol, per shard:
+
 1. samples are written (``webdataset.TarWriter``, fixed mtime/owner so bytes are reproducible)
-   to ``{split}-NNNNNN.tar.partial``;
-2. on close, the shard's index ``index/{split}-NNNNNN.json`` is written (temp file + rename):
-   the manifest rows of every input resolved since the previous shard of this split (the
-   inputs whose clips are in this shard, and the rejected ones in between);
-3. the tar is renamed to ``{split}-NNNNNN.tar`` - the commit point.
+   to ``{split}-{task}-{n}.tar.partial``;
+2. on close, the shard's part ``index/{split}-{task}-{n}.json`` is written (temp name, then
+   move): the manifest rows of every piece resolved since the task's previous shard of this
+   split (the pieces whose clips are in this shard and the rejected ones in between);
+3. the tar is moved to ``{split}-{task}-{n}.tar`` - the commit point (a rename on local disk; on
+   object storage the final key appears whole, by one copy).
 
-So a shard that looks complete (``*.tar``) is complete, and its index says which inputs it
-accounts for. On start, :func:`recover` deletes ``*.partial`` files and indexes without a tar.
-An input's clips never straddle two shards: a shard is closed only between inputs, once it
-has reached the target size. Inputs are processed in a fixed order, so a resumed run
-continues each split exactly where the killed one stopped and produces the same shards.
+A piece (a whole input, or a time range of a long one, see pipelines/pieces.py) never
+straddles two shards: a shard closes only between pieces, once it reaches the target size.
+Pieces resolved after a task's last shard of a split (trailing rejects) are recorded in
+``index/{split}-{task}-tail.json`` when the task ends.
 
-Inputs resolved after a split's last shard that produced no sample (trailing rejects) are
-recorded in ``index/{split}-tail.json`` at the end of a complete run (appended to by later
-runs that add inputs); they count as done too.
+Exactly once: :func:`recover` (run by the driver before and after the job) deletes partial
+files and parts whose tar is missing, and reads the committed parts; a piece listed there is
+done and is never planned again. A Ray task that is retried (its worker died) first deletes
+whatever an earlier attempt of the same task committed (:meth:`TaskShardWriter.clear_task`),
+so a shard is never counted twice. Task names carry the run number (``r{run}t{task}``), so a
+re-run after a killed driver never overwrites shards the earlier run committed.
 """
 
 from __future__ import annotations
 
-import io
 import json
-import os
 import re
+import shutil
 import tarfile
+import tempfile
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Iterable, Optional
 
+import pyarrow.fs as pafs
 import webdataset as wds
 
 from lipsync.errors import ConfigError
+from pipelines import storage
 
 INDEX_DIR = "index"
-SHARD_RE = re.compile(r"^(?P<split>[A-Za-z0-9_]+)-(?P<index>\d{6})\.tar$")
+# Parts of task shards (r{run}t{task}) and of merged ones (r{run}m{n}, pipelines/compaction.py).
+PART_RE = re.compile(r"^(?P<split>[A-Za-z0-9_]+)-r(?P<run>\d+)[tm](?P<task>\d+)-(?P<n>\d+|tail)\.json$")
+SPLITS_WRITTEN = ("train", "val", "test", "none")
 
 
 def parse_size(text: str | int | float) -> int:
@@ -49,13 +58,68 @@ def parse_size(text: str | int | float) -> int:
     return int(float(m.group(1)) * scale)
 
 
-def write_json_atomic(path: Path, data) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(data, f, indent=1, sort_keys=True, default=_json_default)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+# ------------------------------------------------------------------------------ filesystem
+
+
+@dataclass(frozen=True)
+class Output:
+    """Where a job writes: a filesystem and the root path in it (pipelines/storage.py resolves
+    local paths and ``s3://`` / ``gs://`` URIs). Picklable: pyarrow filesystems are, and the
+    workers take credentials from their own environment."""
+
+    fs: pafs.FileSystem
+    root: str
+
+    @classmethod
+    def of(cls, uri: str) -> "Output":
+        fs, root = storage.filesystem(uri)
+        return cls(fs, root.rstrip("/"))
+
+    @property
+    def local(self) -> bool:
+        return isinstance(self.fs, pafs.LocalFileSystem)
+
+    def path(self, *parts: str) -> str:
+        return "/".join([self.root, *parts])
+
+    def exists(self, *parts: str) -> bool:
+        return self.fs.get_file_info(self.path(*parts)).type != pafs.FileType.NotFound
+
+    def listdir(self, *parts: str) -> list[pafs.FileInfo]:
+        selector = pafs.FileSelector(self.path(*parts), allow_not_found=True)
+        return self.fs.get_file_info(selector)
+
+    def delete(self, *parts: str) -> None:
+        try:
+            self.fs.delete_file(self.path(*parts))
+        except FileNotFoundError:
+            pass
+
+    def read_json(self, *parts: str):
+        with self.fs.open_input_stream(self.path(*parts)) as f:
+            return json.loads(f.read().decode("utf-8"))
+
+    def put_bytes(self, data: bytes, *parts: str) -> None:
+        """Write a whole file atomically: locally under a temporary name, then renamed; on
+        object storage the object appears only when its upload completes."""
+        final = self.path(*parts)
+        tmp = final + ".tmp" if self.local else final
+        with self.fs.open_output_stream(tmp) as f:
+            f.write(data)
+        if tmp != final:
+            self.fs.move(tmp, final)
+
+    def put_file(self, fileobj, *parts: str) -> None:
+        """Copy an open file's contents to a file here, atomically (as ``put_bytes``)."""
+        final = self.path(*parts)
+        tmp = final + ".partial" if self.local else final
+        with self.fs.open_output_stream(tmp) as dest:
+            shutil.copyfileobj(fileobj, dest, 8 << 20)
+        if tmp != final:
+            self.fs.move(tmp, final)
+
+    def put_json(self, data, *parts: str) -> None:
+        self.put_bytes(json.dumps(data, indent=1, sort_keys=True, default=_json_default).encode("utf-8"), *parts)
 
 
 def _json_default(value):
@@ -68,6 +132,9 @@ def _json_default(value):
     raise TypeError(f"not JSON serialisable: {type(value).__name__}")
 
 
+# ------------------------------------------------------------------------------ names
+
+
 def tar_member_bytes(sample: dict) -> int:
     """Bytes a sample takes in a USTAR tar: a 512-byte header per member, data padded to 512.
 
@@ -75,88 +142,118 @@ def tar_member_bytes(sample: dict) -> int:
     return sum(512 + -(-len(v) // 512) * 512 for k, v in sample.items() if not k.startswith("_"))
 
 
-def shard_name(split: str, index: int) -> str:
-    return f"{split}-{index:06d}.tar"
+def task_name(run: int, task: int) -> str:
+    return f"r{run}t{task:05d}"
+
+
+def shard_name(split: str, task: str, index: int) -> str:
+    return f"{split}-{task}-{index:04d}.tar"
+
+
+# ------------------------------------------------------------------------------ recovery
 
 
 @dataclass
 class ShardState:
     """What earlier runs left in an output directory."""
 
-    rows: list[dict] = field(default_factory=list)          # manifest rows of completed shards + tails
-    next_index: dict[str, int] = field(default_factory=dict)
-    shards: list[str] = field(default_factory=list)
+    rows: list[dict] = field(default_factory=list)          # piece rows of committed parts
+    shards: list[dict] = field(default_factory=list)        # {"shard", "samples", "bytes"}
+    last_run: int = 0
 
     @property
-    def done(self) -> set[str]:
-        return {row["input_id"] for row in self.rows}
+    def done(self) -> set[tuple[str, int]]:
+        """(input_id, piece) of every piece accounted for."""
+        return {(row["input_id"], int(row.get("piece", 0))) for row in self.rows}
 
 
-def recover(output: Path) -> ShardState:
-    """Clean up after a killed run and read what completed runs recorded."""
-    index_dir = output / INDEX_DIR
-    index_dir.mkdir(parents=True, exist_ok=True)
-    for leftover in list(output.glob("*.tar.partial")) + list(index_dir.glob("*.tmp")):
-        leftover.unlink()
+def recover(out: Output) -> ShardState:
+    """Clean up after killed runs and read what committed parts recorded."""
+    for info in out.listdir():
+        if info.base_name.endswith((".partial", ".tmp")):
+            out.delete(info.base_name)
     state = ShardState()
-    seen: dict[str, str] = {}
-    for entry in sorted(index_dir.glob("*-*.json")):
-        stem = entry.stem
-        if stem.endswith("-tail"):
+    seen: dict[tuple[str, int], str] = {}
+    parts = {}
+    for info in sorted(out.listdir(INDEX_DIR), key=lambda i: i.base_name):
+        name = info.base_name
+        if name.endswith(".tmp"):
+            out.delete(INDEX_DIR, name)
             continue
-        if not (output / f"{stem}.tar").exists():
-            entry.unlink()  # index written, tar rename not reached: the shard never completed
-            continue
-        split, index = stem.rsplit("-", 1)
-        state.next_index[split] = max(state.next_index.get(split, 0), int(index) + 1)
-        state.shards.append(f"{stem}.tar")
-        _add_rows(state, seen, entry)
-    for entry in sorted(index_dir.glob("*-tail.json")):
-        _add_rows(state, seen, entry)
+        m = PART_RE.match(name)
+        if m:
+            state.last_run = max(state.last_run, int(m.group("run")))
+            parts[name] = out.read_json(INDEX_DIR, name)
+    # An interrupted merge (pipelines/compaction.py): once the merged shard is committed, its
+    # sources are gone, whatever of them is still there.
+    for name, part in list(parts.items()):
+        if part.get("replaces") and out.exists(part["shard"]):
+            for source in part["replaces"]:
+                out.delete(source)
+                out.delete(INDEX_DIR, source[:-len(".tar")] + ".json")
+                parts.pop(source[:-len(".tar")] + ".json", None)
+    for name, part in parts.items():
+        if part.get("shard"):
+            if not out.exists(part["shard"]):
+                out.delete(INDEX_DIR, name)  # part written, tar not committed: never happened
+                continue
+            state.shards.append({k: part[k] for k in ("shard", "samples", "bytes")})
+        for row in part["rows"]:
+            key = (row["input_id"], int(row.get("piece", 0)))
+            if key in seen:
+                raise RuntimeError(f"input {key[0]} (piece {key[1]}) is recorded twice ({seen[key]} and "
+                                   f"{name}); the output directory is inconsistent")
+            seen[key] = name
+            state.rows.append(row)
     return state
 
 
-def _add_rows(state: ShardState, seen: dict, entry: Path) -> None:
-    data = json.loads(entry.read_text(encoding="utf-8"))
-    for row in data["rows"]:
-        if row["input_id"] in seen:
-            raise RuntimeError(f"input {row['input_id']} is recorded twice ({seen[row['input_id']]} and "
-                               f"{entry.name}); the output directory is inconsistent")
-        seen[row["input_id"]] = entry.name
-        state.rows.append(row)
+# ------------------------------------------------------------------------------ writing
 
 
-class SplitShardWriter:
-    """Writes one split's shards; closes a shard between inputs once it reaches ``target_bytes``."""
+class TaskShardWriter:
+    """One task's shards of one split; closes a shard between pieces once it reaches ``target_bytes``."""
 
-    def __init__(self, output: Path, split: str, next_index: int, target_bytes: int):
-        self.output = Path(output)
+    def __init__(self, out: Output, split: str, task: str, target_bytes: int):
+        self.out = out
         self.split = split
-        self.index = next_index
+        self.task = task
+        self.index = 0
         self.target_bytes = int(target_bytes)
         self._writer: Optional[wds.TarWriter] = None
-        self._stream: Optional[io.BufferedWriter] = None
+        self._stream = None
         self._bytes = 0
         self._samples = 0
         self._rows: list[dict] = []
         self.completed: list[dict] = []  # {"shard", "samples", "bytes"}
-        (self.output / INDEX_DIR).mkdir(parents=True, exist_ok=True)
+        out.fs.create_dir(out.path(INDEX_DIR), recursive=True)
+
+    @staticmethod
+    def clear_task(out: Output, task: str) -> None:
+        """Delete what an earlier attempt of this task committed (a Ray retry starts clean)."""
+        for split in SPLITS_WRITTEN:
+            out.delete(INDEX_DIR, f"{split}-{task}-tail.json")
+            n = 0
+            while out.exists(INDEX_DIR, f"{split}-{task}-{n:04d}.json"):
+                out.delete(shard_name(split, task, n))  # the tar first: a tar always has its part
+                out.delete(INDEX_DIR, f"{split}-{task}-{n:04d}.json")
+                n += 1
 
     @property
     def current_name(self) -> str:
-        return shard_name(self.split, self.index)
+        return shard_name(self.split, self.task, self.index)
 
-    def _partial_path(self) -> Path:
-        return self.output / (self.current_name + ".partial")
-
-    def add_input(self, samples: Iterable[dict], row: dict) -> dict:
-        """Record one resolved input: its encoded samples (possibly none) and its manifest row.
+    def add_piece(self, samples: Iterable[dict], row: dict) -> dict:
+        """Record one resolved piece: its encoded samples (possibly none) and its row.
 
         Returns the row as recorded (with ``shard`` set when it has samples)."""
         samples = list(samples)
         if samples:
             if self._writer is None:
-                self._stream = open(self._partial_path(), "wb")
+                # Local: a .partial file renamed on commit. Object storage: a local spool file,
+                # uploaded on commit (the object appears only when the upload completes).
+                self._stream = (self.out.fs.open_output_stream(self.out.path(self.current_name + ".partial"))
+                                if self.out.local else tempfile.TemporaryFile(prefix="lipsync-shard-"))
                 # Fixed mtime/owner: the same samples always give the same bytes.
                 self._writer = wds.TarWriter(self._stream, encoder=False, mtime=0, user="lipsync",
                                              group="lipsync", format=tarfile.USTAR_FORMAT)
@@ -173,36 +270,42 @@ class SplitShardWriter:
     def close_shard(self) -> None:
         if self._writer is None:
             return
-        self._writer.close()  # closes the tar stream (end-of-archive blocks)
-        if not self._stream.closed:
-            self._stream.flush()
-            os.fsync(self._stream.fileno())
+        final = self.current_name
+        stem = final[:-len(".tar")]
+        self._writer.close()  # the end-of-archive blocks (the stream stays open: we passed it in)
+        if self.out.local:
             self._stream.close()
-        final = self.output / self.current_name
-        size = self._partial_path().stat().st_size
-        write_json_atomic(self.output / INDEX_DIR / f"{final.stem}.json",
-                           {"shard": final.name, "samples": self._samples, "bytes": size,
-                            "rows": self._rows})
-        os.replace(self._partial_path(), final)
-        self.completed.append({"shard": final.name, "samples": self._samples, "bytes": size})
+            size = self.out.fs.get_file_info(self.out.path(final + ".partial")).size
+            self.out.put_json({"shard": final, "samples": self._samples, "bytes": size, "rows": self._rows},
+                              INDEX_DIR, f"{stem}.json")
+            self.out.fs.move(self.out.path(final + ".partial"), self.out.path(final))
+        else:
+            spool = self._stream
+            size = spool.tell()
+            self.out.put_json({"shard": final, "samples": self._samples, "bytes": size, "rows": self._rows},
+                              INDEX_DIR, f"{stem}.json")
+            spool.seek(0)
+            self.out.put_file(spool, final)
+            spool.close()
+        self.completed.append({"shard": final, "samples": self._samples, "bytes": size})
         self._writer, self._stream = None, None
         self._bytes, self._samples, self._rows = 0, 0, []
         self.index += 1
 
     def finish(self) -> None:
-        """End of the run: close the open shard; trailing rejects go to the split's tail."""
+        """End of the task: close the open shard; trailing rejects go to the task's tail part."""
         self.close_shard()
         if self._rows:
-            tail = self.output / INDEX_DIR / f"{self.split}-tail.json"
-            earlier = json.loads(tail.read_text(encoding="utf-8"))["rows"] if tail.exists() else []
-            write_json_atomic(tail, {"rows": earlier + self._rows})
+            self.out.put_json({"shard": None, "rows": self._rows}, INDEX_DIR,
+                              f"{self.split}-{self.task}-tail.json")
             self._rows = []
 
     def abort(self) -> None:
-        """Drop the open shard (used when the run fails): it stays unaccounted and is redone."""
+        """Drop the open shard (the task failed): its pieces stay unaccounted and are redone."""
         if self._writer is not None:
             try:
-                self._writer.close()
+                self._stream.close()
             finally:
                 self._writer, self._stream = None, None
-                self._partial_path().unlink(missing_ok=True)
+                if self.out.local:
+                    self.out.delete(self.current_name + ".partial")

@@ -151,6 +151,10 @@ def decode_input(item: dict, cfg: Any) -> Iterator[dict]:
         yield _verdict(item, "error", "decode_failed", f"{path}: audio: {exc}", **source)
         return
     usable = len(wav) // SAMPLES_PER_FRAME
+    # A piece of a long input (pipelines/pieces.py): frames first..stop-1 only, decoded from a seek.
+    first = int(item.get("start_frame") or 0)
+    stop = item.get("stop_frame")
+    usable = usable if stop is None else min(usable, int(stop))
     max_frames = int(round(cfg.max_clip_seconds * FPS)) if cfg.max_clip_seconds else 0
     min_frames = max(1, int(round(cfg.min_clip_seconds * FPS)))
     emitted = 0
@@ -160,8 +164,11 @@ def decode_input(item: dict, cfg: Any) -> Iterator[dict]:
     decode_s = time.perf_counter() - t0
     try:
         t_seg = time.perf_counter()
-        for start, frames, _cut in _segments(lsv.iter_frames(path, fps=FPS, threads=threads), max_frames,
-                                              cfg.scene_cut_threshold, usable):
+        frames_iter = (lsv.iter_frame_range(path, FPS, first, usable, threads=threads) if first
+                       else lsv.iter_frames(path, fps=FPS, threads=threads))
+        for start, frames, _cut in _segments(frames_iter, max_frames, cfg.scene_cut_threshold,
+                                              usable - first):
+            start += first
             n_decoded = start + len(frames)
             decode_s += time.perf_counter() - t_seg
             if len(frames) < min_frames:

@@ -108,3 +108,21 @@ def add_broken_inputs(root: Path, good_clip: Path, other_clip: Path, speaker: st
             if name != "unlisted":
                 f.write(f"{speaker}/{name} NF\n")  # trailing tag, as in LRS2's test.txt
     return paths
+
+
+def add_long_input(root: Path, good_clip: Path, n_frames: int = 150) -> Path:
+    """A long input for piece planning: the good clip played forwards, backwards, forwards...
+    (no jump, so no scene cut) for exactly ``n_frames`` frames at 25 fps with its audio, as
+    ``main/<its speaker>/long.mp4``, listed in its speaker's split list."""
+    good = lsv.read_video(good_clip, fps=25)
+    n = min(len(good.frames), len(good.audio) // 640)
+    order = np.concatenate([np.arange(n) if k % 2 == 0 else np.arange(n)[::-1]
+                            for k in range(-(-n_frames // n))])[:n_frames]
+    audio = np.concatenate([good.audio[i * 640:(i + 1) * 640] for i in order])
+    path = mux(good_clip.parent / "long.mp4", frames=good.frames[order], audio=audio)
+    speaker = good_clip.parent.name
+    listed = next(p for p in sorted(root.glob("*.txt"))       # the split list that has the speaker
+                  if any(line.startswith(f"{speaker}/") for line in p.read_text().splitlines()))
+    with open(listed, "a", encoding="utf-8") as f:
+        f.write(f"{speaker}/long\n")
+    return path

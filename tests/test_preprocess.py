@@ -30,29 +30,49 @@ from pipelines.manifest import manifest_hash, read_manifest
 from pipelines.preprocess import PreprocessConfig, run_preprocess
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from preprocess_inputs import EXPECTED, add_broken_inputs  # noqa: E402
+from preprocess_inputs import EXPECTED, add_broken_inputs, add_long_input  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 pytestmark = pytest.mark.integration
 
 # Small shards so a handful of clips spans several of them (resume has shards to skip).
 SHARD_SIZE = 250_000
+# Inputs over 1.5 x 2 s are cut into 2 s pieces (clips of at most 2 s): the corpus' "long" input
+# (about 5 s) is three pieces, three tasks; the other inputs are one piece each.
+PIECE = dict(segment_seconds=2.0, max_clip_seconds=2.0)
+LONG = "long"
 
 
 def _config(corpus: Path, output: Path, **overrides) -> PreprocessConfig:
     base = dict(input=str(corpus), output=str(output), layout="lrs2", codec="png",
-                shard_size=SHARD_SIZE, num_cpus=2, progress=False)
+                shard_size=SHARD_SIZE, num_cpus=2, progress=False, **PIECE)
     base.update(overrides)
     return PreprocessConfig(**base)
 
 
 def _cli_args(corpus: Path, output: Path) -> list[str]:
     return ["--input", str(corpus), "--output", str(output), "--layout", "lrs2", "--codec", "png",
-            "--shard-size", str(SHARD_SIZE), "--no-progress"]
+            "--shard-size", str(SHARD_SIZE), "--no-progress", "--segment-seconds", str(PIECE["segment_seconds"]),
+            "--max-clip-seconds", str(PIECE["max_clip_seconds"])]
 
 
 def _digest_dir(path: Path) -> dict[str, str]:
     return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(path.glob("*.tar"))}
+
+
+def _sample_digests(path: Path) -> dict[str, str]:
+    """Every sample's bytes by key, whatever shard holds it (each key must appear once)."""
+    digests: dict[str, str] = {}
+    for sample in wds.WebDataset(sorted(str(p) for p in path.glob("*.tar")), shardshuffle=False):
+        parts = sorted((k, v) for k, v in sample.items() if not k.startswith("__"))
+        assert sample["__key__"] not in digests, f"{sample['__key__']} is in two shards"
+        digests[sample["__key__"]] = hashlib.sha256(b"".join(k.encode() + v for k, v in parts)).hexdigest()
+    return digests
+
+
+def _rows_without_shard(path: Path) -> dict[str, dict]:
+    return {r["input_id"]: {k: v for k, v in r.items() if k != "shard" and v == v}
+            for r in read_manifest(path / "manifest.parquet")}
 
 
 @pytest.fixture(scope="module")
@@ -63,6 +83,7 @@ def corpus(tmp_path_factory):
     info = make_corpus(root, speakers=3, clips_per_speaker=2, seed=11, layout="lrs2",
                        seconds=(1.2, 1.6), progress=False)
     add_broken_inputs(root, info.files[0], info.files[-1], speaker="broken")
+    add_long_input(root, info.files[0])
     return root
 
 
@@ -87,8 +108,9 @@ def test_manifest_accounts_for_every_input(corpus, preprocessed):
     assert good and all(r["status"] == "ok" for r in good)
     for r in rows.values():
         if r["status"] == "ok":
-            clips = 2 if r["input_id"] == "broken/twoshots" else 1
-            assert r["shard"] and (out / r["shard"]).exists() and len(r["sample_keys"]) == r["n_clips"] == clips
+            clips = {"twoshots": 2, LONG: 3}.get(r["clip_id"], 1)
+            assert len(r["sample_keys"]) == r["n_clips"] == clips, r
+            assert r["shard"] and all((out / name).exists() for name in r["shard"].split(","))
             assert r["mean_face_size"] > 48 and r["detection_rate"] > 0.9 and np.isfinite(r["box_jitter"])
     # 30 fps input resampled to 25 fps: frame count follows the duration, not the source rate.
     fps30 = rows["broken/fps30"]
@@ -109,6 +131,14 @@ def test_manifest_accounts_for_every_input(corpus, preprocessed):
     on_disk = json.loads((out / "summary.json").read_text())
     assert on_disk["manifest_sha256"] == manifest_hash(out / "manifest.parquet")
     assert summary["shards"] == len(list(out.glob("*.tar"))) >= 3
+    # The long input: one manifest row, its three pieces processed by three tasks (parts of
+    # three task names hold its rows), each clip from its own piece.
+    (long_row,) = [r for r in rows.values() if r["clip_id"] == LONG]
+    assert long_row["n_frames"] == long_row["n_frames_source"] and long_row["status"] == "ok"
+    assert summary["pieces"] == summary["inputs"] + 2 and summary["tasks"] >= 4
+    tasks = {p.name.split("-")[1] for p in (out / "index").glob("*-r*t*-*.json")
+             if any(row["input_id"] == long_row["input_id"] for row in json.loads(p.read_text())["rows"])}
+    assert len(tasks) == 3 and len(long_row["shard"].split(",")) == 3
 
 
 def test_shards_hold_exactly_what_the_library_computes(preprocessed):
@@ -121,7 +151,7 @@ def test_shards_hold_exactly_what_the_library_computes(preprocessed):
         assert clip.key not in seen
         seen.add(clip.key)
         row = rows[meta["input_id"]]
-        assert clip.key in row["sample_keys"] and Path(sample["__url__"]).name == row["shard"]
+        assert clip.key in row["sample_keys"] and Path(sample["__url__"]).name in row["shard"].split(",")
         assert sample["__url__"].split("/")[-1].startswith(meta["split"] + "-")
         video = lsv.read_video(meta["source"], fps=25)
         start, n = meta["start_frame"], meta["n_frames"]
@@ -157,6 +187,8 @@ def test_jpeg_shards_are_close_to_the_lossless_ones(corpus, preprocessed, ray_lo
         np.testing.assert_array_equal(clip.mel, ref.mel)
         n += 1
     assert n == len(lossless)
+    # Every task's shards are leftovers under a 1 GB target: merged into one shard per split.
+    assert summary["shards"] == len(summary["splits"]) < summary["tasks"]
     assert summary["bytes_per_frame"] < 0.6 * json.loads((out / "summary.json").read_text())["bytes_per_frame"]
 
 
@@ -208,9 +240,82 @@ def test_killed_driver_resumes_without_loss_or_duplicates(corpus, preprocessed, 
     keys = [sample["__key__"] for sample in wds.WebDataset(sorted(str(p) for p in out.glob("*.tar")),
                                                            shardshuffle=False)]
     assert len(keys) == len(set(keys)) == ref["clips"]
-    # Same shards, byte for byte, as the uninterrupted run; same manifest.
-    assert _digest_dir(out) == _digest_dir(ref_out)
-    assert summary["manifest_sha256"] == ref["manifest_sha256"]
+    # The same samples, byte for byte, as the uninterrupted run (the resumed run's tasks have
+    # new names, so shard names differ), each once; the same manifest apart from shard names.
+    assert _sample_digests(out) == _sample_digests(ref_out)
+    assert _rows_without_shard(out) == _rows_without_shard(ref_out)
+    assert all(name.split("-")[1].startswith(("r1t", "r2t")) for name in _digest_dir(out))
+
+
+def _kill_own_worker_once(sample):
+    """sync_filter that SIGKILLs the Ray worker running it at the clip of one input, the first
+    time only; the marker file records which shards were committed at that moment."""
+    from pipelines import storage
+
+    marker = Path(os.environ["LIPSYNC_TEST_KILL_MARKER"])
+    if sample.meta["input_id"] == os.environ["LIPSYNC_TEST_KILL_INPUT"] and not marker.exists():
+        committed = [n for n in storage.listdir(os.environ["LIPSYNC_TEST_KILL_OUTPUT"]) if n.endswith(".tar")]
+        marker.write_text(json.dumps(committed))
+        os.kill(os.getpid(), signal.SIGKILL)
+    return None
+
+
+def _fetch(uri: str, dest: Path) -> Path:
+    """A local copy of an output written to object storage (shards, index, manifest)."""
+    from pipelines import storage
+
+    for sub in ("", "index"):
+        (dest / sub).mkdir(parents=True, exist_ok=True)
+        for name in storage.listdir(storage.join(uri, sub) if sub else uri):
+            if "." in name:
+                (dest / sub / name).write_bytes(storage.get_bytes(storage.join(uri, sub, name)))
+    return dest
+
+
+@pytest.mark.parametrize("where", ["local", "s3"])
+def test_killed_worker_task_is_retried_and_every_input_counted_once(corpus, tmp_path, where, request):
+    """A worker process killed inside a task after that task committed a shard: Ray retries the
+    task, the retry first removes what the killed attempt committed, and the job ends with
+    every input once and every clip in exactly one shard - on local disk and on an S3 server.
+    Five inputs in three tasks on one CPU (2, 2, 1): the worker dies on the first task's second
+    input."""
+    good = sorted(p for p in corpus.glob("main/*/*.mp4") if p.parent.name not in ("broken",)
+                  and p.stem != LONG)[:5]
+    ids = [p.with_suffix("").as_posix().lstrip("/") for p in good]
+    listfile = tmp_path / "inputs.txt"
+    listfile.write_text("".join(f"{p}\t{p.parent.name}\ttrain\n" for p in good))
+    out = str(tmp_path / "out") if where == "local" else request.getfixturevalue("s3_server").uri("killed-worker")
+    marker = tmp_path / "killed.json"
+    script = f"""
+import ray
+from pipelines.ray_env import init_ray
+init_ray(num_cpus=1, object_store_memory=300 * 2**20)
+from pipelines.preprocess import PreprocessConfig, run_preprocess
+from test_preprocess import _kill_own_worker_once
+summary = run_preprocess(PreprocessConfig(input={str(listfile)!r}, output={out!r}, layout="filelist",
+    codec="png", shard_size={SHARD_SIZE}, num_cpus=1, progress=False, sync_filter=_kill_own_worker_once))
+print("TASKS", summary["tasks"], "PIECES", summary["pieces"])
+ray.shutdown()
+"""
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}   # s3_server's AWS_* included
+    env.update(LIPSYNC_TEST_KILL_MARKER=str(marker), LIPSYNC_TEST_KILL_INPUT=ids[1],
+               LIPSYNC_TEST_KILL_OUTPUT=out, PYTHONPATH=f"{REPO}:{REPO / 'tests'}")
+    done = subprocess.run([sys.executable, "-c", script], env=env, cwd=REPO, capture_output=True, text=True,
+                          timeout=400)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
+    assert "TASKS 3 PIECES 5" in done.stdout, done.stdout[-2000:]
+    local = Path(out) if where == "local" else _fetch(out, tmp_path / "fetched")
+    rows = {r["input_id"]: r for r in read_manifest(local / "manifest.parquet")}
+    assert sorted(rows) == sorted(ids)
+    assert all(r["status"] == "ok" and r["n_clips"] == 1 for r in rows.values()), rows
+    # The killed attempt had committed the shard of the task's first input; the retry rewrote it.
+    assert rows[ids[0]]["shard"] in json.loads(marker.read_text())
+    assert rows[ids[0]]["shard"].split("-")[1] == rows[ids[1]]["shard"].split("-")[1]
+    keys = _sample_digests(local)                      # asserts no key is in two shards
+    assert sorted(keys) == sorted(k for r in rows.values() for k in r["sample_keys"])
+    names = sorted(p.name for p in local.iterdir() if p.is_file())
+    assert not [n for n in names if n.endswith((".partial", ".tmp"))], names
+    assert len([n for n in names if n.endswith(".tar")]) == len({r["shard"] for r in rows.values()})
 
 
 def test_ray_job_submit_against_a_token_auth_head(corpus, preprocessed, ray_head, tmp_path):
@@ -233,8 +338,8 @@ def test_ray_job_submit_against_a_token_auth_head(corpus, preprocessed, ray_head
 
 
 def test_detection_runs_on_gpu_actors_when_the_cluster_has_gpus(corpus, preprocessed, tmp_path):
-    """The GPU branch (an actor pool, one actor per GPU, num_gpus=1 each) on a cluster that
-    declares one logical GPU. No CUDA here, so make_detector("auto", "cuda") falls back to
+    """The GPU branch (one detector actor per GPU, num_gpus=1 each, called by the CPU tasks
+    that write the shards) on a cluster that declares one logical GPU. No CUDA here, so make_detector("auto", "cuda") falls back to
     dlib inside the actor: the shards must equal the CPU-task run's, byte for byte."""
     ref_out, _ = preprocessed
     out = tmp_path / "gpu"
@@ -244,10 +349,10 @@ sys.path.insert(0, {str(REPO)!r})
 import ray
 from pipelines.ray_env import use_loopback
 use_loopback()
-ray.init(num_cpus=2, num_gpus=1, object_store_memory=300 * 2**20, include_dashboard=False)
+ray.init(address="local", num_cpus=2, num_gpus=1, object_store_memory=300 * 2**20, include_dashboard=False)
 from pipelines.preprocess import PreprocessConfig, run_preprocess
 summary = run_preprocess(PreprocessConfig(input={str(corpus)!r}, output={str(out)!r}, codec="png",
-                                          shard_size={SHARD_SIZE}, progress=False))
+                                          shard_size={SHARD_SIZE}, progress=False, **{PIECE!r}))
 print("GPU_ACTORS", summary["detect_gpu_actors"])
 ray.shutdown()
 """
@@ -256,5 +361,4 @@ ray.shutdown()
                           timeout=400)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
     assert "GPU_ACTORS 1" in done.stdout
-    assert "ActorPoolMapOperator" in done.stdout + done.stderr
     assert _digest_dir(out) == _digest_dir(ref_out)

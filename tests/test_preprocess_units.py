@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import json
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
+import webdataset as wds
 
 from lipsync.errors import ConfigError
 from pipelines import shards as sh
@@ -13,6 +16,8 @@ from pipelines.manifest import input_row, manifest_hash, read_manifest, write_ma
 from pipelines.sources import InputItem, discover_inputs
 from pipelines.splits import assign_splits, parse_fractions, split_counts
 from pipelines.stages import _segments
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 
 def _touch(path, data=b"x"):
@@ -94,30 +99,97 @@ def _row(input_id, status="ok"):
     return {"input_id": input_id, "status": status}
 
 
-def test_shard_writer_commits_atomically_and_recovers(tmp_path):
-    w = sh.SplitShardWriter(tmp_path, "train", 0, target_bytes=5000)
-    w.add_input([_sample("a")], _row("a"))
-    w.add_input([], _row("r1", "rejected"))
-    w.add_input([_sample("b")], _row("b"))             # reaches the target: shard 0 closes
-    w.add_input([_sample("c")], _row("c"))             # shard 1 open, never closed (a "kill")
-    assert sorted(p.name for p in tmp_path.glob("*.tar")) == ["train-000000.tar"]
-    assert (tmp_path / "train-000001.tar.partial").exists()
-    # An index written just before a kill, its tar never renamed: not a completed shard.
-    (tmp_path / "index" / "train-000001.json").write_text(json.dumps({"rows": [_row("c")]}))
-    state = sh.recover(tmp_path)
-    assert state.done == {"a", "r1", "b"} and state.next_index == {"train": 1}
-    assert not (tmp_path / "train-000001.tar.partial").exists()
-    assert not (tmp_path / "index" / "train-000001.json").exists()
-    rows = json.loads((tmp_path / "index" / "train-000000.json").read_text())["rows"]
-    assert [r.get("shard", "") for r in rows] == ["train-000000.tar", "", "train-000000.tar"]
+def test_task_shard_writer_commits_atomically_recovers_and_retries_clean(tmp_path):
+    out = sh.Output.of(str(tmp_path))
+    w = sh.TaskShardWriter(out, "train", sh.task_name(1, 3), target_bytes=5000)
+    w.add_piece([_sample("a")], _row("a"))
+    w.add_piece([], _row("r1", "rejected"))
+    w.add_piece([_sample("b")], _row("b"))             # reaches the target: shard 0 closes
+    w.add_piece([_sample("c")], _row("c"))             # shard 1 open, never closed (a "kill")
+    assert sorted(p.name for p in tmp_path.glob("*.tar")) == ["train-r1t00003-0000.tar"]
+    assert (tmp_path / "train-r1t00003-0001.tar.partial").exists()
+    # A part written just before a kill, its tar never committed: not a completed shard.
+    (tmp_path / "index" / "train-r1t00003-0001.json").write_text(
+        json.dumps({"shard": "train-r1t00003-0001.tar", "rows": [_row("c")]}))
+    state = sh.recover(out)
+    assert state.done == {("a", 0), ("r1", 0), ("b", 0)} and state.last_run == 1
+    assert [s["shard"] for s in state.shards] == ["train-r1t00003-0000.tar"]
+    assert not (tmp_path / "train-r1t00003-0001.tar.partial").exists()
+    assert not (tmp_path / "index" / "train-r1t00003-0001.json").exists()
+    rows = json.loads((tmp_path / "index" / "train-r1t00003-0000.json").read_text())["rows"]
+    assert [r.get("shard", "") for r in rows] == ["train-r1t00003-0000.tar", "", "train-r1t00003-0000.tar"]
     # Same samples -> same bytes.
-    other = tmp_path / "again"
-    other.mkdir()
-    w2 = sh.SplitShardWriter(other, "train", 0, target_bytes=5000)
+    other = sh.Output.of(str(tmp_path / "again"))
+    (tmp_path / "again").mkdir()
+    w2 = sh.TaskShardWriter(other, "train", sh.task_name(1, 3), target_bytes=5000)
     for s, r in [(_sample("a"), _row("a")), (None, _row("r1", "rejected")), (_sample("b"), _row("b"))]:
-        w2.add_input([s] if s else [], r)
-    assert (other / "train-000000.tar").read_bytes() == (tmp_path / "train-000000.tar").read_bytes()
+        w2.add_piece([s] if s else [], r)
+    w2.add_piece([], _row("r2", "rejected"))
+    w2.finish()                                        # trailing reject: the task's tail part
+    assert (tmp_path / "again" / "train-r1t00003-0000.tar").read_bytes() == \
+        (tmp_path / "train-r1t00003-0000.tar").read_bytes()
+    assert sh.recover(other).done == {("a", 0), ("r1", 0), ("b", 0), ("r2", 0)}
+    # A retried task first removes what its earlier attempt committed: nothing is counted twice.
+    sh.TaskShardWriter.clear_task(other, sh.task_name(1, 3))
+    assert sh.recover(other).done == set() and not list((tmp_path / "again").glob("*.tar"))
     assert sh.parse_size("1.5MB") == 1_500_000 and sh.parse_size("64k") == 64_000
+
+
+def test_long_inputs_become_pieces_and_piece_rows_merge_into_one_input_row():
+    from types import SimpleNamespace
+
+    from pipelines.pieces import input_rows, piece_frames, plan_pieces, plan_tasks
+
+    cfg = SimpleNamespace(segment_seconds=25.0, max_clip_seconds=10.0)
+    assert piece_frames(cfg) == 750 and piece_frames(SimpleNamespace(segment_seconds=0)) == 0
+    items = [{"input_id": "long"}, {"input_id": "short"}]
+    pieces = plan_pieces(items, {"long": 1600, "short": 1000}, 750)
+    assert [(p["input_id"], p["piece"], p["start_frame"], p["stop_frame"]) for p in pieces] == [
+        ("long", 0, 0, 750), ("long", 1, 750, 1500), ("long", 2, 1500, None), ("short", 0, 0, None)]
+    tasks = plan_tasks(pieces, 8, run=2)
+    assert [t["task"] for t in tasks] == ["r2t00000", "r2t00001", "r2t00002", "r2t00003"]
+    shorts = plan_pieces([{"input_id": f"s{i}"} for i in range(7)], {}, 750)
+    tasks = plan_tasks(shorts[:3] + pieces + shorts[3:], 3, run=1)   # 11 pieces, 4 per task
+    assert [[p["input_id"] for p in json.loads(t["pieces"])] for t in tasks] == [
+        ["s0", "s1", "s2"], ["long"], ["long"], ["long"], ["short", "s3", "s4", "s5"], ["s6"]]
+    base = {"source": "/x.mp4", "corpus": "c", "speaker": "s", "clip_id": "1", "split": "train",
+            "source_duration": 64.0, "source_fps": 25.0, "width": 8, "height": 8, "rotation": 0,
+            "detail": "", "n_pieces": 3, "input_id": "long"}
+    ok = dict(base, status="ok", reason="", n_frames_source=750, n_clips=2, n_frames=500, shard="t-a.tar",
+              sample_keys=["k1", "k2"], clips_rejected="", mean_face_size=100.0, detection_rate=1.0,
+              box_jitter=0.1)
+    rej = dict(base, status="rejected", reason="no_face", n_frames_source=1500, n_clips=0, n_frames=0,
+               shard="", sample_keys=[], clips_rejected="no_face:3", mean_face_size=float("nan"),
+               detection_rate=0.0, box_jitter=float("nan"))
+    ok2 = dict(ok, n_frames_source=1600, n_frames=100, shard="t-b.tar", sample_keys=["k3"], n_clips=1,
+               mean_face_size=200.0)
+    rows, incomplete = input_rows([dict(ok, piece=0), dict(rej, piece=1)])
+    assert rows == [] and incomplete == {"long"}          # piece 2 not recorded yet: not done
+    rows, incomplete = input_rows([dict(ok2, piece=2), dict(ok, piece=0), dict(rej, piece=1)])
+    (row,) = rows
+    assert not incomplete and row["status"] == "ok" and row["n_clips"] == 3 and row["n_frames"] == 600
+    assert row["sample_keys"] == ["k1", "k2", "k3"] and row["shard"] == "t-a.tar,t-b.tar"
+    assert row["clips_rejected"] == "no_face:3" and row["n_frames_source"] == 1600
+    assert row["mean_face_size"] == pytest.approx((100 * 500 + 200 * 100) / 600)
+    (row,) = input_rows([dict(rej, piece=k) for k in range(3)])[0]
+    assert (row["status"], row["reason"], row["n_clips"]) == ("rejected", "no_face", 0)
+
+
+def test_frame_range_decode_equals_the_full_decode(tmp_path):
+    from preprocess_inputs import mux
+
+    from lipsync import video as lsv
+
+    frames = np.zeros((100, 48, 64, 3), np.uint8)
+    for i in range(100):
+        frames[i] = (i * 7) % 256
+        frames[i, :8, :8] = i
+    path = mux(tmp_path / "gop.mp4", frames=frames, fps=30)
+    full = list(lsv.iter_frames(path, fps=25))
+    for start, stop in [(40, 60), (70, None), (1, 3)]:
+        part = list(lsv.iter_frame_range(path, 25, start, stop))
+        assert len(part) == len(full[start:stop])
+        assert all(np.array_equal(a, b) for a, b in zip(part, full[start:stop]))
 
 
 def test_manifest_rows_and_content_hash(tmp_path):
@@ -152,3 +224,44 @@ def test_inputs_are_grouped_into_tasks_without_starving_cpus():
     assert input_blocks(64, 2, inputs_per_task=1) == 64
     with pytest.raises(ConfigError, match="inputs-per-task"):
         PreprocessConfig(input="in", output="out", inputs_per_task=0).validate()
+
+
+def test_small_shards_are_merged_exactly_once_even_when_interrupted(tmp_path):
+    from pipelines.compaction import merge_shards, merged_name, plan_merges
+
+    out = sh.Output.of(str(tmp_path))
+    for task, keys in enumerate([["a", "b"], ["c"], ["d"], ["e"]]):
+        w = sh.TaskShardWriter(out, "train", sh.task_name(1, task), target_bytes=10**6)
+        for key in keys:
+            w.add_piece([_sample(key)], _row(key))
+        if task == 3:
+            w.add_piece([], _row("r", "rejected"))
+        w.finish()
+    state = sh.recover(out)
+    sizes = {s["shard"]: s["bytes"] for s in state.shards}
+    assert len(sizes) == 4
+    groups = plan_merges(state.shards, target_bytes=3 * max(sizes.values()))
+    assert [[s["shard"] for s in g] for g in groups] == [sorted(sizes)]   # one group, under 2x target
+    assert plan_merges(state.shards, target_bytes=min(sizes.values())) == []  # none under half of it
+    before = {}
+    for sample in wds.WebDataset(sorted(str(p) for p in tmp_path.glob("*.tar")), shardshuffle=False):
+        before[sample["__key__"]] = sample["frames.pack"]
+    sources = [s["shard"] for s in groups[0]]
+    name = merged_name("train", 2, 0)
+    kept = {p: p.read_bytes() for s in sources
+            for p in (tmp_path / s, tmp_path / "index" / (s[:-4] + ".json"))}
+    merge_shards(out, sources, name)
+    assert not any(p.exists() for p in kept)
+    # Interrupted after the merged shard was committed, before the sources were deleted:
+    for p, data in kept.items():
+        p.write_bytes(data)
+    state = sh.recover(out)
+    assert [s["shard"] for s in state.shards] == [name]
+    assert state.done == {(k, 0) for k in "abcder"}
+    after = {s["__key__"]: s["frames.pack"] for s in wds.WebDataset(str(tmp_path / name), shardshuffle=False)}
+    assert after == before
+    rows = json.loads((tmp_path / "index" / (name[:-4] + ".json")).read_text())["rows"]
+    assert {r.get("shard", "") for r in rows} == {name, ""}
+    # A retried merge task finds its shard committed and only removes what is left of the sources.
+    assert merge_shards(out, sources, name)["samples"] == 5
+    assert sorted(p.name for p in tmp_path.glob("*.tar")) == [name]

@@ -33,7 +33,8 @@ def build_parser() -> argparse.ArgumentParser:
     io = p.add_argument_group("input / output")
     io.add_argument("--input", required=True, help="corpus root (or a filelist for --layout filelist)")
     io.add_argument("--layout", choices=LAYOUTS, default=d.layout)
-    io.add_argument("--output", required=True, help="directory for shards, manifest.parquet, summary.json")
+    io.add_argument("--output", required=True,
+                    help="directory (or s3:// / gs:// URI) for shards, manifest.parquet, summary.json")
     io.add_argument("--speaker-regex", default=None,
                     help="folder layout: regex on the relative path; group 1 is the speaker")
     io.add_argument("--filelists", default=None, help="lrs2: directory holding train/val/test.txt")
@@ -51,6 +52,9 @@ def build_parser() -> argparse.ArgumentParser:
     clips.add_argument("--min-clip-seconds", type=float, default=d.min_clip_seconds)
     clips.add_argument("--scene-cut-threshold", type=float, default=d.scene_cut_threshold,
                        help="mean abs frame difference (0-255) that starts a new clip (0: off)")
+    clips.add_argument("--segment-seconds", type=float, default=d.segment_seconds,
+                       help="inputs longer than 1.5x this are cut into pieces of about this length, "
+                            "processed as separate tasks (0: never)")
     faces = p.add_argument_group("faces")
     faces.add_argument("--detector", choices=("auto", "dlib", "s3fd"), default=d.detector)
     faces.add_argument("--detector-weights", default=None, help="S3FD weights file")
@@ -83,6 +87,7 @@ def config_from_args(args: argparse.Namespace) -> PreprocessConfig:
         filelists=args.filelists, split_fractions=parse_fractions(args.split_fractions),
         split_seed=args.split_seed, max_clip_seconds=args.max_clip_seconds,
         min_clip_seconds=args.min_clip_seconds, scene_cut_threshold=args.scene_cut_threshold,
+        segment_seconds=args.segment_seconds,
         detector=args.detector, detector_weights=args.detector_weights, detect_every=args.detect_every,
         detect_downscale_to=args.detect_downscale_to, detect_upsample=args.detect_upsample,
         detect_batch_size=args.detect_batch_size, face_policy=args.face_policy,
