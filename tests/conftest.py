@@ -252,3 +252,16 @@ def shards(synth_corpus, ray_local, tmp_path_factory):
     from lipsync.data.shard_stream import list_shards
     list_shards(out, "train"), list_shards(out, "val")  # fail loudly if a split is missing
     return out
+
+
+# ---------------------------------------------------------------- infer (issue 17): ONNX / probe cache
+# Exports, int8 models and the precision probe's results go to $LIPSYNC_CACHE_DIR; tests keep
+# them in a session folder so the user's ~/.cache/lipsync is never read or written.
+
+@pytest.fixture(scope="session", autouse=True)
+def lipsync_cache_dir(tmp_path_factory):
+    with pytest.MonkeyPatch.context() as mp:
+        folder = tmp_path_factory.mktemp("lipsync_cache")
+        mp.setenv("LIPSYNC_CACHE_DIR", str(folder))
+        yield folder
+# ---------------------------------------------------------------- end infer block

@@ -50,7 +50,7 @@ def model_digest(model: nn.Module) -> str:
     for name, tensor in sorted(model.state_dict().items()):
         t = tensor.detach().to("cpu").contiguous()
         h.update(f"{name}:{t.dtype}:{tuple(t.shape)}".encode())
-        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
     return h.hexdigest()[:16]
 
 
@@ -159,6 +159,23 @@ class OrtGenerator:
         for name, s in zip(self.skip_names, skips):
             feed[name] = s if s.shape[0] == b else np.ascontiguousarray(np.broadcast_to(s, (b, *s.shape[1:])))
         return self.decoder.run(None, feed)[0]
+
+
+class OrtExpert:
+    """The SyncNet expert (the sync judge) in ONNX Runtime, exported once into the cache by model digest.
+    Call: (mel (B,1,80,16), faces (B,15,S/2,S)) float32 → (audio, face) unit embeddings, as SyncNet.forward."""
+
+    def __init__(self, model: nn.Module, threads: int | None = None):
+        folder = cache_root() / "onnx" / f"expert-{model_digest(model)}-{int(getattr(model, 'face_size', 96))}px-opset{OPSET}"
+        path = folder / "expert.onnx"
+        if not path.exists():
+            export_expert(model, folder)
+        self.session = open_session(path, threads)
+
+    def __call__(self, audio: np.ndarray, faces: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        a, f = self.session.run(None, {"audio": np.ascontiguousarray(audio, np.float32),
+                                       "faces": np.ascontiguousarray(faces, np.float32)})
+        return a, f
 
 
 # ------------------------------------------------------------------ int8

@@ -346,7 +346,7 @@ class _NoProgress:
         pass
 
     def write(self, line: str, file=None):
-        pass
+        print(line, file=file or sys.stderr, flush=True)
 
     def close(self):
         pass
