@@ -125,6 +125,7 @@ class FaceGenerator:
         if face_in.shape[0] == 1 and audio.shape[0] > 1:
             face_in = face_in.expand(audio.shape[0], -1, -1, -1).contiguous()
         self.choice, self.runner = choose_backend(self, face_in, audio, log=log)
+        self.model = None  # the runner holds its own copy (or ONNX Runtime its weights): free this one
 
     def make_runner(self, precision: str):
         """A backend for one precision (fp32, bf16, ort-fp32, int8 needs ``int8_paths``)."""
