@@ -222,3 +222,18 @@ def test_cli_precision_choice_printed_once_and_bad_choice_refused(media, tmp_pat
     proc = _cli(*common, "--out", tmp_path / "x.mp4", "--precision", "int4")
     assert proc.returncode != 0 and not (tmp_path / "x.mp4").exists()
     assert "--precision" in proc.stderr and "ort-fp32" in proc.stderr  # names the flag and the choices
+
+
+def test_cpu_features_follow_the_onednn_isa_cap(monkeypatch):
+    """ONEDNN_MAX_CPU_ISA=AVX2 makes the choice an AVX2-only CPU's: no native bf16, no VNNI (reduced-range int8)."""
+    from lipsync.inference.cpu_features import cpu_features
+
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX2")
+    capped = cpu_features()
+    assert not capped.native_bf16 and not capped.vnni
+    assert not any(f.startswith(("avx512", "amx")) or "vnni" in f for f in capped.flags)
+    assert "ONEDNN_MAX_CPU_ISA=AVX2" in capped.summary()
+    monkeypatch.delenv("ONEDNN_MAX_CPU_ISA")
+    full = cpu_features()
+    assert capped.flags <= full.flags and full.isa_cap is None
+    assert ("avx2" in full.flags) == ("avx2" in capped.flags)

@@ -165,14 +165,19 @@ def _auto_cpu(gen, face_in, audio, feats, cache, ort_runner, int8_kind):
         notes.append("bf16 skipped (no native bf16)")
     db = None
     if cache is not None:
+        try:
+            int8_runner, db = ort_runner(True)  # exports the fp32 graphs first
+        except Exception as e:  # noqa: BLE001 - any export/quantiser failure: PyTorch still works
+            notes.append(f"ONNX Runtime left out ({type(e).__name__}: {str(e).strip().splitlines()[0][:120]})")
+            cache = None
+    if cache is not None:
         candidates["ort-fp32"] = lambda: ort_runner(False)[0]
-        int8_runner, db = ort_runner(True)
         if db >= INT8_MIN_PSNR_DB:
             candidates["int8"] = lambda: int8_runner
             notes.append(f"int8 ({int8_kind}) passes its check: {db:.1f} dB PSNR vs fp32 >= {INT8_MIN_PSNR_DB:g}")
         else:
             notes.append(f"int8 rejected: {db:.1f} dB PSNR vs fp32 < {INT8_MIN_PSNR_DB:g} (--precision int8 forces it)")
-    else:
+    elif not _ort_available():
         notes.append("onnxruntime not installed: PyTorch only")
 
     key = "|".join([machine_key(), cache.digest if cache else "torch", f"{gen.face_size}px",
