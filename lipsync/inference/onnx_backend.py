@@ -10,7 +10,9 @@ retrained checkpoint never reuses a stale export, and the shapes (face size) are
 
 Static int8 (``quantize_int8``). ONNX Runtime's static quantisation in QDQ format: u8
 activations, s8 weights per output channel, MinMax ranges calibrated on real face/mel pairs
-(the first faces of the video at hand, or shard samples: ``calibration_from_shards``).
+(the first batch of faces of the video at hand, with their mel windows). The int8 files are
+cached per model like the fp32 export: the first calibration is kept, and later videos reuse
+it together with the PSNR measured then.
 Why ONNX Runtime and not PyTorch's PT2E (torchao): the same speed-up on the machine the
 issue measured (1.6-1.7x vs 1.5-1.7x at >= 30 dB), but PT2E recompiles (~1 min per batch
 size with torch.compile) in every process, while the QDQ model is a file built once and
