@@ -22,6 +22,7 @@ from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 from lipsync.errors import ConfigError
+from lipsync.models.wav2lip import generator_input
 
 
 def resolve_device(device: str = "auto") -> torch.device:
@@ -81,9 +82,7 @@ def network_inputs(faces: np.ndarray, mels: np.ndarray, face_size: int) -> tuple
     if faces.shape[1:] != (s, s, 3):
         raise ValueError(f"faces must be (B,{s},{s},3), got {faces.shape}")
     x = torch.from_numpy(np.ascontiguousarray(faces)).permute(0, 3, 1, 2).float().div_(255.0)
-    masked = x.clone()
-    masked[:, :, s // 2:] = 0
-    face_in = torch.cat((masked, x), dim=1).contiguous()
+    face_in = generator_input(x, x).contiguous()  # the frame, lower half masked, ++ itself as reference
     audio = torch.from_numpy(np.ascontiguousarray(mels, dtype=np.float32))[:, None]
     return face_in, audio
 
