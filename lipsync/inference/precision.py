@@ -183,18 +183,21 @@ def _auto_cpu(gen, face_in, audio, feats, cache, ort_runner, int8_kind):
     key = "|".join([machine_key(), cache.digest if cache else "torch", f"{gen.face_size}px",
                     f"B{len(face_in)}", ",".join(sorted(candidates))])
     fps = _load_probe_cache().get(key, {}).get("fps")
-    runners = {}
+    kept = None  # (name, runner): only the fastest so far stays in memory during the probe
     if fps is None or set(fps) != set(candidates):
         fps = {}
         for name, make in candidates.items():
-            runners[name] = make()
-            fps[name] = _time_runner(runners[name], face_in, audio)
+            runner = make()
+            fps[name] = _time_runner(runner, face_in, audio)
+            if kept is None or fps[name] > fps[kept[0]]:
+                kept = (name, runner)
+            del runner
         _store_probe(key, {"fps": fps})
         how = "timed probe"
     else:
         how = "cached probe"
     best = max(fps, key=fps.get)
-    runner = runners.get(best) or candidates[best]()
+    runner = kept[1] if kept and kept[0] == best else candidates[best]()
     ranked = ", ".join(f"{k} {v:.1f}" for k, v in sorted(fps.items(), key=lambda kv: -kv[1]))
     reason = f"auto; {'; '.join(notes)}; {how} frames/s at batch {len(face_in)}: {ranked}"
     return Choice(best, reason, db, {k: round(v, 2) for k, v in fps.items()}), runner
