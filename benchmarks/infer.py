@@ -1,17 +1,21 @@
-"""Inference speed and memory: `python benchmarks/infer.py [--skip-memory] [--work DIR]`.
+"""Inference speed and memory per precision: `python benchmarks/infer.py [--emulate-avx2] [--work DIR]`.
 
-Prints:
-1. generator-only fps of the full-width Wav2Lip (random weights: speed does not depend on
-   them) for fp32 / bf16, channels-last on/off, per batch size,
-   and how far bf16 output is from fp32 (mean / max |diff| in 8-bit pixel levels);
-2. end-to-end fps of `LipSyncer` on a 10 s 1280x720 25 fps clip (a real face photo moving
-   across the frame, detection on at its defaults), with each stage's busy time, plus the
-   same with detection on every frame and with a fixed box (no detection) for scale;
-3. peak memory (RSS high-water mark, from ru_maxrss and from psutil sampling at 20 Hz) of
-   one run on a 30 s and a 120 s 720p input, each in a fresh subprocess, and the ratio.
-
-Inputs are generated once into --work (default /tmp/lipsync-bench-infer). Timings on a
-shared machine are noisy; the script prints the load average next to them.
+Prints, for the machine it runs on (its CPU and the features it saw, printed first):
+1. generator only -- the full-width Wav2Lip (random weights, BatchNorm statistics taken from
+   real face crops so activations and output spread are realistic: output std ~0.09) at
+   batch 16 for every precision: PyTorch fp32 (channels-last), PyTorch bf16, ONNX Runtime
+   fp32, ONNX Runtime static int8 (full range and reduced range); frames/s, GFLOP/s, and the
+   output's PSNR / max |diff| against PyTorch fp32 (the int8 quality check). Variants run
+   interleaved, so load from other jobs hits them alike; ratios are more reliable than figures.
+2. end to end -- `LipSyncer` on a 10 s 1280x720 25 fps clip (a real face photo drifting across
+   the frame, detection on at its defaults) per precision, and an image input (still face),
+   each in a fresh process: fps (wall, and what the pipeline's CPU time would give on 2 idle
+   cores), peak RSS, the stage split, and the backend `auto` chose with its reason.
+3. peak memory of one run on a 30 s and a 120 s 720p input, fresh process each, and the ratio.
+``--emulate-avx2`` repeats section 1 (and `auto`'s choice) in a child with
+ONEDNN_MAX_CPU_ISA=AVX2: PyTorch's kernels (and the features the choice sees) are then an
+AVX2-only CPU's; ONNX Runtime's are not (no such switch), which the output says next to them.
+Inputs and the checkpoint are generated once into --work (default /tmp/lipsync-bench-infer).
 """
 
 from __future__ import annotations
@@ -78,63 +82,128 @@ def make_clip(path: Path, seconds: float) -> Path:
     return path
 
 
+# ------------------------------------------------------------------ model + CPU
+
+
+def cpu_line() -> str:
+    import torch
+
+    from lipsync.inference.cpu_features import cpu_features
+
+    feats = cpu_features()
+    return (f"CPU {feats.summary()}; {os.cpu_count()} cores, torch {torch.get_num_threads()} threads; "
+            f"native bf16: {feats.native_bf16}, VNNI: {feats.vnni}; load average {load()}")
+
+
+def face_crops(n: int) -> np.ndarray:
+    face, _ = face_canvas()
+    crop = face[60:300, 90:330]
+    return np.stack([cv2.resize(np.roll(crop, 4 * i, axis=1), (96, 96)) for i in range(n)])
+
+
+def bench_model(work: Path) -> Path:
+    """Full-width random Wav2Lip with BatchNorm statistics from real face crops, saved once."""
+    import torch
+
+    from lipsync.checkpoints import ModelConfig, save_checkpoint
+    from lipsync.inference.generator import network_inputs
+    from lipsync.models import Wav2Lip
+
+    path = work / "wav2lip_bench.safetensors"
+    if path.exists():
+        return path
+    torch.manual_seed(0)
+    model = Wav2Lip()
+    for m in model.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.momentum = None  # cumulative average
+    mels = np.random.default_rng(0).uniform(-4, 0, (32, 80, 16)).astype(np.float32)
+    face_in, audio = network_inputs(face_crops(32), mels, 96)
+    model.train()
+    with torch.no_grad():
+        for i in range(0, 32, 8):
+            model(audio[i:i + 8], face_in[i:i + 8])
+    save_checkpoint(path, model.eval(), ModelConfig(kind="wav2lip", width=1.0))
+    return path
+
+
 # ------------------------------------------------------------------ generator only
 
 
-def bench_generator(batch_sizes=(8, 16, 32), reps: int = 4) -> None:
+def bench_generator(model_path: Path, batch: int = 16, rounds: int = 3) -> None:
     import torch
+    from torch.utils.flop_counter import FlopCounterMode
 
-    from lipsync.inference.generator import FaceGenerator
-    from lipsync.models import Wav2Lip
+    from lipsync.checkpoints import load_model
+    from lipsync.inference.cpu_features import cpu_features
+    from lipsync.inference.generator import FaceGenerator, OrtRunner, network_inputs
+    from lipsync.inference.onnx_backend import CalibrationSet, GeneratorCache, OrtGenerator, psnr
 
-    torch.manual_seed(0)
-    model = Wav2Lip().eval()
-    for p in model.parameters():  # random weights in a range that keeps activations sane
-        p.data.mul_(0.5)
-    rng = np.random.default_rng(0)
-    face, _ = face_canvas()
-    crop = cv2.resize(face[60:300, 90:330], (96, 96))
-    print(f"\n== generator only (full width, 96x96, {torch.get_num_threads()} threads; load {load()}); "
-          f"2 idle cores give about 2000 / CPU-ms fps")
-    variants = [("fp32", False), ("fp32", True), ("bf16", False), ("bf16", True)]
-    outputs = {}
-    for precision, cl in variants:
-        gen = FaceGenerator(model, 96, "cpu", precision, channels_last=cl)
-        row = []
-        for b in batch_sizes:
-            faces = np.repeat(crop[None], b, 0)
-            mels = rng.uniform(-4, 0, (b, 80, 16)).astype(np.float32)
-            gen(faces, mels)  # warm-up (oneDNN primitive creation)
-            t0, c0 = time.perf_counter(), cpu_seconds()
-            for _ in range(reps):
-                out = gen(faces, mels)
-            row.append((b * reps / (time.perf_counter() - t0), 1000 * (cpu_seconds() - c0) / (b * reps)))
-            if b == batch_sizes[0]:
-                outputs[(precision, cl)] = out.astype(np.float32)
-        cells = "  ".join(f"B={b}: {f:5.1f} fps wall, {c:5.1f} CPU-ms/frame" for b, (f, c) in zip(batch_sizes, row))
-        print(f"  {precision:5s} channels_last={str(cl):5s}  {cells}", flush=True)
-    ref = outputs[("fp32", False)]
-    for key, out in outputs.items():
-        if key != ("fp32", False):
-            d = np.abs(out - ref)
-            print(f"  |{key[0]} cl={key[1]} - fp32| pixel levels: mean {d.mean():.3f}  max {d.max():.0f}")
+    model, _ = load_model(str(model_path), kind="wav2lip")
+    faces = face_crops(batch)
+    mels = np.random.default_rng(1).uniform(-4, 0, (batch, 80, 16)).astype(np.float32)
+    face_in, audio = network_inputs(faces, mels, 96)
+    with torch.inference_mode(), FlopCounterMode(display=False) as counter:
+        model(audio[:1], face_in[:1])
+    gflop = counter.get_total_flops() / 1e9
+
+    gens = {}
+    for precision in ("fp32", "bf16", "ort-fp32"):
+        gens[precision] = FaceGenerator(model, 96, "cpu", precision)
+        gens[precision].prepare(faces, mels)
+    # int8: both weight ranges, calibrated on other crops/windows than the ones timed and compared.
+    calib_mels = np.random.default_rng(2).uniform(-4, 0, (32, 80, 16)).astype(np.float32)
+    calib = CalibrationSet(*(t.numpy() for t in network_inputs(face_crops(32)[::-1], calib_mels, 96)))
+    t0 = time.perf_counter()
+    fused = FaceGenerator(model, 96, "cpu", "fp32").model
+    cache = GeneratorCache(fused, 96)
+    for reduce_range in (False, True):
+        (enc, dec), db = cache.int8(calib, reduce_range)
+        name = "int8 reduced" if reduce_range else "int8"
+        gens[name] = FaceGenerator(model, 96, "cpu", "fp32")
+        gens[name].runner = OrtRunner(OrtGenerator(enc, dec))
+        gens[name].choice = None
+    print(f"\n== generator only: full width, 96 px, {gflop:.2f} GFLOP/frame, batch {batch}, {rounds} interleaved "
+          f"rounds after a warm-up (export + int8 calibration on 32 other pairs: {time.perf_counter() - t0:.0f} s, "
+          f"once per model; load {load()})")
+    if cpu_features().isa_cap:
+        print("  (ONEDNN_MAX_CPU_ISA caps PyTorch's kernels only; the ONNX Runtime rows use every ISA this CPU has)")
+    times = {name: [] for name in gens}
+    outs = {}
+    for r in range(rounds + 1):
+        for name, gen in gens.items():
+            t = time.perf_counter()
+            outs[name] = gen(faces, mels)
+            if r:
+                times[name].append(time.perf_counter() - t)
+    ref = outs["fp32"].astype(np.float32)
+    base = batch / np.median(times["fp32"])
+    for name, ts in times.items():
+        fps = batch / np.median(ts)
+        out = outs[name].astype(np.float32)
+        quality = "reference" if name == "fp32" else (f"PSNR {psnr(ref, out, 255.0):5.1f} dB, "
+                                                       f"max |diff| {np.abs(out - ref).max():3.0f} levels")
+        print(f"  {name:13s} {fps:6.1f} frames/s {fps * gflop:7.1f} GFLOP/s {fps / base:5.2f}x fp32   {quality}",
+              flush=True)
 
 
 # ------------------------------------------------------------------ end to end
 
 
-def run_once(face: Path, audio: Path, out: Path, **overrides) -> dict:
+def run_once(face: Path, audio: Path, out: Path, model=None, **overrides) -> dict:
     import torch
 
     from lipsync.inference import InferenceOptions, LipSyncer
     from lipsync.models import Wav2Lip
 
     torch.manual_seed(0)
-    syncer = LipSyncer(Wav2Lip().eval(), InferenceOptions(progress=False, **overrides))
+    t0 = time.perf_counter()
+    syncer = LipSyncer(str(model) if model else Wav2Lip().eval(), InferenceOptions(progress=False, **overrides))
+    load_s = time.perf_counter() - t0
     cpu0 = cpu_seconds()
     result = syncer.sync(face, audio, out)
     cpu = cpu_seconds() - cpu0
-    return {**result.to_dict(), "cpu_seconds": cpu,
+    return {**result.to_dict(), "cpu_seconds": cpu, "load_seconds": load_s,
             # What 2 idle cores would sustain if the stages overlapped perfectly: a bound that
             # does not depend on how many other jobs share the machine.
             "cpu_bound_fps_2_cores": 2 * result.n_frames / cpu}
@@ -145,33 +214,64 @@ def cpu_seconds() -> float:
     return r.ru_utime + r.ru_stime
 
 
-def bench_end_to_end(clip: Path, work: Path) -> None:
-    # Warm-up on a 2 s clip: one-time costs (oneDNN primitive creation, dlib init, page cache)
-    # would otherwise all land on the first case.
+def _child_e2e(face: str, audio: str, out: str, model: str, overrides: str) -> None:
+    """Runs in a fresh process: one inference (after a 2 s warm-up run when asked); prints JSON."""
+    kw = json.loads(overrides)
+    warm = kw.pop("warm_up", None)
+    if warm:
+        run_once(Path(warm), Path(warm), Path(out), model=model, **kw)
+    r = run_once(Path(face), Path(audio), Path(out), model=model, **kw)
+    r["peak_rss"] = peak_rss()
+    print(json.dumps(r, default=str))
+
+
+def peak_rss() -> int:
+    """This process's RSS high-water mark (VmHWM), in bytes. Not ru_maxrss: Linux carries that
+    over fork + exec, so a child of a big parent would report the parent's peak."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    raise RuntimeError("no VmHWM in /proc/self/status")
+
+
+def child(args: list[str], env: dict | None = None, timeout: float = 3600) -> dict:
+    cmd = [sys.executable, __file__, *args]
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, timeout=timeout,
+                          env={**os.environ, **(env or {})})
+    if proc.returncode != 0:
+        raise SystemExit(f"child {args[:2]} failed:\n{proc.stderr[-3000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def bench_end_to_end(clip: Path, work: Path, model: Path, precisions: list[str]) -> None:
     warm = make_clip(work / "clip_2s.mp4", 2)
-    run_once(warm, warm, work / "out.mp4")
-    print(f"\n== end to end, 10 s 1280x720 @ 25 fps, full-width generator (load {load()})")
-    cases = [
-        ("defaults (detect every 5th on a 640-px copy)", {}),
-        ("detect every 5th, whole frame (no region search)", {"detect_roi": False}),
-        ("detect every frame, whole frame", {"detect_every": 1, "detect_roi": False}),
-        ("fixed --box (no detection)", {"box": (224, 415, 550, 726)}),
-        ("defaults, fp32", {"precision": "fp32"}),
-        ("defaults, batch 32", {"wav2lip_batch_size": 32}),
-    ]
-    for name, overrides in cases:
-        r = run_once(clip, clip, work / "out.mp4", **overrides)
+    photo = work / "face.png"
+    if not photo.exists():
+        face, background = face_canvas()
+        frame = background.copy()
+        frame[120:680, 360:920] = face
+        cv2.imwrite(str(photo), frame)
+    print(f"\n== end to end, 10 s 1280x720 @ 25 fps, full-width generator, detection on (defaults), fresh process "
+          f"per case after a 2 s warm-up run in it (load {load()})")
+    cases = [(f"--precision {p}", clip, {"precision": p}) for p in precisions]
+    cases += [(f"image input (1280x720 photo), --precision {p}", photo, {"precision": p}) for p in ("fp32", "auto")]
+    for name, face, overrides in cases:
+        r = child(["--child-e2e", str(face), str(clip), str(work / "out.mp4"), str(model),
+                   json.dumps({**overrides, "warm_up": str(warm)})])
         stages = ", ".join(f"{k} {v:.1f}s" for k, v in r["stage_seconds"].items())
-        print(f"  {name:46s} {r['fps_end_to_end']:6.1f} fps wall, CPU {1000 * r['cpu_seconds'] / r['n_frames']:5.1f} "
-              f"ms/frame -> {r['cpu_bound_fps_2_cores']:5.1f} fps on 2 idle cores  ({r['n_frames']} frames in "
-              f"{r['seconds']:.1f}s; stage wall time: {stages}; detected {r['frames_detected']} frames; "
-              f"{r['generator']['precision']}) load {load()}", flush=True)
+        gen = r["generator"]
+        print(f"  {name:44s} {r['fps_end_to_end']:6.1f} fps wall ({r['n_frames']} frames in {r['seconds']:.1f} s; "
+              f"model load {r['load_seconds']:.1f} s), CPU-bound {r['cpu_bound_fps_2_cores']:5.1f} fps on 2 idle "
+              f"cores, peak RSS {r['peak_rss'] / 2**20:6.0f} MiB; stages: {stages}; face-encoder passes "
+              f"{gen.get('face_encoder_passes')}; load {load()}", flush=True)
+        print(f"      {gen.get('precision')}: {gen.get('reason', '')}", flush=True)
 
 
 # ------------------------------------------------------------------ memory
 
 
-def _child(face: str, out: str) -> None:
+def _child(face: str, out: str, model: str) -> None:
     """Runs in a fresh process: one inference, RSS sampled at 20 Hz; prints JSON."""
     import psutil
 
@@ -184,26 +284,26 @@ def _child(face: str, out: str) -> None:
             samples.append(proc.memory_info().rss)
 
     threading.Thread(target=sample, daemon=True).start()
-    r = run_once(Path(face), Path(face), Path(out))
+    r = run_once(Path(face), Path(face), Path(out), model=model)
     done.set()
-    maxrss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    maxrss = peak_rss()
     quarters = [int(max(q)) for q in np.array_split(np.array(samples), 4)]  # peak per quarter of the run
     print(json.dumps({"peak_rss_sampled": max(samples), "ru_maxrss": maxrss, "fps": r["fps_end_to_end"],
                       "frames": r["n_frames"], "peak_per_quarter": quarters}))
 
 
-def bench_memory(work: Path) -> None:
+def bench_memory(work: Path, model: Path) -> None:
     print(f"\n== peak memory, 720p, defaults, fresh process per input (load {load()})")
     results = {}
     for seconds in (30, 120):
         clip = make_clip(work / f"clip_{seconds}s.mp4", seconds)
-        cmd = [sys.executable, __file__, "--child", str(clip), str(work / "mem_out.mp4")]
+        cmd = [sys.executable, __file__, "--child", str(clip), str(work / "mem_out.mp4"), str(model)]
         proc = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, timeout=1800)
         if proc.returncode != 0:
             raise SystemExit(f"memory child failed:\n{proc.stderr[-3000:]}")
         r = json.loads(proc.stdout.strip().splitlines()[-1])
         results[seconds] = r
-        print(f"  {seconds:4d} s input: peak RSS {r['ru_maxrss'] / 2**20:7.1f} MiB (ru_maxrss), "
+        print(f"  {seconds:4d} s input: peak RSS {r['ru_maxrss'] / 2**20:7.1f} MiB (VmHWM), "
               f"{r['peak_rss_sampled'] / 2**20:7.1f} MiB (sampled); {r['frames']} frames at {r['fps']:.1f} fps; "
               f"peak per quarter of the run: {', '.join(f'{q / 2**20:.0f}' for q in r.get('peak_per_quarter', []))} MiB",
               flush=True)
@@ -214,24 +314,38 @@ def bench_memory(work: Path) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--work", default="/tmp/lipsync-bench-infer", type=Path)
+    parser.add_argument("--precisions", default="fp32,bf16,ort-fp32,int8,auto",
+                        help="end-to-end cases (comma list of --precision values)")
+    parser.add_argument("--emulate-avx2", action="store_true",
+                        help="also run the generator section with ONEDNN_MAX_CPU_ISA=AVX2 (in a child)")
     parser.add_argument("--skip-generator", action="store_true")
     parser.add_argument("--skip-end-to-end", action="store_true")
     parser.add_argument("--skip-memory", action="store_true")
-    parser.add_argument("--child", nargs=2, help=argparse.SUPPRESS)
+    parser.add_argument("--child", nargs=3, help=argparse.SUPPRESS)
+    parser.add_argument("--child-e2e", nargs=5, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
         _child(*args.child)
         return
+    if args.child_e2e:
+        _child_e2e(*args.child_e2e)
+        return
     args.work.mkdir(parents=True, exist_ok=True)
-    print(f"cpu cores: {os.cpu_count()}; load average at start: {load()} "
-          f"(other jobs on this machine make every figure noisy)")
+    print(cpu_line())
+    print("(other jobs on this machine make every figure noisy: the load average is printed next to each)")
+    model = bench_model(args.work)
     if not args.skip_generator:
-        bench_generator()
+        bench_generator(model)
+        if args.emulate_avx2:
+            cmd = [sys.executable, __file__, "--work", str(args.work), "--skip-end-to-end", "--skip-memory"]
+            print("\n== the same with ONEDNN_MAX_CPU_ISA=AVX2 (an AVX2-only CPU's PyTorch kernels), in a child:",
+                  flush=True)
+            subprocess.run(cmd, cwd=REPO, env={**os.environ, "ONEDNN_MAX_CPU_ISA": "AVX2"}, check=True)
     if not args.skip_end_to_end:
         clip = make_clip(args.work / "clip_10s.mp4", 10)
-        bench_end_to_end(clip, args.work)
+        bench_end_to_end(clip, args.work, model, args.precisions.split(","))
     if not args.skip_memory:
-        bench_memory(args.work)
+        bench_memory(args.work, model)
 
 
 if __name__ == "__main__":

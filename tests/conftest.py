@@ -456,3 +456,16 @@ def team_mlflow_server(s3_server):
                        capture_output=True, timeout=120)
         shutil.rmtree(root, ignore_errors=True)
 # ---------------------------------------------------------------- end team MLflow server (infra)
+
+
+# ---------------------------------------------------------------- infer (issue 17): ONNX / probe cache
+# Exports, int8 models and the precision probe's results go to $LIPSYNC_CACHE_DIR; tests keep
+# them in a session folder so the user's ~/.cache/lipsync is never read or written.
+
+@pytest.fixture(scope="session", autouse=True)
+def lipsync_cache_dir(tmp_path_factory):
+    with pytest.MonkeyPatch.context() as mp:
+        folder = tmp_path_factory.mktemp("lipsync_cache")
+        mp.setenv("LIPSYNC_CACHE_DIR", str(folder))
+        yield folder
+# ---------------------------------------------------------------- end infer block

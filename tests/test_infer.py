@@ -101,6 +101,9 @@ def reencoded(path, tmp_path) -> np.ndarray:
 
 
 def opts(**kw) -> InferenceOptions:
+    # PyTorch fp32 unless a test asks: the per-CPU backend choice (export, int8 calibration,
+    # timed probe) has its own tests in test_infer_backends.py.
+    kw.setdefault("precision", "fp32")
     return InferenceOptions(progress=False, crf=0, **kw)
 
 

@@ -1,15 +1,15 @@
-"""The generator prepared for fast inference: device, precision, fused BatchNorm, batching.
+"""The generator prepared for fast inference: device, backend/precision, fused BatchNorm, still faces.
 
 * BatchNorm folded into the preceding (transposed) convolution: in eval mode it is an affine
   map per channel, so folding it is exact up to float rounding and removes ~50 memory passes.
-* Precision. ``bf16``: weights and activations in bfloat16 -- on CPUs with AVX-512 BF16 (or
-  AMX) oneDNN runs bf16 convolutions ~2x faster than fp32 (measured in benchmarks/infer.py,
-  with the pixel difference to fp32 printed there); on CUDA it is the usual bf16.
-  No int8: PyTorch's dynamic quantisation covers Linear/RNN layers only and this generator
-  is all convolutions (it stayed fp32, measured: same speed, zero pixel difference);
-  static int8 convolutions need torchao's PT2E flow, not a dependency here.
-  ``auto``: bf16 on CUDA and on CPUs that support it natively, else fp32.
-* channels-last memory format for the convolutions.
+* Backends (``lipsync.inference.precision`` chooses one per CPU, or ``--precision`` forces it):
+  ``fp32`` PyTorch fp32 (channels-last); ``bf16`` PyTorch bfloat16 -- ~2x fp32 on CPUs with
+  AVX-512 BF16/AMX, and the usual choice on CUDA; ``ort-fp32`` ONNX Runtime fp32 (same output
+  within float tolerance); ``int8`` ONNX Runtime static int8 (lipsync.inference.onnx_backend).
+* Still faces. The face encoder never sees the audio (``Wav2Lip.encode_face`` / ``decode``),
+  so when the same face is passed again (an image, ``--static``) its output is reused and
+  only the audio encoder + decoder run: 0.62 of 7.93 GFLOP per frame saved at full size, and
+  the output is identical (the decoder gets the same skips; tests/test_infer_backends.py).
 """
 
 from __future__ import annotations
@@ -33,24 +33,6 @@ def resolve_device(device: str = "auto") -> torch.device:
     return torch.device(device)
 
 
-def cpu_has_native_bf16() -> bool:
-    """AVX-512 BF16 or AMX (what oneDNN uses for fast bf16 convolutions)."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            flags = f.read()
-    except OSError:
-        return False
-    return " avx512_bf16" in flags or " amx_bf16" in flags
-
-
-def resolve_precision(precision: str, device: torch.device) -> str:
-    if precision != "auto":
-        return precision
-    if device.type == "cuda":
-        return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
-    return "bf16" if cpu_has_native_bf16() else "fp32"
-
-
 def fuse_batchnorm(model: nn.Module) -> nn.Module:
     """Fold every (Conv2d|ConvTranspose2d, BatchNorm2d) pair of a Sequential into the conv (eval only)."""
     for module in model.modules():
@@ -64,39 +46,113 @@ def fuse_batchnorm(model: nn.Module) -> nn.Module:
     return model
 
 
+class TorchRunner:
+    """The fused model in PyTorch at one dtype and memory format."""
+
+    def __init__(self, model: nn.Module, device: torch.device, dtype: torch.dtype, channels_last: bool):
+        self.device, self.dtype = device, dtype
+        self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
+        self.model = copy.deepcopy(model).to(device, dtype).to(memory_format=self.memory_format)
+
+    @torch.inference_mode()
+    def encode_face(self, face: torch.Tensor) -> list:
+        return self.model.encode_face(face.to(self.device, self.dtype).contiguous(memory_format=self.memory_format))
+
+    @torch.inference_mode()
+    def decode(self, audio: torch.Tensor, skips: list) -> torch.Tensor:
+        return self.model.decode(audio.to(self.device, self.dtype), skips).float()
+
+
+class OrtRunner:
+    """ONNX Runtime sessions (fp32 or int8) behind the same encode/decode calls."""
+
+    def __init__(self, ort_generator):
+        self.ort = ort_generator
+
+    def encode_face(self, face: torch.Tensor) -> list:
+        return self.ort.encode_face(face.numpy())
+
+    def decode(self, audio: torch.Tensor, skips: list) -> torch.Tensor:
+        return torch.from_numpy(self.ort.decode(audio.numpy(), skips))
+
+
+def network_inputs(faces: np.ndarray, mels: np.ndarray, face_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """uint8 (B,S,S,3) BGR faces + (B,80,16) mels → the generator's float32 (B,6,S,S) and (B,1,80,16)."""
+    s = int(face_size)
+    if faces.shape[1:] != (s, s, 3):
+        raise ValueError(f"faces must be (B,{s},{s},3), got {faces.shape}")
+    x = torch.from_numpy(np.ascontiguousarray(faces)).permute(0, 3, 1, 2).float().div_(255.0)
+    face_in = generator_input(x, x).contiguous()  # the frame, lower half masked, ++ itself as reference
+    audio = torch.from_numpy(np.ascontiguousarray(mels, dtype=np.float32))[:, None]
+    return face_in, audio
+
+
 class FaceGenerator:
-    """Callable: (faces uint8 (B,S,S,3) BGR, mels float32 (B,80,16)) -> uint8 (B,S,S,3) BGR."""
+    """Callable: (faces uint8 (B,S,S,3) BGR, mels float32 (B,80,16)) -> uint8 (B,S,S,3) BGR.
+
+    ``faces`` with one face and B mel windows is a still face: one encoder pass, reused for
+    as long as the same face keeps coming (compared by value, so a new face is never missed).
+    The backend is chosen on the first call (``prepare``), from the first real faces: int8
+    calibrates on them and the timed probe runs on them.
+    """
 
     def __init__(self, model: nn.Module, face_size: int, device: str = "auto", precision: str = "auto",
                  channels_last: bool = True):
         self.device = resolve_device(device)
-        self.precision = resolve_precision(precision, self.device)
+        self.requested = precision
         self.face_size = int(face_size)
-        model = fuse_batchnorm(copy.deepcopy(model).eval())
-        self.dtype = torch.float32
-        if self.precision == "bf16":
-            self.dtype = torch.bfloat16
         self.channels_last = bool(channels_last)
-        model = model.to(self.device, self.dtype)
-        if self.channels_last:
-            model = model.to(memory_format=torch.channels_last)
-        self.model = model
+        self.model = fuse_batchnorm(copy.deepcopy(model).float().cpu().eval())
+        self.choice = None  # lipsync.inference.precision.Choice once prepared
+        self.runner = None
+        self.encoder_passes = 0  # faces through the encoder (the still-face path keeps this at 1)
+        self._still_face: np.ndarray | None = None
+        self._still_skips = None
+
+    @property
+    def precision(self) -> str | None:
+        return self.choice.precision if self.choice else None
+
+    @torch.inference_mode()
+    def prepare(self, faces: np.ndarray, mels: np.ndarray, log=None) -> None:
+        """Choose and build the backend (once), using these real faces for calibration/probing."""
+        if self.runner is not None:
+            return
+        from lipsync.inference.precision import choose_backend
+
+        face_in, audio = network_inputs(faces, mels, self.face_size)
+        if face_in.shape[0] == 1 and audio.shape[0] > 1:
+            face_in = face_in.expand(audio.shape[0], -1, -1, -1).contiguous()
+        self.choice, self.runner = choose_backend(self, face_in, audio, log=log)
+        self.model = None  # the runner holds its own copy (or ONNX Runtime its weights): free this one
+
+    def make_runner(self, precision: str):
+        """A backend for one precision (fp32, bf16, ort-fp32, int8 needs ``int8_paths``)."""
+        if precision in ("fp32", "bf16"):
+            dtype = torch.bfloat16 if precision == "bf16" else torch.float32
+            return TorchRunner(self.model, self.device, dtype, self.channels_last)
+        raise ValueError(precision)
 
     def describe(self) -> dict:
-        return {"device": str(self.device), "precision": self.precision, "channels_last": self.channels_last}
+        info = {"device": str(self.device), "precision": self.precision or self.requested,
+                "channels_last": self.channels_last, "face_encoder_passes": self.encoder_passes}
+        if self.choice is not None:
+            info.update(self.choice.to_dict())
+        return info
 
     @torch.inference_mode()
     def __call__(self, faces: np.ndarray, mels: np.ndarray) -> np.ndarray:
-        s = self.face_size
-        if faces.shape[1:] != (s, s, 3):
-            raise ValueError(f"faces must be (B,{s},{s},3), got {faces.shape}")
-        x = torch.from_numpy(np.ascontiguousarray(faces)).to(self.device)
-        # (B,S,S,3) uint8 -> (B,3,S,S) in [0,1]; permute gives a channels-last view for free.
-        x = x.permute(0, 3, 1, 2).to(self.dtype).div_(255.0)
-        face_in = generator_input(x, x)
-        face_in = face_in.contiguous(memory_format=torch.channels_last if self.channels_last
-                                     else torch.contiguous_format)
-        audio = torch.from_numpy(np.ascontiguousarray(mels, dtype=np.float32))[:, None].to(self.device, self.dtype)
-        out = self.model(audio, face_in)  # (B,3,S,S) BGR in [0,1]
+        if self.runner is None:
+            self.prepare(faces, mels)
+        face_in, audio = network_inputs(faces, mels, self.face_size)
+        still = len(faces) == 1 and len(mels) > 1
+        if still and self._still_face is not None and np.array_equal(faces[0], self._still_face):
+            skips = self._still_skips
+        else:
+            skips = self.runner.encode_face(face_in)
+            self.encoder_passes += len(face_in)
+            if still:
+                self._still_face, self._still_skips = faces[0].copy(), skips
+        out = self.runner.decode(audio, skips)  # (B,3,S,S) BGR in [0,1]
         out = out.float().mul_(255.0).add_(0.5).clamp_(0, 255).to(torch.uint8)
         return out.permute(0, 2, 3, 1).contiguous().cpu().numpy()

@@ -17,7 +17,7 @@ NO_FACE_POLICIES = ("pass", "error")
 COMPOSITING = ("blend", "paste")
 AUDIO_LONGER = ("loop", "pingpong")
 DEVICES = ("auto", "cpu", "cuda")
-PRECISIONS = ("auto", "fp32", "bf16")
+PRECISIONS = ("auto", "fp32", "bf16", "ort-fp32", "int8")  # lipsync.inference.precision
 DETECTORS = ("auto", "dlib", "s3fd")
 FACE_SELECT = ("largest", "central")
 
@@ -76,7 +76,10 @@ class InferenceOptions:
     device: str = "auto"
     """'auto' = CUDA when available, else CPU."""
     precision: str = "auto"
-    """'auto' = bf16 on CUDA and on CPUs with native bf16 (AVX-512 BF16/AMX), else fp32."""
+    """Generator backend: 'fp32' / 'bf16' (PyTorch), 'ort-fp32' / 'int8' (ONNX Runtime).
+    'auto' = bf16 on CUDA; on a CPU the fastest by a short timed probe (cached per machine and
+    model) among those its features allow, int8 only where it keeps >= 30 dB PSNR vs fp32
+    (lipsync.inference.precision)."""
     channels_last: bool = True
     """Run the generator in channels-last memory format (faster convolutions on CPU)."""
     mel_mode: str | None = None

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import itertools
 import os
+import sys
 import time
 from collections import deque
 from dataclasses import asdict, dataclass, field
@@ -145,7 +146,9 @@ class LipSyncer:
         try:
             items = group.threaded(self._decode_stage(source, n_out), q, "decode")
             items = group.threaded(self._box_stage(items, source, stats), q, "boxes")
-            items = group.threaded(self._generate_stage(items, mels, stats), q, "generate")
+            items = group.threaded(self._generate_stage(items, mels, stats, source.info.static,
+                                                       lambda line: progress.write(line, file=sys.stderr)),
+                                   q, "generate")
             chunk = int(round(AUDIO_CHUNK_SECONDS * SAMPLE_RATE))
             audio_pos = 0
             with VideoWriter(out, fps, width, height, audio_sample_rate=SAMPLE_RATE, crf=opts.crf,
@@ -290,7 +293,11 @@ class LipSyncer:
                               f"(t={item.source / source.info.fps:.2f}s); use --on-no-face pass to keep such frames")
         return item
 
-    def _generate_stage(self, items: Iterator[_Item], mels: np.ndarray, stats: dict) -> Iterator[_Item]:
+    def _generate_stage(self, items: Iterator[_Item], mels: np.ndarray, stats: dict, still: bool,
+                        log) -> Iterator[_Item]:
+        """Batches of faces through the generator. ``still``: one frame and one box for the whole
+        output, so every crop is the same face: it goes in once and the generator reuses its
+        face-encoder pass (FaceGenerator)."""
         batch_size = self.options.wav2lip_batch_size
         s = self.face_size
         batch: list[_Item] = []
@@ -299,9 +306,11 @@ class LipSyncer:
         def flush():
             with_face = [it for it in batch if it.box is not None]
             if with_face:
-                crops = np.stack([_crop(it.frame, it.box, s) for it in with_face])
+                crops = np.stack([_crop(it.frame, it.box, s) for it in with_face[:1 if still else None]])
                 windows = mels[[it.index for it in with_face]]
                 t0 = time.perf_counter()
+                # The backend is chosen on the first real faces (int8 calibrates on them).
+                self.generator.prepare(crops, windows, log=log)
                 faces = self.generator(crops, windows)
                 stats["generate"] += time.perf_counter() - t0
                 for it, f in zip(with_face, faces):
@@ -336,6 +345,9 @@ def _crop(frame: np.ndarray, box, size: int) -> np.ndarray:
 class _NoProgress:
     def update(self, n=1):
         pass
+
+    def write(self, line: str, file=None):
+        print(line, file=file or sys.stderr, flush=True)
 
     def close(self):
         pass

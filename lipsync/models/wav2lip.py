@@ -90,18 +90,29 @@ class Wav2Lip(nn.Module):
             audio = fold_time(audio, time_dim=1)
             face = fold_time(face, time_dim=2)
 
+        out = self.decode(audio, self.encode_face(face))
+        return unfold_time(out, batch, time_dim=2) if windowed else out
+
+    def encode_face(self, face: torch.Tensor) -> list[torch.Tensor]:
+        """The face encoder alone: (B,6,S,S) → every stage's output (the decoder's skips),
+        shallowest first. It never sees the audio, so a still face needs it only once."""
         skips = []
         x = face
         for stage in self.face_encoder_blocks:
             x = stage(x)
             skips.append(x)
+        return skips
 
+    def decode(self, audio: torch.Tensor, skips: list[torch.Tensor]) -> torch.Tensor:
+        """Audio encoder + decoder + output block: (B,1,80,16) and ``encode_face``'s skips → (B,3,S,S).
+        Skips with batch 1 are broadcast to the audio's batch (one still face, many windows)."""
+        skips = list(skips)
         x = self.audio_encoder(audio)
         for stage in self.face_decoder_blocks:
-            x = torch.cat((stage(x), skips.pop()), dim=1)
-
-        out = self.output_block(x)
-        return unfold_time(out, batch, time_dim=2) if windowed else out
+            y = stage(x)
+            skip = skips.pop()
+            x = torch.cat((y, skip.expand(y.shape[0], *skip.shape[1:])), dim=1)
+        return self.output_block(x)
 
 
 def mask_lower_half(faces: torch.Tensor) -> torch.Tensor:
