@@ -15,6 +15,29 @@ import sys
 from lipsync import __version__
 from lipsync.errors import LipsyncError
 
+class HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Keeps the description's layout and ends every flag's help with its default.
+
+    The default is added unless the text already states one, or there is none to state
+    (None, a switch such as --overwrite, a suppressed value). Shared by ``lipsync`` and the workflows.
+    """
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        default = action.default
+        switch = action.nargs == 0  # --flag / --no-flag: the text says what it turns on or off
+        if (switch or not action.option_strings or "default" in text.lower() or default is None
+                or default == argparse.SUPPRESS):
+            return text
+        if isinstance(default, (list, tuple)):
+            default = " ".join(str(v) for v in default)
+        elif default == "":
+            default = "''"
+        elif isinstance(default, dict):
+            default = default or "none"
+        return f"{text} (default: {str(default).replace('%', '%%')})"
+
+
 # name -> (module, add-arguments function, run function, help)
 SUBCOMMANDS = {
     "synth": ("lipsync.synth.cli", "add_arguments", "run",
@@ -27,11 +50,12 @@ SUBCOMMANDS = {
 
 
 def build_parser(selected: str | None = None) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="lipsync", description="Audio-driven lip-sync (Wav2Lip method).")
+    parser = argparse.ArgumentParser(prog="lipsync", description="Audio-driven lip-sync (Wav2Lip method).",
+                                     formatter_class=HelpFormatter)
     parser.add_argument("--version", action="version", version=f"lipsync {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, (module, add_fn, _run_fn, help_text) in SUBCOMMANDS.items():
-        p = sub.add_parser(name, help=help_text, description=help_text)
+        p = sub.add_parser(name, help=help_text, description=help_text, formatter_class=HelpFormatter)
         if name == selected:  # import only the module of the chosen subcommand
             getattr(importlib.import_module(module), add_fn)(p)
     return parser

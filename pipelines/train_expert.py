@@ -27,12 +27,6 @@ from pipelines.expert_config import (  # noqa: F401 - re-exported for callers an
 )
 
 
-def _resolve_shards(cfg: ExpertTrainConfig) -> tuple[list[str], list[str]]:
-    from lipsync.data.shard_stream import list_shards
-
-    return [str(p) for p in list_shards(cfg.shards, "train")], [str(p) for p in list_shards(cfg.shards, "val")]
-
-
 def _run_dir(cfg: ExpertTrainConfig) -> Path:
     return Path(cfg.storage_path).resolve() / cfg.run_name
 
@@ -115,12 +109,15 @@ def train_expert(cfg: ExpertTrainConfig) -> ExpertTrainResult:
     from pipelines import tracking
     from pipelines.ray_env import init_ray
     from pipelines.expert_worker import train_loop_per_worker
+    from pipelines.preflight import check_training_shards
     from pipelines.registry import register_checkpoint
+    from pipelines.worker_errors import fit
 
     cfg.validate()
     cfg.run_name = cfg.run_name or time.strftime("expert-%Y%m%d-%H%M%S")
     cfg.storage_path = str(Path(cfg.storage_path).resolve())
-    train_shards, val_shards = _resolve_shards(cfg)
+    shards = check_training_shards(cfg.shards, cfg.sampling())  # before Ray and MLflow: one-line errors
+    train_shards, val_shards = shards.train, shards.val
     tracking_uri = tracking.resolve_tracking_uri(cfg.tracking_uri)
     run_id = _open_mlflow_run(cfg, tracking_uri, len(train_shards), len(val_shards))
     client = MlflowClient(tracking_uri=tracking_uri)
@@ -151,7 +148,7 @@ def train_expert(cfg: ExpertTrainConfig) -> ExpertTrainResult:
         ),
     )
     try:
-        result = trainer.fit()
+        result = fit(trainer, _run_dir(cfg))
     except BaseException:
         client.set_terminated(run_id, status="FAILED")
         raise
