@@ -19,8 +19,9 @@ Writing
     ``VideoWriter`` encodes H.264 (libx264 when FFmpeg has it, else another H.264 encoder) in
     yuv420p and AAC audio into one mp4 in a single pass (no temporary AVI, no ffmpeg subprocess).
     yuv420p needs even sizes: an odd width/height is padded by repeating the last column/row.
-    Output goes to a temporary file next to the target and is renamed on success, so a failure
-    never leaves a partial file (and never clobbers an existing one).
+    Output goes to a temporary file next to the target and is renamed on success (with the
+    normal new-file mode, ``lipsync.files.publish``), so a failure never leaves a partial file
+    (and never clobbers an existing one); ``lipsync`` turns SIGTERM into an exit that cleans up.
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ import numpy as np
 
 from lipsync.audio import SAMPLE_RATE, load_audio
 from lipsync.errors import MediaError, check_media_file
+from lipsync.files import publish
 
 
 @dataclass
@@ -491,7 +493,7 @@ class VideoWriter:
             self.abort()
             raise
         self._closed = True
-        os.replace(self._tmp_path, self.path)
+        publish(self._tmp_path, self.path)
 
     def abort(self) -> None:
         """Stop writing and delete the partial output."""

@@ -145,3 +145,36 @@ def test_every_flag_has_help_and_shows_its_default():
             if action.nargs != 0 and action.default not in (None, argparse.SUPPRESS):
                 assert "default" in entry.lower(), f"{command} {flag}: default not shown:\n{entry}"
         assert "(default: 0.0001)" in text or command != "workflows/train.py"
+
+
+# ------------------------------------------------------------------ 4. output files users can open
+
+
+def test_written_files_get_the_umask_mode_and_sigterm_leaves_no_partial_file(tmp_path):
+    import os
+    import signal
+    import stat
+    import time
+
+    out = tmp_path / "corpus"
+    cmd = [PY, "-m", "lipsync", "synth", "--out", str(out), "--speakers", "1", "--clips-per-speaker", "4",
+           "--seconds", "6-6", "--size", "160x160", "--seed", "3"]
+    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: os.umask(0o027))
+    deadline = time.monotonic() + 240
+    # Wait until the first clip is finished and the second is being written, then SIGTERM.
+    def finished():
+        return [p for p in out.rglob("*.mp4") if not p.name.startswith(".")]
+
+    while not (finished() and list(out.rglob(".*.partial.mp4"))):
+        assert proc.poll() is None, f"synth ended before it could be interrupted:\n{proc.communicate()[1][-2000:]}"
+        assert time.monotonic() < deadline, "no clip was written within 240 s"
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 128 + signal.SIGTERM, err[-2000:]
+    assert not list(out.rglob("*.partial*")), sorted(p.name for p in out.rglob("*"))
+    done = finished()
+    assert 1 <= len(done) < 4
+    for path in done:
+        assert stat.S_IMODE(path.stat().st_mode) == 0o640, f"{path}: {oct(path.stat().st_mode)}"
