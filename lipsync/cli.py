@@ -12,6 +12,7 @@ import argparse
 import importlib
 import signal
 import sys
+import threading
 
 from lipsync import __version__
 from lipsync.errors import LipsyncError
@@ -77,7 +78,16 @@ def _raise_terminated(signum, frame) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    signal.signal(signal.SIGTERM, _raise_terminated)
+    if threading.current_thread() is not threading.main_thread():  # signals go to the main thread only
+        return _run(argv)
+    previous = signal.signal(signal.SIGTERM, _raise_terminated)
+    try:
+        return _run(argv)
+    finally:
+        signal.signal(signal.SIGTERM, previous)  # main() called from Python leaves no trace
+
+
+def _run(argv: list[str]) -> int:
     selected = next((a for a in argv if a in SUBCOMMANDS), None)
     parser = build_parser(selected)
     args = parser.parse_args(argv)

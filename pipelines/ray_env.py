@@ -7,6 +7,7 @@ joins the cluster there and starts a local cluster on a laptop. A local cluster 
 
 from __future__ import annotations
 
+import logging
 import os
 from typing import Any
 
@@ -15,6 +16,7 @@ import ray
 # Ray resolves "127.0.0.1" to the machine's routable address on Linux. Its single-machine
 # mode (the flag Ray uses on macOS/Windows) keeps every local service on loopback instead.
 LOOPBACK_ENV = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
+TRAIN_PRINT_PATCH_ENV = "RAY_TRAIN_ENABLE_PRINT_PATCH"
 
 
 def use_loopback() -> None:
@@ -39,6 +41,10 @@ def init_ray(address: str | None = None, num_cpus: int | None = None,
         ctx = ray.init(address=address, **options)
     else:
         options.setdefault("include_dashboard", False)
+        # Ray Train's print patch tees each worker print into a logger that is also echoed:
+        # every "[expert] step ..." line showed twice. Local workers inherit this environment.
+        os.environ.setdefault(TRAIN_PRINT_PATCH_ENV, "0")
+        options.setdefault("logging_level", logging.WARNING)  # no "Started a local Ray instance" chatter
         use_loopback()
         ctx = ray.init(num_cpus=num_cpus, object_store_memory=object_store_memory, **options)
     return {"address": ctx.address_info.get("gcs_address") or ctx.address_info.get("address")}

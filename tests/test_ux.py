@@ -12,15 +12,14 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
+import json
 import re
 import shutil
 import subprocess
 import sys
 from pathlib import Path
 
-import pytest
 
-from lipsync.errors import ConfigError
 
 REPO = Path(__file__).resolve().parent.parent
 PY = sys.executable
@@ -178,3 +177,112 @@ def test_written_files_get_the_umask_mode_and_sigterm_leaves_no_partial_file(tmp
     assert 1 <= len(done) < 4
     for path in done:
         assert stat.S_IMODE(path.stat().st_mode) == 0o640, f"{path}: {oct(path.stat().st_mode)}"
+
+
+# ------------------------------------------------------------------ 7 + 8. folder layouts, manifest reasons
+
+
+def no_face_with_scene_cuts(path: Path) -> Path:
+    """4 s of two face-less pictures alternating every 10 frames (scene cuts), with a tone."""
+    import numpy as np
+
+    from preprocess_inputs import mux
+
+    a = np.zeros((160, 160, 3), np.uint8)
+    a[:, :80] = 230
+    b = np.full((160, 160, 3), 20, np.uint8)
+    b[40:120, 40:120] = (200, 60, 30)
+    frames = np.stack([a if (i // 10) % 2 == 0 else b for i in range(100)])
+    tone = (0.1 * np.sin(np.arange(100 * 640) / 16000 * 2 * np.pi * 220)).astype(np.float32)
+    return mux(path, frames=frames, audio=tone)
+
+
+def test_folder_of_one_speaker_warns_and_the_manifest_names_first_causes(
+        synth_corpus, ray_local, tmp_path, monkeypatch, capsys):
+    import numpy as np
+
+    from pipelines.manifest import read_manifest
+    from preprocess_inputs import mux
+
+    videos = tmp_path / "my_videos"
+    videos.mkdir()
+    for clip in sorted((synth_corpus / "main").glob("*/*.mp4"))[:2]:
+        shutil.copy(clip, videos / f"{clip.parent.name}_{clip.name}")
+    mux(videos / "voice_memo.m4a", audio=np.zeros(16000, np.float32))
+    no_face_with_scene_cuts(videos / "cat.mp4")
+    (videos / "notes.txt").write_text("shot on my phone\n")
+    (videos / "photo.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a photo")
+    monkeypatch.chdir(tmp_path)
+
+    code = load_workflow("preprocess").main(["--input", "my_videos", "--layout", "folder", "--output", "shards",
+                                             "--num-cpus", "2", "--no-progress"])
+    err = capsys.readouterr().err
+    assert code == 0, err[-3000:]
+    warnings = [line for line in err.splitlines() if line.startswith("warning: ")]
+    assert warnings and "one speaker" in warnings[0] and "--speaker-regex" in warnings[0], err[-3000:]
+
+    rows = {r["input_id"]: r for r in read_manifest(tmp_path / "shards" / "manifest.parquet")}
+    assert set(rows) == {"voice_memo", "cat", *(p.stem for p in videos.glob("*_*.mp4"))}
+    assert (rows["voice_memo"]["status"], rows["voice_memo"]["reason"]) == ("rejected", "no_video_stream")
+    assert "no video stream" in rows["voice_memo"]["detail"]
+    assert (rows["cat"]["status"], rows["cat"]["reason"]) == ("rejected", "no_face"), rows["cat"]["detail"]
+    summary = json.loads((tmp_path / "shards" / "summary.json").read_text())
+    assert summary["skipped_files"] == 2 and summary["ok"] == 2
+
+    # Training names the real cause, not "run workflows/preprocess.py first".
+    code = load_workflow("train").main(["--stage", "expert", "--shards", "shards", "--storage-path", "runs",
+                                        "--tracking-uri", f"sqlite:///{tmp_path / 'mlruns.db'}"])
+    line = one_line_error(capsys.readouterr().err)
+    assert code == 2 and "one speaker" in line and "--speaker-regex" in line, line
+
+
+# ------------------------------------------------------------------ 5. the audio the user gave
+
+
+def stereo_wav(path: Path, rate: int = 48000, seconds: float = 2.0) -> Path:
+    """A 48 kHz stereo 16-bit WAV: a different tone in each ear."""
+    import av
+    import numpy as np
+
+    n = int(rate * seconds)
+    t = np.arange(n) / rate
+    pcm = (np.stack([np.sin(2 * np.pi * 440 * t), np.sin(2 * np.pi * 660 * t)]).T * 0.3 * 32767).astype(np.int16)
+    with av.open(str(path), "w", format="wav") as container:
+        stream = container.add_stream("pcm_s16le", rate=rate)
+        stream.layout = "stereo"
+        for start in range(0, n, 4096):
+            frame = av.AudioFrame.from_ndarray(np.ascontiguousarray(pcm[start:start + 4096].reshape(1, -1)),
+                                               format="s16", layout="stereo")
+            frame.sample_rate, frame.pts = rate, start
+            container.mux(stream.encode(frame))
+        container.mux(stream.encode(None))
+    return path
+
+
+def test_infer_keeps_the_users_audio_and_picks_the_container_from_the_extension(synth_corpus, tmp_path, capsys):
+    import av
+    import torch
+
+    from lipsync.checkpoints import ModelConfig, save_checkpoint
+    from lipsync.cli import main as lipsync_main
+    from lipsync.models import Wav2Lip
+
+    torch.manual_seed(0)
+    model = save_checkpoint(tmp_path / "g.safetensors", Wav2Lip(width=0.0625),
+                            ModelConfig(kind="wav2lip", width=0.0625))
+    face = sorted((synth_corpus / "main").glob("*/*.mp4"))[0]
+    speech = stereo_wav(tmp_path / "speech.wav")
+    base = ["infer", "--face", str(face), "--audio", str(speech), "--model", str(model), "--no-progress"]
+
+    assert lipsync_main([*base, "--out", str(tmp_path / "result.avi")]) == 2
+    line = one_line_error(capsys.readouterr().err)
+    assert "result.avi" in line and ".mkv" in line and not list(tmp_path.glob("*result*"))
+
+    for name, codec in (("result.mp4", "aac"), ("result.mkv", "pcm_s16le")):
+        assert lipsync_main([*base, "--out", str(tmp_path / name)]) == 0, capsys.readouterr().err[-2000:]
+        with av.open(str(tmp_path / name)) as container:
+            assert container.format.name.split(",")[0] in (("mov", "mp4") if name.endswith("mp4") else ("matroska",))
+            audio = container.streams.audio[0]
+            assert (audio.codec_context.name, audio.sample_rate, audio.codec_context.channels) == (codec, 48000, 2)
+            seconds = sum(frame.samples for frame in container.decode(audio)) / audio.sample_rate
+        assert abs(seconds - 2.0) < 0.05, seconds
