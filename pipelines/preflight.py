@@ -61,6 +61,12 @@ def _why_no_split(root: Path, split: str) -> str:
         top = ", ".join(f"{n} {reason}" for reason, n in reasons)
         return (f"no '{split}-*.tar' shards: none of the {len(rows)} inputs in {manifest} was usable ({top}); "
                 "see the manifest's detail column")
+    in_split = [r for r in rows if r["split"] == split]
+    if in_split:  # the split had inputs; none of them was usable
+        reasons = Counter(r["reason"] for r in in_split).most_common(3)
+        top = ", ".join(f"{n} {reason}" for reason, n in reasons)
+        return (f"no '{split}-*.tar' shards: all {len(in_split)} {split} inputs were rejected ({top}); see "
+                f"{manifest} and give the {split} speakers usable videos")
     speakers = {r["speaker"] for r in ok}
     by_split = Counter(r["split"] for r in ok)
     where = ", ".join(f"{n} in {s}" for s, n in sorted(by_split.items()))

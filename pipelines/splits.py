@@ -105,6 +105,7 @@ def split_warning(items: Sequence[InputItem], splits: dict[str, str], layout: st
                 "(group 1 = the speaker, e.g. '^([^_/]+)_' for <speaker>_<clip>.mp4) or give videos of more "
                 "speakers" if layout == "folder" else "give videos of more speakers")
         return (f"all {len(usable)} inputs are one speaker ({next(iter(speakers))!r}), so by-speaker splits put "
-                f"them all in one ({where}) and training will find no {' / '.join(empty)} split; {hint}")
-    return (f"{len(speakers)} speakers give {where} inputs: no {' / '.join(empty)} split, which training needs "
-            f"(val); add speakers or change --split-fractions")
+                f"them all in one ({where}): no {' / '.join(empty)} split (training validates on val, evaluation "
+                f"uses test); {hint}")
+    return (f"{len(speakers)} speakers give {where} inputs: no {' / '.join(empty)} split (training validates on "
+            f"val, evaluation uses test); add speakers or change --split-fractions")
