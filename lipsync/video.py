@@ -417,18 +417,26 @@ class _AudioPassthrough:
                 for packet in self._input.demux(self._in):
                     if packet.dts is None:  # the demuxer's end-of-stream marker
                         continue
-                    if self._offset is None:
-                        self._offset = packet.pts or 0
-                    packet.pts -= self._offset
+                    if self._offset is None:  # a late start moves to 0; negative = encoder priming, kept
+                        self._offset = max(0, packet.pts or 0)
+                    if packet.pts is not None:
+                        packet.pts -= self._offset
                     packet.dts -= self._offset
                     yield packet
                 return
-            for frame in self._input.decode(self._in):
-                frame.pts = None  # re-timed by the resampler and encoder, from 0
-                for resampled in self._resampler.resample(frame):
+            written = 0  # samples: explicit timestamps from 0 let the muxer trim the AAC priming
+
+            def encode(frames):
+                nonlocal written
+                for resampled in frames:
+                    resampled.pts, resampled.time_base = written, Fraction(1, resampled.sample_rate)
+                    written += resampled.samples
                     yield from self.stream.encode(resampled)
-            for resampled in self._resampler.resample(None):
-                yield from self.stream.encode(resampled)
+
+            for frame in self._input.decode(self._in):
+                frame.pts = None
+                yield from encode(self._resampler.resample(frame))
+            yield from encode(self._resampler.resample(None))
             yield from self.stream.encode(None)
         except av.error.FFmpegError as e:
             raise MediaError(f"{self.source}: cannot read its audio ({e})") from e
