@@ -41,10 +41,20 @@ def init_ray(address: str | None = None, num_cpus: int | None = None,
         ctx = ray.init(address=address, **options)
     else:
         options.setdefault("include_dashboard", False)
-        # Ray Train's print patch tees each worker print into a logger that is also echoed:
-        # every "[expert] step ..." line showed twice. Local workers inherit this environment.
-        os.environ.setdefault(TRAIN_PRINT_PATCH_ENV, "0")
         options.setdefault("logging_level", logging.WARNING)  # no "Started a local Ray instance" chatter
         use_loopback()
         ctx = ray.init(num_cpus=num_cpus, object_store_memory=object_store_memory, **options)
     return {"address": ctx.address_info.get("gcs_address") or ctx.address_info.get("address")}
+
+
+def quiet_train_options() -> dict:
+    """``RunConfig`` options for a readable console (every training stage passes them).
+
+    Ray Train's print patch tees each worker ``print`` into a logger that is echoed too, so
+    every "[expert] step ..." line showed twice; its INFO lines (resource requests, worker
+    group starts) stay in Ray's log files under the session folder instead of the console.
+    """
+    from ray.train import LoggingConfig
+
+    return {"logging_config": LoggingConfig(log_level="WARNING"),
+            "worker_runtime_env": {"env_vars": {TRAIN_PRINT_PATCH_ENV: "0"}}}

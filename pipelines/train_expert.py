@@ -107,7 +107,7 @@ def train_expert(cfg: ExpertTrainConfig) -> ExpertTrainResult:
     from ray.train.torch import TorchConfig, TorchTrainer
 
     from pipelines import tracking
-    from pipelines.ray_env import init_ray
+    from pipelines.ray_env import init_ray, quiet_train_options
     from pipelines.expert_worker import train_loop_per_worker
     from pipelines.preflight import check_training_shards
     from pipelines.registry import register_checkpoint
@@ -145,6 +145,7 @@ def train_expert(cfg: ExpertTrainConfig) -> ExpertTrainResult:
             storage_path=cfg.storage_path,
             failure_config=FailureConfig(max_failures=cfg.max_failures),
             checkpoint_config=CheckpointConfig(num_to_keep=cfg.keep_checkpoints),
+            **quiet_train_options(),
         ),
     )
     try:
