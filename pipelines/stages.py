@@ -205,6 +205,15 @@ def decode_input(item: dict, cfg: Any) -> Iterator[dict]:
     yield _row(item, emitted, True, held)
 
 
+def _any_face(frames: list[np.ndarray], cfg: Any) -> bool:
+    """Whether the detector finds a face in any of ``frames`` (True when it cannot run: then
+    "no face" is not claimed, and the length is reported as before)."""
+    try:
+        return any(_detector(cfg).detect(frames))
+    except Exception:  # noqa: BLE001 - a detector that cannot load is reported by stage 2
+        return True
+
+
 def _no_clip_verdict(item: dict, cfg: Any, probe: list[np.ndarray], cuts: int, n_decoded: int,
                      n_samples: int, source: dict, counts: dict) -> dict:
     """Why an input gave no clip, naming the first cause: no face at all beats "too short"
@@ -213,7 +222,7 @@ def _no_clip_verdict(item: dict, cfg: Any, probe: list[np.ndarray], cuts: int, n
     if n_decoded == 0 and n_samples < SAMPLES_PER_FRAME:
         return _verdict(item, "error", "decode_failed", f"{path}: no frame or audio could be decoded",
                         **source, **counts)
-    if probe and not any(_detector(cfg).detect(probe)):
+    if probe and not _any_face(probe, cfg):
         return _verdict(item, "rejected", "no_face",
                         f"{path}: no face in any of {len(probe)} frames sampled across the video", **source, **counts)
     seconds = f"{n_decoded / FPS:.2f}s of video, {n_samples / lsa.SAMPLE_RATE:.2f}s of audio"
