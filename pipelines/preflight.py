@@ -62,6 +62,10 @@ def _why_no_split(root: Path, split: str) -> str:
         return (f"no '{split}-*.tar' shards: none of the {len(rows)} inputs in {manifest} was usable ({top}); "
                 "see the manifest's detail column")
     in_split = [r for r in rows if r["split"] == split]
+    listed = sum(1 for r in in_split if r["status"] == "ok")
+    if listed:
+        return (f"no '{split}-*.tar' shards, though {manifest} lists {listed} usable {split} inputs: their shards "
+                "were moved or deleted; copy them back or re-run preprocessing with --overwrite")
     if in_split:  # the split had inputs; none of them was usable
         reasons = Counter(r["reason"] for r in in_split).most_common(3)
         top = ", ".join(f"{n} {reason}" for reason, n in reasons)

@@ -91,18 +91,19 @@ def partial_shards(shards: Path, dest: Path, splits: tuple[str, ...]) -> Path:
     return dest
 
 
-def test_missing_shards_fail_in_one_line_before_ray_and_mlflow(tmp_path):
+def test_missing_shards_fail_in_one_line_before_ray_and_mlflow(tmp_path, capsys):
     db = tmp_path / "mlruns.db"
-    out = subprocess.run([PY, "workflows/train.py", "--stage", "expert", "--shards", str(tmp_path / "nope"),
-                          "--tracking-uri", f"sqlite:///{db}", "--storage-path", str(tmp_path / "runs")],
-                         cwd=REPO, capture_output=True, text=True, timeout=120)
-    assert out.returncode == 2
-    line = one_line_error(out.stderr)
+    code = load_workflow("train").main(["--stage", "expert", "--shards", str(tmp_path / "nope"),
+                                        "--tracking-uri", f"sqlite:///{db}", "--storage-path", str(tmp_path / "runs")])
+    assert code == 2
+    line = one_line_error(capsys.readouterr().err)
     assert str(tmp_path / "nope") in line and "workflows/preprocess.py" in line
     assert not db.exists() and not (tmp_path / "runs").exists()  # no MLflow run, no Ray run
 
 
 def test_shard_problems_are_named_up_front(shards, tmp_path, capsys):
+    from pipelines.manifest import read_manifest
+
     train = load_workflow("train")
     db = tmp_path / "mlruns.db"
     common = ["--tracking-uri", f"sqlite:///{db}", "--storage-path", str(tmp_path / "runs")]
@@ -110,7 +111,8 @@ def test_shard_problems_are_named_up_front(shards, tmp_path, capsys):
     no_val = partial_shards(shards, tmp_path / "no_val", ("train",))
     assert train.main(["--stage", "expert", "--shards", str(no_val), *common]) == 2
     line = one_line_error(capsys.readouterr().err)
-    assert "no 'val-*.tar' shards" in line and "speakers" in line and "--split-fractions" in line
+    listed = sum(1 for r in read_manifest(shards / "manifest.parquet") if r["split"] == "val" and r["status"] == "ok")
+    assert "no 'val-*.tar' shards" in line and f"lists {listed} usable val inputs" in line and "--overwrite" in line
 
     assert train.main(["--stage", "expert", "--shards", str(shards), "--face-size", "192", *common]) == 2
     line = one_line_error(capsys.readouterr().err)
