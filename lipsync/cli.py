@@ -17,6 +17,7 @@ import threading
 from lipsync import __version__
 from lipsync.errors import LipsyncError
 
+
 class HelpFormatter(argparse.RawDescriptionHelpFormatter):
     """Keeps the description's layout and ends every flag's help with its default.
 

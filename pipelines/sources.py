@@ -17,8 +17,8 @@ Layouts (``--layout``):
 
 Media are video files and audio files (an audio-only input is kept and rejected as
 ``no_video_stream`` in the manifest); other files where inputs are looked for are counted by
-:func:`count_skipped` for the summary. Every input gets a stable ``input_id`` (its path relative to the root, without extension), the
-unit the manifest accounts for.
+:func:`count_skipped` for the summary. Every input gets a stable ``input_id`` (its path
+relative to the root, without extension), the unit the manifest accounts for.
 """
 
 from __future__ import annotations

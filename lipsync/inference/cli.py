@@ -38,7 +38,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     io = parser.add_argument_group("input and output")
     io.add_argument("--face", required=True, help="face video, or an image (jpg/png/...: implies --static)")
     io.add_argument("--audio", required=True, help="speech: any audio or video file with an audio track")
-    io.add_argument("--out", "--outfile", dest="out", required=True, help="output video, .mp4/.m4v/.mov/.mkv by its extension (written only on success)")
+    io.add_argument("--out", "--outfile", dest="out", required=True,
+                    help="output video; .mp4, .m4v, .mov or .mkv by its extension (written only on success)")
     io.add_argument("--model", "--checkpoint_path", "--checkpoint-path", dest="model", required=True,
                     help="generator checkpoint (ours, or the official wav2lip.pth / wav2lip_gan.pth) "
                          "or an MLflow model URI such as models:/wav2lip@champion")
@@ -118,7 +119,6 @@ def options_from_args(args: argparse.Namespace) -> InferenceOptions:
 
 def run(args: argparse.Namespace) -> int:
     from lipsync.inference.pipeline import LipSyncer
-
     from lipsync.video import container_for
 
     opts = options_from_args(args)
