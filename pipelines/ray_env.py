@@ -43,7 +43,9 @@ def init_ray(address: str | None = None, num_cpus: int | None = None,
         options.setdefault("include_dashboard", False)
         options.setdefault("logging_level", logging.WARNING)  # no "Started a local Ray instance" chatter
         use_loopback()
-        ctx = ray.init(num_cpus=num_cpus, object_store_memory=object_store_memory, **options)
+        # address="local": always a private cluster. Without it ray.init() joins whatever
+        # `ray start` cluster this machine ran last (another user's, a stale one).
+        ctx = ray.init(address="local", num_cpus=num_cpus, object_store_memory=object_store_memory, **options)
     return {"address": ctx.address_info.get("gcs_address") or ctx.address_info.get("address")}
 
 
