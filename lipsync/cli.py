@@ -10,10 +10,36 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import signal
 import sys
+import threading
 
 from lipsync import __version__
 from lipsync.errors import LipsyncError
+
+
+class HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Keeps the description's layout and ends every flag's help with its default.
+
+    The default is added unless the text already states one, or there is none to state
+    (None, a switch such as --overwrite, a suppressed value). Shared by ``lipsync`` and the workflows.
+    """
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        default = action.default
+        switch = action.nargs == 0  # --flag / --no-flag: the text says what it turns on or off
+        if (switch or not action.option_strings or "default" in text.lower() or default is None
+                or default == argparse.SUPPRESS):
+            return text
+        if isinstance(default, (list, tuple)):
+            default = " ".join(str(v) for v in default)
+        elif default == "":
+            default = "''"
+        elif isinstance(default, dict):
+            default = default or "none"
+        return f"{text} (default: {str(default).replace('%', '%%')})"
+
 
 # name -> (module, add-arguments function, run function, help)
 SUBCOMMANDS = {
@@ -31,18 +57,42 @@ SUBCOMMANDS = {
 
 
 def build_parser(selected: str | None = None) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="lipsync", description="Audio-driven lip-sync (Wav2Lip method).")
+    parser = argparse.ArgumentParser(prog="lipsync", description="Audio-driven lip-sync (Wav2Lip method).",
+                                     formatter_class=HelpFormatter)
     parser.add_argument("--version", action="version", version=f"lipsync {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, (module, add_fn, _run_fn, help_text) in SUBCOMMANDS.items():
-        p = sub.add_parser(name, help=help_text, description=help_text)
+        p = sub.add_parser(name, help=help_text, description=help_text, formatter_class=HelpFormatter)
         if name == selected:  # import only the module of the chosen subcommand
             getattr(importlib.import_module(module), add_fn)(p)
     return parser
 
 
+class Terminated(SystemExit):
+    """SIGTERM, raised in the main thread so ``with``/``finally`` blocks run: writers delete
+    their partial output exactly as on Ctrl-C (the default SIGTERM action kills the process
+    where it stands and leaves the hidden temporary file behind)."""
+
+    def __init__(self) -> None:
+        super().__init__(128 + signal.SIGTERM)
+
+
+def _raise_terminated(signum, frame) -> None:
+    raise Terminated()
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    if threading.current_thread() is not threading.main_thread():  # signals go to the main thread only
+        return _run(argv)
+    previous = signal.signal(signal.SIGTERM, _raise_terminated)
+    try:
+        return _run(argv)
+    finally:
+        signal.signal(signal.SIGTERM, previous)  # main() called from Python leaves no trace
+
+
+def _run(argv: list[str]) -> int:
     selected = next((a for a in argv if a in SUBCOMMANDS), None)
     parser = build_parser(selected)
     args = parser.parse_args(argv)
@@ -58,6 +108,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except Terminated:
+        print("terminated", file=sys.stderr)
+        return 128 + signal.SIGTERM
 
 
 if __name__ == "__main__":

@@ -19,8 +19,9 @@ Writing
     ``VideoWriter`` encodes H.264 (libx264 when FFmpeg has it, else another H.264 encoder) in
     yuv420p and AAC audio into one mp4 in a single pass (no temporary AVI, no ffmpeg subprocess).
     yuv420p needs even sizes: an odd width/height is padded by repeating the last column/row.
-    Output goes to a temporary file next to the target and is renamed on success, so a failure
-    never leaves a partial file (and never clobbers an existing one).
+    Output goes to a temporary file next to the target and is renamed on success (with the
+    normal new-file mode, ``lipsync.files.publish``), so a failure never leaves a partial file
+    (and never clobbers an existing one); ``lipsync`` turns SIGTERM into an exit that cleans up.
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ import numpy as np
 
 from lipsync.audio import SAMPLE_RATE, load_audio
 from lipsync.errors import MediaError, check_media_file
+from lipsync.files import publish
 
 
 @dataclass
@@ -458,6 +460,109 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
 
 _H264_ENCODERS = ("libx264", "libopenh264", "h264")
 
+# Output container by file extension. Each takes H.264 video; the audio codecs listed are
+# copied as they are (no re-encode), anything else is re-encoded to AAC at its own rate.
+CONTAINERS = {".mp4": "mp4", ".m4v": "mp4", ".mov": "mov", ".mkv": "matroska"}
+_COPYABLE_AUDIO = {
+    "mp4": {"aac", "mp3", "alac", "ac3", "eac3"},
+    "mov": {"aac", "mp3", "alac", "ac3", "eac3", "pcm_s16le", "pcm_s24le"},
+    "matroska": {"aac", "mp3", "alac", "ac3", "eac3", "opus", "vorbis", "flac", "pcm_s16le", "pcm_s24le",
+                 "pcm_f32le"},
+}
+
+
+def container_for(path: str | os.PathLike) -> str:
+    """The output container for ``path``'s extension; MediaError (one line) for any other."""
+    ext = os.path.splitext(os.fspath(path))[1].lower()
+    if ext not in CONTAINERS:
+        raise MediaError(f"{os.fspath(path)}: cannot write a {ext or 'extension-less'} file; "
+                         f"use {', '.join(CONTAINERS)}")
+    return CONTAINERS[ext]
+
+
+class _AudioPassthrough:
+    """The audio stream of a user's file, into an output container at its own rate and quality.
+
+    Packets are copied when the container takes the codec; otherwise the audio is decoded and
+    re-encoded to AAC keeping its sample rate and channels (at 96 kb/s per channel). ``pump(t)``
+    muxes everything that starts before ``t`` seconds, so audio stays interleaved with the video.
+    Timestamps are shifted so the audio starts at 0, as the decoded samples the model heard do.
+    """
+
+    def __init__(self, source: str, output, format_name: str):
+        self.source = source
+        self._input = _open(source)
+        if not self._input.streams.audio:
+            self._input.close()
+            raise MediaError(f"{source}: has no audio stream")
+        self._in = self._input.streams.audio[0]
+        self.copy = self._in.codec_context.name in _COPYABLE_AUDIO[format_name]
+        if self.copy:
+            self.stream = output.add_stream_from_template(self._in)
+        else:
+            rate = int(self._in.codec_context.sample_rate or SAMPLE_RATE)
+            self.stream = output.add_stream("aac", rate=rate)
+            # By channel count: a WAV's layout can be unordered ("2 channels"), which AAC refuses.
+            channels = max(1, int(self._in.codec_context.channels or 1))
+            self.stream.layout = {1: "mono", 2: "stereo"}.get(channels, f"{channels}.0" if channels < 5 else "5.1")
+            self.stream.bit_rate = 96_000 * max(1, self.stream.codec_context.channels)
+            self._resampler = av.AudioResampler(format="fltp", layout=self.stream.layout, rate=rate)
+        self._output = output
+        self._packets = self._packet_iter()
+        self._pending = None
+        self._offset = None
+
+    def _packet_iter(self):
+        try:
+            if self.copy:
+                for packet in self._input.demux(self._in):
+                    if packet.dts is None:  # the demuxer's end-of-stream marker
+                        continue
+                    if self._offset is None:  # a late start moves to 0; negative = encoder priming, kept
+                        self._offset = max(0, packet.pts or 0)
+                    if packet.pts is not None:
+                        packet.pts -= self._offset
+                    packet.dts -= self._offset
+                    yield packet
+                return
+            written = 0  # samples: explicit timestamps from 0 let the muxer trim the AAC priming
+
+            def encode(frames):
+                nonlocal written
+                for resampled in frames:
+                    resampled.pts, resampled.time_base = written, Fraction(1, resampled.sample_rate)
+                    written += resampled.samples
+                    yield from self.stream.encode(resampled)
+
+            for frame in self._input.decode(self._in):
+                frame.pts = None
+                yield from encode(self._resampler.resample(frame))
+            yield from encode(self._resampler.resample(None))
+            yield from self.stream.encode(None)
+        except av.error.FFmpegError as e:
+            raise MediaError(f"{self.source}: cannot read its audio ({e})") from e
+
+    def _seconds(self, packet) -> float:
+        if packet.pts is None or packet.time_base is None:
+            return 0.0
+        return float(packet.pts * packet.time_base)
+
+    def pump(self, until: float | None = None) -> None:
+        """Mux the packets that start before ``until`` seconds (all of them with None)."""
+        while True:
+            if self._pending is None:
+                self._pending = next(self._packets, None)
+                if self._pending is None:
+                    return
+            if until is not None and self._seconds(self._pending) >= until:
+                return
+            packet, self._pending = self._pending, None
+            packet.stream = self.stream
+            self._output.mux(packet)
+
+    def close(self) -> None:
+        self._input.close()
+
 
 def _h264_encoder() -> str:
     for name in _H264_ENCODERS:
@@ -470,12 +575,17 @@ def _h264_encoder() -> str:
 
 
 class VideoWriter:
-    """H.264 (yuv420p) + AAC mp4 writer, one pass. Use as a context manager.
+    """H.264 (yuv420p) + audio writer, one pass. Use as a context manager.
 
-    ``write(frame)`` takes BGR uint8 (height, width, 3) frames; ``write_audio(samples)`` takes
-    float32 mono chunks at ``audio_sample_rate`` and may be called before, between or after frames.
-    ``audio_sample_rate=None`` writes no audio track; if a rate is given but no audio is ever
-    written, the track is filled with silence as long as the video so the file stays consistent.
+    The container follows ``path``'s extension (``CONTAINERS``: .mp4/.m4v, .mov, .mkv; any
+    other is refused). ``write(frame)`` takes BGR uint8 (height, width, 3) frames.
+    Audio, one of:
+    * ``audio_from=<file>``: that file's audio track, at its own rate and quality (copied when
+      the container takes its codec, else AAC at its rate), interleaved as frames are written;
+    * ``write_audio(samples)``: float32 mono chunks at ``audio_sample_rate`` (AAC), before,
+      between or after frames; if a rate is given but no audio is ever written, the track is
+      filled with silence as long as the video so the file stays consistent;
+    * ``audio_sample_rate=None`` and no ``audio_from``: no audio track.
     On an exception inside the ``with`` block (or ``abort()``), nothing is left at ``path``.
     """
 
@@ -490,12 +600,14 @@ class VideoWriter:
         preset: str = "fast",
         audio_bitrate: int = 64_000,
         repeatable: bool = True,
+        audio_from: str | os.PathLike | None = None,
     ):
         if fps <= 0:
             raise ValueError(f"fps must be positive, got {fps}")
         if width <= 0 or height <= 0:
             raise ValueError(f"frame size must be positive, got {width}x{height}")
         self.path = os.fspath(path)
+        format_name = container_for(self.path)
         self.fps = float(fps)
         self.width, self.height = int(width), int(height)
         self.audio_sample_rate = audio_sample_rate
@@ -506,11 +618,12 @@ class VideoWriter:
             raise MediaError(f"{self.path}: output folder {parent} does not exist")
         # A hidden temporary file in the same folder: renamed over `path` only on success.
         handle, self._tmp_path = tempfile.mkstemp(
-            prefix=f".{os.path.basename(self.path)}.", suffix=".partial.mp4", dir=parent
+            prefix=f".{os.path.basename(self.path)}.", suffix=".partial" + os.path.splitext(self.path)[1], dir=parent
         )
         os.close(handle)
+        self._passthrough = None
         try:
-            self._container = av.open(self._tmp_path, mode="w", format="mp4")
+            self._container = av.open(self._tmp_path, mode="w", format=format_name)
         except (av.error.FFmpegError, OSError) as e:
             os.remove(self._tmp_path)
             raise MediaError(f"{self.path}: cannot create output ({e})") from e
@@ -534,7 +647,10 @@ class VideoWriter:
                 self._video.bit_rate = 8_000_000
             self._video_time_base = Fraction(1) / rate
             self._audio = None
-            if audio_sample_rate is not None:
+            if audio_from is not None:
+                self._passthrough = _AudioPassthrough(os.fspath(audio_from), self._container, format_name)
+                self.audio_sample_rate = None
+            elif audio_sample_rate is not None:
                 self._audio = self._container.add_stream("aac", rate=int(audio_sample_rate))
                 self._audio.layout = "mono"
                 self._audio.bit_rate = int(audio_bitrate)
@@ -558,11 +674,14 @@ class VideoWriter:
         video_frame.time_base = self._video_time_base
         self._container.mux(self._video.encode(video_frame))
         self.frames_written += 1
+        if self._passthrough is not None:
+            self._passthrough.pump(self.frames_written / self.fps)
 
     def write_audio(self, samples: np.ndarray) -> None:
         """Encode a chunk of float32 mono audio at ``audio_sample_rate`` (clipped to [-1, 1])."""
         if self._audio is None:
-            raise ValueError(f"{self.path}: writer was opened without audio (audio_sample_rate=None)")
+            raise ValueError(f"{self.path}: writer was opened without sample audio "
+                             "(audio_sample_rate=None, or its audio comes from audio_from)")
         samples = np.asarray(samples, dtype=np.float32)
         if samples.ndim != 1:
             raise ValueError(f"{self.path}: audio must be mono (N,), got shape {samples.shape}")
@@ -587,20 +706,25 @@ class VideoWriter:
             self._container.mux(self._video.encode(None))
             if self._audio is not None:
                 self._container.mux(self._audio.encode(None))
+            if self._passthrough is not None:
+                self._passthrough.pump()
+                self._passthrough.close()
             self._container.close()
         except BaseException:
             self.abort()
             raise
         self._closed = True
-        os.replace(self._tmp_path, self.path)
+        publish(self._tmp_path, self.path)
 
     def abort(self) -> None:
         """Stop writing and delete the partial output."""
         self._closed = True
-        try:
-            self._container.close()
-        except Exception:  # the file is discarded anyway; a broken muxer must not mask the cause
-            pass
+        for closable in (getattr(self, "_passthrough", None), getattr(self, "_container", None)):
+            try:
+                if closable is not None:
+                    closable.close()
+            except Exception:  # the file is discarded anyway; a broken muxer must not mask the cause
+                pass
         if os.path.exists(self._tmp_path):
             os.remove(self._tmp_path)
 

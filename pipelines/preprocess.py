@@ -39,6 +39,7 @@ It must be picklable (it runs in Ray workers).
 from __future__ import annotations
 
 import json
+import sys
 import tempfile
 import time
 from dataclasses import asdict, dataclass, field
@@ -50,8 +51,8 @@ import pyarrow.fs as pafs
 from lipsync.errors import ConfigError
 from pipelines import manifest as mf
 from pipelines import shards as sh
-from pipelines.sources import InputItem, discover_inputs
-from pipelines.splits import assign_splits, parse_fractions
+from pipelines.sources import InputItem, count_skipped, discover_inputs
+from pipelines.splits import assign_splits, parse_fractions, split_warning
 
 SUMMARY_NAME = "summary.json"
 
@@ -253,6 +254,9 @@ def run_preprocess(cfg: PreprocessConfig) -> dict:
     items = discover_inputs(cfg.input, cfg.layout, speaker_regex=cfg.speaker_regex,
                             filelists_dir=cfg.filelists)
     splits = assign_splits(items, cfg.split_fractions, cfg.split_seed)
+    warning = split_warning(items, splits, cfg.layout, cfg.split_fractions)
+    if warning:
+        print(f"warning: {warning}", file=sys.stderr, flush=True)
     out = _prepare_output(cfg)
     state = sh.recover(out)
     known = {it.input_id for it in items}
@@ -290,6 +294,8 @@ def run_preprocess(cfg: PreprocessConfig) -> dict:
                        time.time() - started, cfg)
     summary.update(detect_gpu_actors=gpus, tasks=n_tasks, pieces=n_pieces, writer_nodes=len(nodes),
                    driver_cpu_seconds=time.process_time() - driver_cpu)
+    summary["skipped_files"] = count_skipped(cfg.input, cfg.layout)  # not media: no manifest row
+    summary["warnings"] = [warning] if warning else []
     out.put_json(summary, SUMMARY_NAME)
     _print_summary(summary)
     if cfg.tracking_uri:
@@ -386,7 +392,10 @@ def _print_summary(s: dict) -> None:
           f"{s['rejected_by_reason']}, {s['errors']} errors {s['errors_by_reason']}; "
           f"{s['clips']} clips, {s['hours'] * 60:.2f} min of video; {s['shards']} shards, "
           f"{s['bytes'] / 1e6:.1f} MB ({s['bytes_per_frame'] or 0:.0f} B/frame); "
+          f"{s.get('skipped_files', 0)} non-media files skipped; "
           f"{s['wall_seconds']:.1f}s wall", flush=True)
+    for warning in s.get("warnings", []):  # again at the end, where the user looks
+        print(f"warning: {warning}", file=sys.stderr, flush=True)
 
 
 def _log_mlflow(cfg: PreprocessConfig, summary: dict, manifest_path: Path) -> str:

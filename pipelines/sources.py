@@ -10,13 +10,15 @@ Layouts (``--layout``):
 - ``voxceleb2``: ``<root>/{dev,test}/mp4/idNNNNN/<video>/<clip>.mp4`` (also ``<root>/mp4/...``).
   Speaker = ``idNNNNN``; files under ``test/`` get the official ``test`` split, ``dev/`` files are
   split speaker-disjointly into train/val.
-- ``folder``: every video file below ``<root>``; speaker = name of the parent directory, or the
+- ``folder``: every media file below ``<root>``; speaker = name of the parent directory, or the
   first group of ``speaker_regex`` matched against the path relative to ``<root>``.
 - ``filelist``: ``<root>`` is a text file, one video per line, paths relative to the list's
   directory (or absolute); optional tab-separated columns: speaker, split.
 
-Every input gets a stable ``input_id`` (its path relative to the root, without extension), the
-unit the manifest accounts for.
+Media are video files and audio files (an audio-only input is kept and rejected as
+``no_video_stream`` in the manifest); other files where inputs are looked for are counted by
+:func:`count_skipped` for the summary. Every input gets a stable ``input_id`` (its path
+relative to the root, without extension), the unit the manifest accounts for.
 """
 
 from __future__ import annotations
@@ -28,7 +30,11 @@ from typing import Optional
 
 from lipsync.errors import ConfigError
 
-VIDEO_EXTENSIONS = (".mp4", ".mov", ".mkv", ".avi", ".webm", ".m4v", ".flv", ".mpg", ".mpeg")
+VIDEO_EXTENSIONS = (".mp4", ".mov", ".mkv", ".avi", ".webm", ".m4v", ".flv", ".mpg", ".mpeg", ".3gp", ".ts")
+# Audio files are inputs too: in the manifest they are rejected as no_video_stream rather than
+# silently left out (an .m4a can be a phone's recording of the very video the user meant).
+AUDIO_EXTENSIONS = (".m4a", ".mp3", ".wav", ".aac", ".flac", ".ogg", ".opus", ".wma")
+MEDIA_EXTENSIONS = VIDEO_EXTENSIONS + AUDIO_EXTENSIONS
 LAYOUTS = ("lrs2", "voxceleb2", "folder", "filelist")
 SPLITS = ("train", "val", "test")
 
@@ -47,8 +53,13 @@ class InputItem:
         return asdict(self)
 
 
-def _is_video(path: Path) -> bool:
-    return path.is_file() and path.suffix.lower() in VIDEO_EXTENSIONS
+def _is_media(path: Path) -> bool:
+    return path.is_file() and path.suffix.lower() in MEDIA_EXTENSIONS
+
+
+def _is_skipped(path: Path) -> bool:
+    """A visible file that is not media (notes, photos, subtitles): counted, not an input."""
+    return path.is_file() and not path.name.startswith(".") and path.suffix.lower() not in MEDIA_EXTENSIONS
 
 
 def read_filelist(path: Path) -> list[str]:
@@ -84,7 +95,7 @@ def discover_lrs2(root: Path, filelists_dir: Optional[Path] = None) -> list[Inpu
     official = _find_official_lists(root, filelists_dir)
     items = []
     for path in sorted(main.glob("*/*")):
-        if not _is_video(path):
+        if not _is_media(path):
             continue
         entry = f"{path.parent.name}/{path.stem}"
         split = official.get(entry)
@@ -102,7 +113,7 @@ def discover_voxceleb2(root: Path) -> list[InputItem]:
         bases = [(root / "mp4", None)]
     for base, part in bases:
         for path in sorted(base.glob("*/*/*")):
-            if not _is_video(path):
+            if not _is_media(path):
                 continue
             speaker, video = path.parent.parent.name, path.parent.name
             rel = path.relative_to(root).with_suffix("").as_posix()
@@ -115,7 +126,7 @@ def discover_voxceleb2(root: Path) -> list[InputItem]:
 def discover_folder(root: Path, speaker_regex: Optional[str] = None) -> list[InputItem]:
     pattern = re.compile(speaker_regex) if speaker_regex else None
     items = []
-    for path in sorted(p for p in root.rglob("*") if _is_video(p)):
+    for path in sorted(p for p in root.rglob("*") if _is_media(p)):
         rel = path.relative_to(root)
         speaker = path.parent.name if path.parent != root else root.name
         if pattern:
@@ -151,6 +162,25 @@ def discover_filelist(listfile: Path) -> list[InputItem]:
     return items
 
 
+def _candidate_files(root: Path, layout: str) -> list[Path]:
+    """Every file where ``layout`` looks for inputs (media or not)."""
+    if layout == "lrs2":
+        return sorted((root / "main" if (root / "main").is_dir() else root).glob("*/*"))
+    if layout == "voxceleb2":
+        bases = [root / part / "mp4" for part in ("dev", "test") if (root / part / "mp4").is_dir()]
+        return sorted(p for base in (bases or [root / "mp4"]) for p in base.glob("*/*/*"))
+    if layout == "folder":
+        return sorted(root.rglob("*"))
+    return []  # filelist: the list names its inputs
+
+
+def count_skipped(root: str | Path, layout: str) -> int:
+    """Files that are not media where ``layout`` looks for inputs (the summary's ``skipped_files``)."""
+    root = Path(root)
+    return sum(1 for path in _candidate_files(root, layout)
+               if _is_skipped(path) and not any(part.startswith(".") for part in path.relative_to(root).parts))
+
+
 def discover_inputs(root: str | Path, layout: str, *, speaker_regex: Optional[str] = None,
                     filelists_dir: Optional[str | Path] = None) -> list[InputItem]:
     """All inputs of a corpus, sorted by input_id (the processing order, hence shard order)."""
@@ -171,5 +201,7 @@ def discover_inputs(root: str | Path, layout: str, *, speaker_regex: Optional[st
         else:
             items = discover_folder(root, speaker_regex)
     if not items:
-        raise ConfigError(f"--input {root}: no video files found for layout {layout!r}")
+        skipped = count_skipped(root, layout)
+        raise ConfigError(f"--input {root}: no video files found for layout {layout!r}"
+                          + (f" ({skipped} other files skipped)" if skipped else ""))
     return sorted(items, key=lambda it: it.input_id)

@@ -87,3 +87,25 @@ def with_splits(items: Sequence[InputItem], fractions: Sequence[float] = (0.8, 0
     splits = assign_splits(items, fractions, seed)
     return [(it, splits[it.input_id]) for it in items]
 
+
+
+def split_warning(items: Sequence[InputItem], splits: dict[str, str], layout: str,
+                  fractions: Sequence[float]) -> str | None:
+    """One line when the assignment cannot train and validate (one speaker, an empty val or
+    test split that was asked for), saying what to pass; None when the split is usable."""
+    usable = [it for it in items if not it.reject_reason]
+    speakers = {it.speaker for it in usable}
+    counts = {split: sum(1 for it in usable if splits[it.input_id] == split) for split in SPLITS}
+    empty = [split for split, fraction in zip(SPLITS, fractions) if fraction > 0 and counts[split] == 0]
+    if not empty:
+        return None
+    where = ", ".join(f"{counts[s]} {s}" for s in SPLITS)
+    if len(speakers) == 1:
+        hint = ("with --layout folder every file's speaker is its parent folder's name: pass --speaker-regex "
+                "(group 1 = the speaker, e.g. '^([^_/]+)_' for <speaker>_<clip>.mp4) or give videos of more "
+                "speakers" if layout == "folder" else "give videos of more speakers")
+        return (f"all {len(usable)} inputs are one speaker ({next(iter(speakers))!r}), so by-speaker splits put "
+                f"them all in one ({where}): no {' / '.join(empty)} split (training validates on val, evaluation "
+                f"uses test); {hint}")
+    return (f"{len(speakers)} speakers give {where} inputs: no {' / '.join(empty)} split (training validates on "
+            f"val, evaluation uses test); add speakers or change --split-fractions")

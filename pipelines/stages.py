@@ -74,6 +74,18 @@ def scene_cut_signature(frame: np.ndarray) -> np.ndarray:
                       interpolation=cv2.INTER_AREA).astype(np.int16)
 
 
+PROBE_EVERY = 25  # one frame a second is kept aside, to tell why a video gave no clip
+PROBE_FRAMES = 16
+
+
+def _tap(frames: Iterator[np.ndarray], kept: list[np.ndarray]) -> Iterator[np.ndarray]:
+    """Pass frames through, keeping every PROBE_EVERY-th (at most PROBE_FRAMES) in ``kept``."""
+    for index, frame in enumerate(frames):
+        if index % PROBE_EVERY == 0 and len(kept) < PROBE_FRAMES:
+            kept.append(frame)
+        yield frame
+
+
 def _segments(frames_iter: Iterator[np.ndarray], max_frames: int, cut_threshold: float,
               usable_frames: int) -> Iterator[tuple[int, list[np.ndarray], bool]]:
     """(start_frame, frames, cut_before_next) for clips cut at scene cuts and max length."""
@@ -139,7 +151,7 @@ def decode_input(item: dict, cfg: Any) -> Iterator[dict]:
     source = {"source_duration": float(info.duration), "source_fps": float(info.fps),
               "width": int(info.width), "height": int(info.height), "rotation": int(info.rotation)}
     if not info.has_video:
-        yield _verdict(item, "rejected", "no_video_stream", f"{path}: audio only", **source)
+        yield _verdict(item, "rejected", "no_video_stream", f"{path}: no video stream (audio only)", **source)
         return
     if not info.has_audio:
         yield _verdict(item, "rejected", "no_audio_stream", f"{path}: video only", **source)
@@ -161,15 +173,17 @@ def decode_input(item: dict, cfg: Any) -> Iterator[dict]:
     n_decoded = 0
     short_segments = 0
     held: Optional[dict] = None  # one clip of lookahead, so the last one can be flagged
+    probe: list[np.ndarray] = []  # a few frames, to name the first cause when no clip is kept
+    cuts = 0
     decode_s = time.perf_counter() - t0
     try:
         t_seg = time.perf_counter()
-        frames_iter = (lsv.iter_frame_range(path, FPS, first, usable, threads=threads) if first
-                       else lsv.iter_frames(path, fps=FPS, threads=threads))
-        for start, frames, _cut in _segments(frames_iter, max_frames, cfg.scene_cut_threshold,
-                                              usable - first):
+        frames_iter = _tap(lsv.iter_frame_range(path, FPS, first, usable, threads=threads) if first
+                           else lsv.iter_frames(path, fps=FPS, threads=threads), probe)
+        for start, frames, cut in _segments(frames_iter, max_frames, cfg.scene_cut_threshold, usable - first):
             start += first
             n_decoded = start + len(frames)
+            cuts += int(cut)
             decode_s += time.perf_counter() - t_seg
             if len(frames) < min_frames:
                 short_segments += 1
@@ -191,15 +205,40 @@ def decode_input(item: dict, cfg: Any) -> Iterator[dict]:
         return
     counts = {"n_frames_source": int(n_decoded), "short_segments": short_segments}
     if held is None:
-        reason = "too_short" if usable > 0 or n_decoded > 0 else "decode_failed"
-        status = "rejected" if reason == "too_short" else "error"
-        yield _verdict(item, status, reason,
-                       f"{path}: no clip of at least {cfg.min_clip_seconds}s "
-                       f"({n_decoded} frames, audio {len(wav) / lsa.SAMPLE_RATE:.2f}s)",
-                       **source, **counts)
+        yield _no_clip_verdict(item, cfg, probe, cuts, n_decoded, len(wav), source, counts)
         return
     held.update(counts)
     yield _row(item, emitted, True, held)
+
+
+def _any_face(frames: list[np.ndarray], cfg: Any) -> bool:
+    """Whether the detector finds a face in any of ``frames`` (True when it cannot run: then
+    "no face" is not claimed, and the length is reported as before)."""
+    try:
+        return any(_detector(cfg).detect(frames))
+    except Exception:  # noqa: BLE001 - a detector that cannot load is reported by stage 2
+        return True
+
+
+def _no_clip_verdict(item: dict, cfg: Any, probe: list[np.ndarray], cuts: int, n_decoded: int,
+                     n_samples: int, source: dict, counts: dict) -> dict:
+    """Why an input gave no clip, naming the first cause: no face at all beats "too short"
+    (which is then only the scene cuts' consequence); then scene cuts, then length."""
+    path = item["path"]
+    if n_decoded == 0 and n_samples < SAMPLES_PER_FRAME:
+        return _verdict(item, "error", "decode_failed", f"{path}: no frame or audio could be decoded",
+                        **source, **counts)
+    if probe and not _any_face(probe, cfg):
+        return _verdict(item, "rejected", "no_face",
+                        f"{path}: no face in any of {len(probe)} frames sampled across the video", **source, **counts)
+    seconds = f"{n_decoded / FPS:.2f}s of video, {n_samples / lsa.SAMPLE_RATE:.2f}s of audio"
+    if cuts and n_decoded >= cfg.min_clip_seconds * FPS:
+        detail = (f"{path}: {cuts} scene cuts split {seconds} into pieces shorter than --min-clip-seconds "
+                  f"{cfg.min_clip_seconds} (raise --scene-cut-threshold, now {cfg.scene_cut_threshold}, or 0 to "
+                  "turn cuts off)")
+    else:
+        detail = f"{path}: no clip of at least {cfg.min_clip_seconds}s ({seconds})"
+    return _verdict(item, "rejected", "too_short", detail, **source, **counts)
 
 
 # ------------------------------------------------------------------------------ 2. detect
@@ -242,14 +281,23 @@ class FaceDetectStage:
         return out
 
 
-def detect_faces_batch(batch: dict, cfg: Any) -> dict:
-    """Function form of stage 2 for CPU tasks; the detector is cached per worker process."""
+def _cpu_stage(cfg: Any) -> FaceDetectStage:
+    """The CPU detection stage for these settings, cached per worker process."""
     key = (cfg.detector, cfg.detector_weights, cfg.detect_downscale_to, cfg.detect_upsample,
            cfg.detect_batch_size, cfg.detect_every)
     stage = _DETECTORS.get(key)
     if stage is None:
         stage = _DETECTORS[key] = FaceDetectStage(cfg, device="cpu")
-    return stage(batch)
+    return stage
+
+
+def _detector(cfg: Any):
+    return _cpu_stage(cfg).detector
+
+
+def detect_faces_batch(batch: dict, cfg: Any) -> dict:
+    """Function form of stage 2 for CPU tasks; the detector is cached per worker process."""
+    return _cpu_stage(cfg)(batch)
 
 
 _DETECTORS: dict = {}

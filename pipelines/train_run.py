@@ -35,13 +35,15 @@ MODEL_REFERENCE_FIELDS = {"expert": "--expert", "init": "--init", "init_disc": "
 
 
 def _resolve_shards(cfg: TrainConfig) -> tuple[list[str], list[str]]:
-    """Shard paths or object-storage URIs (s3://, gs://), listed once on the driver."""
-    from lipsync.data.shard_stream import list_shards
+    """Shard paths or object-storage URIs (s3://, gs://), listed once on the driver. Local
+    shards are checked first (pipelines/preflight.py): no split, no usable clip or crops of
+    another size are one-line errors before Ray starts or an MLflow run opens."""
+    from pipelines.preflight import check_training_shards
 
     if storage.is_uri(cfg.data.shards):
         return storage.list_shards(cfg.data.shards, "train"), storage.list_shards(cfg.data.shards, "val")
-    return ([str(p) for p in list_shards(cfg.data.shards, "train")],
-            [str(p) for p in list_shards(cfg.data.shards, "val")])
+    shards = check_training_shards(cfg.data.shards, cfg.recipe.sampling())
+    return shards.train, shards.val
 
 
 def shard_face_size(train_shards: list[str]) -> int | None:
@@ -168,10 +170,11 @@ def run_training(cfg: TrainConfig) -> TrainResult:
     from ray.train.torch import TorchConfig, TorchTrainer
 
     from pipelines import tracking
-    from pipelines.ray_env import init_ray
     from lipsync import model_ref
+    from pipelines.ray_env import init_ray, quiet_train_options
     from pipelines.registry import register_checkpoint
     from pipelines.train_loop import train_loop_per_worker
+    from pipelines.worker_errors import fit
 
     cfg.validate()
     stage_cls = cfg.entry.stage
@@ -202,10 +205,13 @@ def run_training(cfg: TrainConfig) -> TrainResult:
             storage_path=cfg.tracking.storage_path,
             failure_config=FailureConfig(max_failures=w.max_failures),
             checkpoint_config=CheckpointConfig(num_to_keep=cfg.cadence.keep_checkpoints),
+            **quiet_train_options(),
         ),
     )
+    # A worker's user error comes back as its one line; the full trace goes to a local log.
+    log_dir = tempfile.gettempdir() if storage.is_uri(_run_dir(cfg)) else _run_dir(cfg)
     try:
-        result = trainer.fit()
+        result = fit(trainer, log_dir)
     except BaseException:
         client.set_terminated(run_id, status="FAILED")
         raise

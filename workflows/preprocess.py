@@ -20,7 +20,9 @@ from pathlib import Path
 # Run as a script (python workflows/preprocess.py): make the repo importable.
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from lipsync.cli import HelpFormatter  # noqa: E402
 from lipsync.errors import LipsyncError  # noqa: E402
+from pipelines.paths import resolve_path_args  # noqa: E402
 from pipelines.preprocess import PreprocessConfig, run_preprocess  # noqa: E402
 from pipelines.shards import parse_size  # noqa: E402
 from pipelines.sources import LAYOUTS  # noqa: E402
@@ -29,55 +31,74 @@ from pipelines.splits import parse_fractions  # noqa: E402
 
 def build_parser() -> argparse.ArgumentParser:
     d = PreprocessConfig(input="", output="")
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     io = p.add_argument_group("input / output")
     io.add_argument("--input", required=True, help="corpus root (or a filelist for --layout filelist)")
-    io.add_argument("--layout", choices=LAYOUTS, default=d.layout)
-    io.add_argument("--output", required=True,
-                    help="directory (or s3:// / gs:// URI) for shards, manifest.parquet, summary.json")
+    io.add_argument("--layout", choices=LAYOUTS, default=d.layout,
+                    help="how speakers and splits are read from the folder: lrs2 (main/<spk>/<clip>.mp4 + "
+                         "train/val/test.txt), voxceleb2 (dev|test/mp4/<id>/...), folder (any videos; speaker "
+                         "= parent folder or --speaker-regex), filelist (a text file of paths)")
+    io.add_argument("--output", required=True, help="directory (or s3:// / gs:// URI) for shards, manifest.parquet, summary.json")
     io.add_argument("--speaker-regex", default=None,
-                    help="folder layout: regex on the relative path; group 1 is the speaker")
-    io.add_argument("--filelists", default=None, help="lrs2: directory holding train/val/test.txt")
+                    help="folder layout: regex on the path relative to --input; group 1 is the speaker "
+                         "(default: the parent folder's name), e.g. '^([^_/]+)_' for <speaker>_<clip>.mp4")
+    io.add_argument("--filelists", default=None,
+                    help="lrs2: directory holding train/val/test.txt (default: looked up under --input)")
     io.add_argument("--split-fractions", default="0.8,0.1,0.1",
                     help="train,val,test fractions of speakers when there are no official lists")
-    io.add_argument("--split-seed", default=d.split_seed)
+    io.add_argument("--split-seed", default=d.split_seed,
+                    help="seed of the speaker shuffle that deals speakers into splits")
     io.add_argument("--shard-size", default="256MB", help="target shard size, e.g. 256MB, 1G")
     io.add_argument("--codec", choices=("jpeg", "png"), default=d.codec,
                     help="face crop encoding in shards (png is lossless)")
-    io.add_argument("--jpeg-quality", type=int, default=d.jpeg_quality)
+    io.add_argument("--jpeg-quality", type=int, default=d.jpeg_quality, help="JPEG quality of the crops (1-100)")
     io.add_argument("--overwrite", action="store_true", help="discard earlier output instead of resuming")
     clips = p.add_argument_group("clips")
     clips.add_argument("--max-clip-seconds", type=float, default=d.max_clip_seconds,
                        help="split longer videos into clips of at most this long (0: never)")
-    clips.add_argument("--min-clip-seconds", type=float, default=d.min_clip_seconds)
+    clips.add_argument("--min-clip-seconds", type=float, default=d.min_clip_seconds,
+                       help="shorter clips (after scene cuts) are dropped")
     clips.add_argument("--scene-cut-threshold", type=float, default=d.scene_cut_threshold,
                        help="mean abs frame difference (0-255) that starts a new clip (0: off)")
     clips.add_argument("--segment-seconds", type=float, default=d.segment_seconds,
                        help="inputs longer than 1.5x this are cut into pieces of about this length, "
                             "processed as separate tasks (0: never)")
     faces = p.add_argument_group("faces")
-    faces.add_argument("--detector", choices=("auto", "dlib", "s3fd"), default=d.detector)
-    faces.add_argument("--detector-weights", default=None, help="S3FD weights file")
-    faces.add_argument("--detect-every", type=int, default=d.detect_every)
-    faces.add_argument("--detect-downscale-to", type=int, default=d.detect_downscale_to)
-    faces.add_argument("--detect-upsample", type=int, default=d.detect_upsample)
-    faces.add_argument("--detect-batch-size", type=int, default=d.detect_batch_size)
-    faces.add_argument("--face-policy", choices=("largest", "central", "reject-multiple"), default=d.face_policy)
-    faces.add_argument("--min-face-size", type=float, default=d.min_face_size)
-    faces.add_argument("--min-detection-rate", type=float, default=d.min_detection_rate)
-    faces.add_argument("--smooth-window", type=int, default=d.smooth_window)
+    faces.add_argument("--detector", choices=("auto", "dlib", "s3fd"), default=d.detector,
+                       help="auto: S3FD where its weights are present (batched on GPU), else dlib HOG (offline)")
+    faces.add_argument("--detector-weights", default=None,
+                       help="S3FD weights file (default: face-alignment's cache)")
+    faces.add_argument("--detect-every", type=int, default=d.detect_every,
+                       help="detect on every k-th frame and interpolate boxes in between")
+    faces.add_argument("--detect-downscale-to", type=int, default=d.detect_downscale_to,
+                       help="detect on a copy whose longer side is at most this many px")
+    faces.add_argument("--detect-upsample", type=int, default=d.detect_upsample,
+                       help="dlib: upsample the image this many times to find small faces (slower)")
+    faces.add_argument("--detect-batch-size", type=int, default=d.detect_batch_size,
+                       help="frames per detector call (S3FD on GPU)")
+    faces.add_argument("--face-policy", choices=("largest", "central", "reject-multiple"), default=d.face_policy,
+                       help="which face to keep when several are found; reject-multiple drops such clips")
+    faces.add_argument("--min-face-size", type=float, default=d.min_face_size,
+                       help="smallest face kept, in px of the shorter box side")
+    faces.add_argument("--min-detection-rate", type=float, default=d.min_detection_rate,
+                       help="clips with a face in fewer of the checked frames are rejected")
+    faces.add_argument("--smooth-window", type=int, default=d.smooth_window,
+                       help="frames of temporal smoothing of the face boxes (1: none)")
     faces.add_argument("--crop-size", type=int, nargs="+", default=list(d.crop_sizes),
                        help="crop size(s) in px; the first is the primary one (e.g. 96 192)")
-    faces.add_argument("--pads", type=int, nargs=4, default=list(d.pads), metavar=("TOP", "BOTTOM", "LEFT", "RIGHT"))
+    faces.add_argument("--pads", type=int, nargs=4, default=list(d.pads), metavar=("TOP", "BOTTOM", "LEFT", "RIGHT"),
+                       help="px added to the face box before cropping (the original's default includes the chin)")
     res = p.add_argument_group("resources / tracking")
-    res.add_argument("--num-cpus", type=int, default=None)
-    res.add_argument("--num-gpus", type=float, default=None)
+    res.add_argument("--num-cpus", type=int, default=None,
+                     help="CPUs to use (default: all of the local machine or the cluster)")
+    res.add_argument("--num-gpus", type=float, default=None,
+                     help="GPUs for face detection (default: all the cluster has; 0: CPU only)")
     res.add_argument("--inputs-per-task", type=int, default=d.inputs_per_task,
                      help="most inputs per Ray task (fewer tasks = less scheduling overhead)")
     res.add_argument("--ray-address", default=None, help="default: RAY_ADDRESS, else a local cluster")
     res.add_argument("--tracking-uri", default=None, help="MLflow tracking URI; logs the run summary")
-    res.add_argument("--experiment", default=d.experiment)
-    res.add_argument("--no-progress", action="store_true")
+    res.add_argument("--experiment", default=d.experiment, help="MLflow experiment of the run summary")
+    res.add_argument("--no-progress", action="store_true", help="no progress bar (e.g. in CI logs)")
     return p
 
 
@@ -103,6 +124,7 @@ def config_from_args(args: argparse.Namespace) -> PreprocessConfig:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    resolve_path_args(args, "input", "output", "filelists", "detector_weights")  # workers run elsewhere
     try:
         run_preprocess(config_from_args(args))
     except LipsyncError as exc:

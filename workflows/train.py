@@ -29,6 +29,7 @@ from pathlib import Path
 # Run as a script (python workflows/train.py): make the repo importable.
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from lipsync.cli import HelpFormatter  # noqa: E402
 from lipsync.errors import ConfigError, LipsyncError  # noqa: E402
 from lipsync.training import RECIPES  # noqa: E402
 from lipsync.training.generator import EXPERT_BN_MODES  # noqa: E402
@@ -41,6 +42,7 @@ from pipelines.train_config import (  # noqa: E402
     TrainConfig,
     WorkersConfig,
 )
+from pipelines.paths import resolve_path_args  # noqa: E402
 from pipelines.train_run import run_training  # noqa: E402
 
 STAGES = tuple(STAGE_TABLE)
@@ -60,8 +62,9 @@ def build_parser() -> argparse.ArgumentParser:
     # Flags map 1:1 to TrainConfig leaves; recipe flags default to None = the stage's default.
     ex, gen = RECIPES["expert"](), RECIPES["generator"]()
     d, c, w, t = DataConfig(shards=""), CadenceConfig(), WorkersConfig(), TrackingConfig()
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--stage", choices=STAGES, required=True)
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
+    p.add_argument("--stage", choices=STAGES, required=True,
+                   help="expert: the SyncNet lip-sync expert (first); generator: Wav2Lip + discriminator, judged by the expert")
     p.add_argument("--shards", required=True, help="directory with {train,val}-NNNNNN.tar (workflows/preprocess.py)")
     m = p.add_argument_group("model and recipe, both stages (defaults: the paper's, per stage)")
     m.add_argument("--width", type=float, default=None, help="channel multiplier (1 = official)")
@@ -70,7 +73,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"global batch, split over workers (expert {ex.batch_size}, generator {gen.batch_size})")
     m.add_argument("--lr", type=float, default=None, help=f"learning rate (default {ex.lr})")
     m.add_argument("--T", type=int, default=None, help="frames per window (5)")
-    m.add_argument("--max-steps", type=int, default=c.max_steps)
+    m.add_argument("--max-steps", type=int, default=c.max_steps, help="optimizer steps to train for")
     m.add_argument("--init", default=None,
                    help="start from these weights: our checkpoint, the official lipsync_expert.pth / wav2lip.pth / "
                         "wav2lip_gan.pth, or models:/NAME@ALIAS (fine-tuning)")
@@ -108,40 +111,51 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--sync-threshold", type=float, default=None,
                    help=f"switch the sync loss on once validation sync loss < this (default {gen.sync_threshold})")
     data = p.add_argument_group("data")
-    data.add_argument("--windows-per-clip", type=int, default=d.windows_per_clip)
+    data.add_argument("--windows-per-clip", type=int, default=d.windows_per_clip,
+                      help="training windows cut from each clip per pass")
     data.add_argument("--shuffle-buffer", type=int, default=d.shuffle_buffer,
                       help="windows mixed before batching (default: expert 2048, generator 256)")
     data.add_argument("--loader-workers", type=int, default=d.loader_workers,
                       help="DataLoader processes per training worker (0: read in the training process)")
-    data.add_argument("--val-windows-per-clip", type=int, default=d.val_windows_per_clip)
-    data.add_argument("--val-max-clips", type=int, default=d.val_max_clips)
-    data.add_argument("--seed", type=int, default=d.seed)
+    data.add_argument("--val-windows-per-clip", type=int, default=d.val_windows_per_clip,
+                      help="fixed validation windows per val clip")
+    data.add_argument("--val-max-clips", type=int, default=d.val_max_clips,
+                      help="validate on at most this many val clips (bounds time and memory)")
+    data.add_argument("--seed", type=int, default=d.seed, help="seed of initialisation and window sampling")
     data.add_argument("--manifest", default=None, help="default: <shards>/manifest.parquet")
     cad = p.add_argument_group("cadence")
-    cad.add_argument("--log-every", type=int, default=c.log_every)
-    cad.add_argument("--checkpoint-every", type=int, default=c.checkpoint_every, help="also validates")
-    cad.add_argument("--keep-checkpoints", type=int, default=c.keep_checkpoints)
+    cad.add_argument("--log-every", type=int, default=c.log_every, help="steps between logged training metrics")
+    cad.add_argument("--checkpoint-every", type=int, default=c.checkpoint_every,
+                     help="steps between checkpoints; each one also validates")
+    cad.add_argument("--keep-checkpoints", type=int, default=c.keep_checkpoints,
+                     help="Ray Train checkpoints kept for failure restore (MLflow keeps every one)")
     sc = p.add_argument_group("scaling and fault tolerance")
-    sc.add_argument("--num-workers", type=int, default=w.num_workers)
-    sc.add_argument("--use-gpu", action="store_true")
-    sc.add_argument("--cpus-per-worker", type=float, default=w.cpus_per_worker)
+    sc.add_argument("--num-workers", type=int, default=w.num_workers, help="Ray Train workers (DDP ranks)")
+    sc.add_argument("--use-gpu", action="store_true", help="one GPU per worker (NCCL, bf16 autocast)")
+    sc.add_argument("--cpus-per-worker", type=float, default=w.cpus_per_worker,
+                    help="CPUs reserved per worker (also its torch threads on CPU)")
     sc.add_argument("--worker-resources", type=_resources, default={},
                     help="extra Ray resources per worker as JSON, e.g. to pin workers to nodes")
-    sc.add_argument("--max-failures", type=int, default=w.max_failures)
+    sc.add_argument("--max-failures", type=int, default=w.max_failures,
+                    help="worker failures restored from the last checkpoint before the run fails")
     sc.add_argument("--fail-at-step", type=int, default=None, help=argparse.SUPPRESS)  # fault-injection tests
     bk = p.add_argument_group("tracking")
-    bk.add_argument("--storage-path", default=t.storage_path, help="Ray Train run storage")
-    bk.add_argument("--run-name", default=None)
+    bk.add_argument("--storage-path", default=t.storage_path,
+                    help="Ray Train run storage: a folder or s3:// / gs:// URI")
+    bk.add_argument("--run-name", default=None, help="name of the run (default: STAGE-DATE-TIME)")
     bk.add_argument("--resume", action="store_true", help="continue --run-name (same MLflow run)")
-    bk.add_argument("--tracking-uri", default=None, help="MLflow server; default MLFLOW_TRACKING_URI or ./mlruns.db")
+    bk.add_argument("--tracking-uri", default=None, help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else ./mlruns.db)")
     bk.add_argument("--experiment", default=None, help="default: lipsync-expert / lipsync-generator")
-    bk.add_argument("--no-register", dest="register", action="store_false")
-    bk.add_argument("--no-system-metrics", dest="system_metrics", action="store_false")
+    bk.add_argument("--no-register", dest="register", action="store_false",
+                    help="do not register the best checkpoint in the MLflow model registry")
+    bk.add_argument("--no-system-metrics", dest="system_metrics", action="store_false",
+                    help="do not log CPU/GPU/memory use to MLflow")
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    resolve_path_args(args, "shards", "manifest", "storage_path")  # workers do not share our working dir
     try:
         if args.resume and not args.run_name:
             raise ConfigError("--resume needs --run-name of the run to continue")

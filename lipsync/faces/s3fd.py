@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from lipsync.errors import CheckpointError, ConfigError
+from lipsync.files import publish
 from lipsync.faces.base import FaceDetector
 
 # The URL face-alignment downloads S3FD from; its basename is the cache file name, and the
@@ -78,7 +79,7 @@ def download_s3fd_weights(timeout: float = 20.0) -> Path:
                 out.write(chunk)
         if not digest.hexdigest().startswith(S3FD_SHA256_PREFIX):
             raise CheckpointError(f"{S3FD_URL}: downloaded file fails its sha256 check")
-        os.replace(tmp_name, target)
+        publish(tmp_name, target)  # mkstemp's 0600 would hide the shared cache from other users
     except (urllib.error.URLError, OSError) as exc:
         raise CheckpointError(
             f"{target}: S3FD weights missing and download from {S3FD_URL} failed ({exc}); "

@@ -38,7 +38,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     io = parser.add_argument_group("input and output")
     io.add_argument("--face", required=True, help="face video, or an image (jpg/png/...: implies --static)")
     io.add_argument("--audio", required=True, help="speech: any audio or video file with an audio track")
-    io.add_argument("--out", "--outfile", dest="out", required=True, help="output mp4 (written only on success)")
+    io.add_argument("--out", "--outfile", dest="out", required=True,
+                    help="output video; .mp4, .m4v, .mov or .mkv by its extension (written only on success)")
     io.add_argument("--model", "--checkpoint_path", "--checkpoint-path", dest="model", required=True,
                     help="generator checkpoint (ours, or the official wav2lip.pth / wav2lip_gan.pth) "
                          "or an MLflow model URI such as models:/wav2lip@champion")
@@ -120,8 +121,10 @@ def options_from_args(args: argparse.Namespace) -> InferenceOptions:
 
 def run(args: argparse.Namespace) -> int:
     from lipsync.inference.pipeline import LipSyncer
+    from lipsync.video import container_for
 
     opts = options_from_args(args)
+    container_for(args.out)  # an unsupported extension fails now, not after the model has loaded
     for name in ("face", "audio"):
         if os.path.abspath(getattr(args, name)) == os.path.abspath(args.out):
             raise ConfigError(f"--out {args.out}: would overwrite the --{name} input")
@@ -129,6 +132,7 @@ def run(args: argparse.Namespace) -> int:
     result = syncer.sync(args.face, args.audio, args.out)
     passed = f", {result.frames_passed_through} without a face passed through" if result.frames_passed_through else ""
     print(f"wrote {result.out_path}: {result.n_frames} frames {result.width}x{result.height} @ {result.fps:g} fps, "
-          f"{result.audio_seconds:.2f} s{passed}; {result.fps_end_to_end:.1f} fps "
-          f"({result.generator['device']}, {result.generator['precision']})", file=sys.stderr)
+          f"{result.audio_seconds:.2f} s{passed}; {result.seconds:.1f} s end to end = "
+          f"{result.fps_end_to_end:.1f} frames/s including start-up (the progress bar counts frames "
+          f"once they flow) ({result.generator['device']}, {result.generator['precision']})", file=sys.stderr)
     return 0

@@ -151,8 +151,11 @@ class LipSyncer:
                                    q, "generate")
             chunk = int(round(AUDIO_CHUNK_SECONDS * SAMPLE_RATE))
             audio_pos = 0
-            with VideoWriter(out, fps, width, height, audio_sample_rate=SAMPLE_RATE, crf=opts.crf,
-                             preset=opts.preset) as writer:
+            # The viewer hears the user's own audio (its rate, its codec when the container takes
+            # it); the 16 kHz copy is only what the model listens to. An array is written as given.
+            audio_file = audio_name if isinstance(audio, (str, os.PathLike)) else None
+            with VideoWriter(out, fps, width, height, audio_sample_rate=None if audio_file else SAMPLE_RATE,
+                             audio_from=audio_file, crf=opts.crf, preset=opts.preset) as writer:
                 for item in items:
                     t0 = time.perf_counter()
                     frame = item.frame
@@ -166,7 +169,7 @@ class LipSyncer:
                     writer.write(frame)
                     # Audio up to the end of this frame (one chunk at a time) keeps the mux interleaved.
                     due = min(wav.size, int(round((item.index + 1) / fps * SAMPLE_RATE)))
-                    if due - audio_pos >= chunk or item.index == n_out - 1:
+                    if audio_file is None and (due - audio_pos >= chunk or item.index == n_out - 1):
                         writer.write_audio(wav[audio_pos:due])
                         audio_pos = due
                     stats["compose"] += t1 - t0
@@ -174,7 +177,7 @@ class LipSyncer:
                     progress.update(1)
                 if writer.frames_written != n_out:
                     raise RuntimeError(f"pipeline wrote {writer.frames_written} of {n_out} frames")
-                if audio_pos < wav.size:
+                if audio_file is None and audio_pos < wav.size:
                     writer.write_audio(wav[audio_pos:])
                 if counts["with_face"] == 0:
                     raise NoFaceError(f"{face}: no face found in any frame (try --box, --pads, --resize-factor "
