@@ -209,16 +209,35 @@ def test_official_format_checkpoint_end_to_end(media, tmp_path):
 
 
 def test_bf16_close_to_fp32(media, tmp_path):
-    """The CPU speed path (bf16) must not change the picture much: mean |diff| of generated faces."""
+    """The CPU speed path (bf16) must not change the picture much: mean |diff| of generated faces.
+
+    Random full-width weights give a flat image unless activations are kept in range: the
+    BatchNorm statistics are set from the test batch itself (one train-mode pass, cumulative
+    average), and the last 1x1 conv is halved so the sigmoid is not saturated. The output's
+    spread is checked first, so the comparisons below compare pictures, not two flat images.
+    """
     from lipsync.inference.generator import FaceGenerator
 
     torch.manual_seed(2)
-    model = Wav2Lip().eval()
-    for p in model.parameters():  # keep activations in a sane range for random weights
-        p.data.mul_(0.5)
-    faces = np.stack([cv2.resize(face_image()[40:200, 60:200], (96, 96))] * 4)
-    mels = np.random.default_rng(0).uniform(-4, 0, (4, 80, 16)).astype(np.float32)
+    model = Wav2Lip()
+    crop = cv2.resize(face_image()[40:200, 60:200], (96, 96))
+    faces = np.stack([np.roll(crop, 3 * i, axis=1) for i in range(4)])
+    mels = np.random.default_rng(1).uniform(-4, 0, (4, 80, 16)).astype(np.float32)
+    for m in model.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.momentum = None  # running stats = this batch's statistics
+    model.train()
+    with torch.no_grad():
+        model(torch.from_numpy(mels)[:, None], _input(faces))
+    model.eval()
+    last_conv = model.output_block[1]
+    last_conv.weight.data.mul_(0.5)
+    last_conv.bias.data.mul_(0.5)
+
     ref = FaceGenerator(model, 96, "cpu", "fp32", channels_last=False)(faces, mels).astype(np.float32)
+    assert ref.std() > 8, f"generated faces are nearly flat (std {ref.std():.2f}): the comparison would prove nothing"
+    assert ref.max() - ref.min() > 100
+    assert np.abs(ref[1:] - ref[:1]).mean() > 4, "every face in the batch came out the same"
     fast = FaceGenerator(model, 96, "cpu", "bf16", channels_last=True)(faces, mels).astype(np.float32)
     assert np.abs(ref - fast).mean() < 3.0
     # BN folding alone is exact up to float rounding.
