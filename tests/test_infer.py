@@ -392,3 +392,60 @@ def test_bad_options_name_the_flag_and_the_choices(field, value):
 
     with pytest.raises(ConfigError, match=f"--{field.replace('_', '-')}: '{value}' is not one of"):
         InferenceOptions(**{field: value}).validate()
+
+
+# ------------------------------------------------------------------ untrusted checkpoints
+
+
+class _RunsCodeWhenUnpickled:
+    """Unpickling this calls exec(): it writes `marker` - what a malicious checkpoint could do."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return exec, (f"open({str(self.marker)!r}, 'w').write('code ran while unpickling')",)
+
+
+def _code_running_checkpoint(tmp_path) -> tuple[Path, Path]:
+    """A working generator checkpoint in the original's dict layout with a code-running extra entry."""
+    marker = tmp_path / "marker_code_ran"
+    torch.manual_seed(0)
+    path = tmp_path / "wav2lip_gan.pth"
+    torch.save({"state_dict": Wav2Lip(width=0.25).state_dict(), "global_step": 1,
+                "extra": _RunsCodeWhenUnpickled(marker)}, path)
+    return path, marker
+
+
+def test_code_running_checkpoint_is_refused_and_never_runs(media, tmp_path):
+    """Library and `lipsync infer`: refused with a message naming the file; the code never runs.
+    With --trust-checkpoint the same file does run its code (so the refusal is what stopped it)."""
+    from lipsync.checkpoints import load_model
+    from lipsync.errors import CheckpointError
+
+    path, marker = _code_running_checkpoint(tmp_path)
+    refusal = None
+    try:
+        load_model(path)
+    except CheckpointError as e:
+        refusal = str(e)
+    assert not marker.exists(), "loading the checkpoint ran the code pickled in it"
+    assert refusal is not None and str(path) in refusal and "--trust-checkpoint" in refusal, refusal
+    assert "pickled Python objects (exec)" in refusal
+    with pytest.raises(CheckpointError):
+        LipSyncer(str(path), opts()).sync(media / "face.mp4", media / "speech_1_4s.wav", tmp_path / "lib.mp4")
+    assert not marker.exists() and not (tmp_path / "lib.mp4").exists()
+
+    out = tmp_path / "cli.mp4"
+    proc = _cli(["--face", media / "face.mp4", "--audio", media / "speech_1_4s.wav", "--out", out, "--model", path])
+    assert proc.returncode == 2, proc.stderr
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith(f"error: {path}") and "trust" in lines[0], proc.stderr
+    assert not marker.exists() and not out.exists()
+
+    # The control: trusting the file runs its code, and the weights in it are used.
+    proc = _cli(["--face", media / "face.mp4", "--audio", media / "speech_1_4s.wav", "--outfile", out,
+                 "--checkpoint_path", path, "--trust-checkpoint", "--box", "60", "180", "70", "170"])
+    assert proc.returncode == 0, proc.stderr
+    assert marker.read_text() == "code ran while unpickling"
+    assert len(decoded(out)) == 35
