@@ -254,6 +254,8 @@ def _input(faces):
 
 
 def test_mlflow_model_uri(mlflow_server, media, tmp_path, monkeypatch):
+    """models:/ and runs:/ URIs: the output is exactly what the registered weights give
+    (same frames as the local file they were registered from, not those of another version)."""
     import mlflow
 
     from pipelines.registry import register_checkpoint
@@ -261,25 +263,43 @@ def test_mlflow_model_uri(mlflow_server, media, tmp_path, monkeypatch):
     monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_server.uri)
     mlflow.set_tracking_uri(mlflow_server.uri)
     mlflow.set_registry_uri(mlflow_server.uri)
-    folder = tmp_path / "checkpoint"
-    folder.mkdir()
-    save_checkpoint(folder / "model.safetensors", Wav2Lip(width=0.25), ModelConfig(kind="wav2lip", width=0.25))
     mlflow.set_experiment("infer-test")
-    with mlflow.start_run() as run:
-        mlflow.log_artifacts(str(folder), artifact_path="checkpoint")
-    register_checkpoint(run.info.run_id, "checkpoint", "wav2lip-infer-test", alias="champion",
-                        tracking_uri=mlflow_server.uri)
+    runs = {}
+    for seed in (5, 0):  # version 1: other weights; version 2 (alias champion): the ones to use
+        folder = tmp_path / f"checkpoint_{seed}"
+        folder.mkdir()
+        torch.manual_seed(seed)
+        save_checkpoint(folder / "model.safetensors", Wav2Lip(width=0.25), ModelConfig(kind="wav2lip", width=0.25))
+        with mlflow.start_run() as run:
+            mlflow.log_artifacts(str(folder), artifact_path="checkpoint")
+        runs[seed] = run.info.run_id
+        register_checkpoint(run.info.run_id, "checkpoint", "wav2lip-infer-test", alias="champion",
+                            tracking_uri=mlflow_server.uri)
 
-    out = tmp_path / "registry.mp4"
-    result = LipSyncer("models:/wav2lip-infer-test@champion", opts(), tracking_uri=mlflow_server.uri).sync(
-        media / "face.mp4", media / "speech_1_4s.wav", out)
-    assert result.n_frames == 35 and out.exists()
+    fixed = opts(box=(60, 180, 70, 170))  # no detection: the model is the only thing that varies
+
+    def frames_from(model, name):
+        out = tmp_path / f"{name}.mp4"
+        result = LipSyncer(model, fixed, tracking_uri=mlflow_server.uri).sync(
+            media / "face.mp4", media / "speech_1_4s.wav", out)
+        assert result.n_frames == 35
+        return decoded(out)
+
+    local = frames_from(str(tmp_path / "checkpoint_0" / "model.safetensors"), "local")
+    other = frames_from(str(tmp_path / "checkpoint_5" / "model.safetensors"), "other")
+    mouth = (slice(None), slice(140, 175), slice(100, 140))
+    gap = float(np.abs(local[mouth].astype(np.float32) - other[mouth]).mean())
+    assert gap > 5, f"two different weight sets gave nearly the same mouths ({gap:.2f})"
+    assert np.array_equal(frames_from("models:/wav2lip-infer-test@champion", "alias"), local)
+    assert np.array_equal(frames_from("models:/wav2lip-infer-test/1", "version1"), other)
+    assert np.array_equal(frames_from(f"runs:/{runs[0]}/checkpoint", "run"), local)
     # The same through the command line, with the tracking server from the environment.
     out2 = tmp_path / "registry_cli.mp4"
-    proc = _cli(["--face", media / "face.mp4", "--audio", media / "speech_1_4s.wav", "--out", out2,
-                 "--model", "models:/wav2lip-infer-test@champion"], env={"MLFLOW_TRACKING_URI": mlflow_server.uri})
+    proc = _cli(["--face", media / "face.mp4", "--audio", media / "speech_1_4s.wav", "--out", out2, "--crf", "0",
+                 "--box", "60", "180", "70", "170", "--model", "models:/wav2lip-infer-test@champion"],
+                env={"MLFLOW_TRACKING_URI": mlflow_server.uri})
     assert proc.returncode == 0, proc.stderr
-    assert probe(out2).has_audio
+    assert probe(out2).has_audio and np.array_equal(decoded(out2), local)
 
 
 # ------------------------------------------------------------------ bad input
