@@ -469,3 +469,64 @@ def test_code_running_checkpoint_is_refused_and_never_runs(media, tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert marker.read_text() == "code ran while unpickling"
     assert len(decoded(out)) == 35
+
+
+# ------------------------------------------------------------------ the original's command line
+
+
+def _infer_options(argv):
+    from lipsync.cli import build_parser
+    from lipsync.inference.cli import options_from_args
+
+    args = build_parser("infer").parse_args(["infer", *argv])
+    return args, options_from_args(args)
+
+
+def test_original_flags_and_spellings_parse_to_the_same_options():
+    underscore = ["--face", "f.mp4", "--audio", "a.wav", "--outfile", "o.mp4", "--checkpoint_path", "m.pth",
+                  "--pads", "1", "2", "3", "4", "--nosmooth", "--face_det_batch_size", "3",
+                  "--wav2lip_batch_size", "5", "--resize_factor", "2"]
+    dash = ["--face", "f.mp4", "--audio", "a.wav", "--out", "o.mp4", "--checkpoint-path", "m.pth",
+            "--pads", "1", "2", "3", "4", "--nosmooth", "--face-det-batch-size", "3",
+            "--wav2lip-batch-size", "5", "--resize-factor", "2"]
+    args_u, opts_u = _infer_options(underscore)
+    args_d, opts_d = _infer_options(dash)
+    assert (args_u.out, args_u.model) == (args_d.out, args_d.model) == ("o.mp4", "m.pth")
+    assert opts_u == opts_d
+    assert opts_u.pads == (1, 2, 3, 4) and opts_u.nosmooth is True
+    assert (opts_u.face_det_batch_size, opts_u.wav2lip_batch_size, opts_u.resize_factor) == (3, 5, 2)
+    assert _infer_options(dash[:6] + ["--model", "m.pth", "--hard-paste"])[1].compositing == "paste"
+    defaults = _infer_options(dash[:8])[1]
+    assert defaults.compositing == "blend" and defaults.nosmooth is False and defaults.pads == (0, 10, 0, 0)
+
+
+def _changed_box(frame: np.ndarray, source: np.ndarray) -> tuple[np.ndarray, tuple[int, int, int, int]]:
+    """Pixels the generator changed in one frame, and their bounding box (top, bottom, left, right)."""
+    changed = np.abs(frame.astype(np.float32) - source).max(axis=2) > 8
+    ys, xs = np.nonzero(changed)
+    return changed, (ys.min(), ys.max() + 1, xs.min(), xs.max() + 1)
+
+
+def test_original_spellings_and_hard_paste_end_to_end(media, tiny_model, tmp_path):
+    """`lipsync infer` with the original's underscore flags: --pads grows the pasted box
+    downwards by its pixels, and --hard-paste replaces the whole box, upper face included
+    (the feathered blend leaves that alone: test_blend_touches_only_the_feathered_lower_face)."""
+    src = reencoded(media / "face.mp4", tmp_path)[0]
+    out = tmp_path / "padded.mp4"
+    proc = _cli(["--face", media / "face.mp4", "--audio", media / "speech_1_4s.wav", "--outfile", out,
+                 "--checkpoint_path", tiny_model, "--pads", "0", "20", "0", "0", "--nosmooth",
+                 "--face_det_batch_size", "4", "--wav2lip_batch_size", "8", "--hard-paste", "--crf", "0"])
+    assert proc.returncode == 0, proc.stderr
+    padded = decoded(out)
+    assert len(padded) == 35
+    unpadded = tmp_path / "unpadded.mp4"
+    LipSyncer(tiny_model, opts(pads=(0, 0, 0, 0), nosmooth=True, compositing="paste")).sync(
+        media / "face.mp4", media / "speech_1_4s.wav", unpadded)
+
+    changed, (top, bottom, left, right) = _changed_box(padded[0], src)
+    _, (top0, bottom0, left0, right0) = _changed_box(decoded(unpadded)[0], src)
+    assert abs(top - top0) <= 2 and abs(left - left0) <= 2 and abs(right - right0) <= 2
+    assert abs((bottom - bottom0) - 20) <= 3, (bottom, bottom0)
+    box_rows = changed[top:bottom, left:right]
+    assert box_rows.mean() > 0.9  # hard paste: the whole box is the generator's output ...
+    assert box_rows[: (bottom - top) // 4].mean() > 0.9  # ... its upper face included (a blend leaves it)
