@@ -47,6 +47,25 @@ def metric_steps(client: MlflowClient, run_id: str, key: str) -> list[int]:
     return sorted(m.step for m in client.get_metric_history(run_id, key))
 
 
+def assert_plain_safetensors_folder(folder: Path) -> None:
+    """Every file of a downloaded model version is a safetensors file and nothing else: an
+    8-byte header size, a JSON header, then the declared tensors' bytes, which cover the rest
+    of the file exactly - no byte is left where a pickle could hide."""
+    from safetensors.torch import load_file
+
+    files = [p for p in folder.rglob("*") if p.is_file()]
+    assert files and all(p.suffix == ".safetensors" for p in files), files
+    for path in files:
+        raw = path.read_bytes()
+        size = int.from_bytes(raw[:8], "little")
+        header = json.loads(raw[8:8 + size])
+        spans = sorted(tuple(v["data_offsets"]) for k, v in header.items() if k != "__metadata__")
+        assert spans[0][0] == 0 and all(a[1] == b[0] for a, b in zip(spans, spans[1:])), "gaps between tensors"
+        assert 8 + size + spans[-1][1] == len(raw), "bytes after the last tensor"
+        assert all(isinstance(v, str) for v in header.get("__metadata__", {}).values())
+        assert len(load_file(path)) == len(spans)
+
+
 def test_expert_learns_sync_and_is_registered(ray_local, mlflow_server, shards, tmp_path):
     # System metrics on here (off elsewhere to keep the other runs light).
     cfg = ExpertTrainConfig(shards=str(shards), **{**TINY, "system_metrics": True}, max_steps=400,
@@ -80,6 +99,7 @@ def test_expert_learns_sync_and_is_registered(ray_local, mlflow_server, shards, 
     # The registered model loads back through the library (no mlflow in lipsync) and scores
     # held-out pairs as well as during training.
     path = resolve_model(f"models:/{EXPERT_MODEL_NAME}@{ALIAS_CANDIDATE}", tmp_path / "dl", mlflow_server.uri)
+    assert_plain_safetensors_folder(tmp_path / "dl")
     model, config = load_model(path, kind="expert")
     assert config.kind == "expert" and config.width == TINY["width"]
     windows = fixed_expert_windows(list_shards(shards, "val"), 32, 0, ExpertSampling(face_size=96))
