@@ -71,5 +71,7 @@ def init_ray(address: str | None = None, num_cpus: int | None = None,
         options.setdefault("include_dashboard", False)
         use_loopback()
         use_token_auth()
-        ctx = ray.init(num_cpus=num_cpus, object_store_memory=object_store_memory, **options)
+        # "local": always a new private cluster. With no address Ray would join whatever cluster
+        # /tmp/ray/ray_current_cluster names (another user's, or a dead one left by a killed run).
+        ctx = ray.init(address="local", num_cpus=num_cpus, object_store_memory=object_store_memory, **options)
     return {"address": ctx.address_info.get("gcs_address") or ctx.address_info.get("address")}
