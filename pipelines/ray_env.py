@@ -2,13 +2,18 @@
 
 `ray job submit` sets RAY_ADDRESS for the driver it starts, so the same workflow script
 joins the cluster there and starts a local cluster on a laptop. A local cluster binds
-127.0.0.1 only and has no dashboard unless asked: nothing listens beyond this machine.
+127.0.0.1 only, has no dashboard unless asked, and uses Ray's token authentication: every
+RPC and HTTP request must carry the token, which lives in Ray's documented place
+(RAY_AUTH_TOKEN, else the file RAY_AUTH_TOKEN_PATH, else ~/.ray/auth_token) and is
+created there, readable by its owner only, when there is none.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import secrets
+from pathlib import Path
 from typing import Any
 
 import ray
@@ -26,9 +31,34 @@ def use_loopback() -> None:
     ray_constants.ENABLE_RAY_CLUSTER = False
 
 
+def default_token_path() -> Path:
+    """Where Ray looks for the token when neither RAY_AUTH_TOKEN nor RAY_AUTH_TOKEN_PATH is set."""
+    return Path.home() / ".ray" / "auth_token"
+
+
+def use_token_auth() -> None:
+    """Turn on token authentication for clusters started (and joined) from this process.
+
+    Ray 2.60 turns it on for a new local cluster only while RAY_AUTH_MODE is unset (with a
+    warning), and would write a missing token file with the default umask; here the mode
+    is explicit and a missing token is written owner-only (0600) before Ray reads it.
+    """
+    if not (os.environ.get("RAY_AUTH_TOKEN") or os.environ.get("RAY_AUTH_TOKEN_PATH")):
+        path = default_token_path()
+        if not path.exists():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "w") as f:
+                f.write(secrets.token_hex(32))  # 256 bits, as `ray get-auth-token --generate`
+    os.environ["RAY_AUTH_MODE"] = "token"
+    # Ray caches its config (auth mode included) at import time; re-read it from the environment.
+    from ray._raylet import Config
+    Config.initialize("")
+
+
 def init_ray(address: str | None = None, num_cpus: int | None = None,
              object_store_memory: int | None = None, **kwargs: Any) -> dict:
-    """Connect to `address` (or RAY_ADDRESS), else start a local cluster on 127.0.0.1.
+    """Connect to `address` (or RAY_ADDRESS), else start a local cluster on 127.0.0.1 with token auth.
 
     Returns ray.init()'s context info as a dict. Idempotent: a second call while
     connected returns without restarting anything.
@@ -43,8 +73,9 @@ def init_ray(address: str | None = None, num_cpus: int | None = None,
         options.setdefault("include_dashboard", False)
         options.setdefault("logging_level", logging.WARNING)  # no "Started a local Ray instance" chatter
         use_loopback()
-        # address="local": always a new private cluster. Without it ray.init() joins a cluster
-        # that `ray start` left running on this machine (and then refuses num_cpus).
+        use_token_auth()
+        # "local": always a new private cluster. With no address Ray would join whatever cluster
+        # /tmp/ray/ray_current_cluster names (another user's, or a dead one left by a killed run).
         ctx = ray.init(address="local", num_cpus=num_cpus, object_store_memory=object_store_memory, **options)
     return {"address": ctx.address_info.get("gcs_address") or ctx.address_info.get("address")}
 

@@ -109,8 +109,10 @@ def test_melspectrogram_rejects_bad_arrays():
 def test_load_audio_downmixes_and_resamples_to_16k(tmp_path):
     sr = 44100
     t = np.arange(int(sr * 1.5)) / sr
-    left = 0.5 * np.sin(2 * np.pi * 440 * t)
-    right = 0.5 * np.sin(2 * np.pi * 440 * t + 0.3)
+    # Different content per channel: the mean downmix holds 440 Hz at 0.3 and 660 Hz at 0.1;
+    # the left channel alone would give 0.6 and 0, the right alone 0 and 0.2.
+    left = 0.6 * np.sin(2 * np.pi * 440 * t)
+    right = 0.2 * np.sin(2 * np.pi * 660 * t)
     path = tmp_path / "stereo.wav"
     soundfile.write(path, np.stack([left, right], axis=1).astype(np.float32), sr, subtype="FLOAT")
 
@@ -120,8 +122,12 @@ def test_load_audio_downmixes_and_resamples_to_16k(tmp_path):
     spectrum = np.abs(np.fft.rfft(wav[1000:-1000]))
     peak_hz = spectrum.argmax() * 16000 / (wav.size - 2000)
     assert abs(peak_hz - 440) < 2
-    expected = (left + right) / 2  # mean downmix, as librosa.load
-    assert abs(np.abs(wav).max() - np.abs(expected).max()) < 0.01
+    # Amplitude of each tone over exactly 1 s (whole cycles of both), mean downmix as librosa.load.
+    seg = wav[2000:18000]
+    ts = np.arange(seg.size) / 16000
+    amplitude = {f: 2 * abs(np.dot(seg, np.exp(-2j * np.pi * f * ts))) / seg.size for f in (440, 660)}
+    assert amplitude[440] == pytest.approx(0.3, abs=0.01), amplitude
+    assert amplitude[660] == pytest.approx(0.1, abs=0.01), amplitude
 
 
 def test_load_audio_of_16k_mono_is_sample_exact(tmp_path):

@@ -94,4 +94,10 @@ def test_sample_keys_are_webdataset_safe_unique_and_stable():
     k2 = make_sample_key("lrs2", "spk.1", "vid/00001", 25, "main/spk.1/00001")
     assert "." not in k1 and "/" not in k1 and k1 != k2
     assert k1 == make_sample_key("lrs2", "spk.1", "vid/00001", 0, "main/spk.1/00001")
-    np.save(io.BytesIO(), np.zeros(1))  # numpy is importable without pickle for mel.npy
+
+
+def test_mel_member_is_a_plain_npy_without_pickle():
+    mel = np.random.default_rng(1).standard_normal((80, 7)).astype(np.float32)
+    encoded = encode_clip_sample(ClipSample("k", _frames(1), mel, {}), codec="png")
+    loaded = np.load(io.BytesIO(encoded["mel.npy"]), allow_pickle=False)  # raises on pickled content
+    assert loaded.dtype == np.float32 and np.array_equal(loaded, mel)

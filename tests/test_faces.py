@@ -119,11 +119,19 @@ def test_batched_detection_equals_per_frame():
 
 def test_detectors_pickle_for_worker_processes(s3fd_torch_home):
     # Ray Data ships detector objects to workers; both must survive pickling.
+    # A copy must detect exactly what the original detects.
     img, _ = astronaut_frame(100)
-    dlib_copy = pickle.loads(pickle.dumps(DlibHogDetector(upsample=1)))
-    assert dlib_copy.upsample == 1 and len(dlib_copy.detect([img])[0]) == 1
-    s3fd_copy = pickle.loads(pickle.dumps(S3FDDetector("cpu", weights_path=s3fd_torch_home[1])))
-    assert len(s3fd_copy.detect([background(64, 64)])) == 1
+    dlib = DlibHogDetector(upsample=1)
+    dlib_copy = pickle.loads(pickle.dumps(dlib))
+    assert dlib_copy.upsample == 1
+    expected = dlib.detect([img])
+    assert len(expected[0]) == 1 and dlib_copy.detect([img]) == expected
+    s3fd = S3FDDetector("cpu", weights_path=s3fd_torch_home[1])
+    s3fd_copy = pickle.loads(pickle.dumps(s3fd))
+    frames = [background(64, 64), background(96, 128, seed=1)]
+    expected = s3fd.detect(frames)
+    assert len(expected) == 2 and len(expected[0]) > 10  # random weights: many boxes, all compared
+    assert s3fd_copy.detect(frames) == expected
 
 
 def test_detector_rejects_bad_frames():

@@ -212,16 +212,35 @@ def test_official_format_checkpoint_end_to_end(media, tmp_path):
 
 
 def test_bf16_close_to_fp32(media, tmp_path):
-    """The CPU speed path (bf16) must not change the picture much: mean |diff| of generated faces."""
+    """The CPU speed path (bf16) must not change the picture much: mean |diff| of generated faces.
+
+    Random full-width weights give a flat image unless activations are kept in range: the
+    BatchNorm statistics are set from the test batch itself (one train-mode pass, cumulative
+    average), and the last 1x1 conv is halved so the sigmoid is not saturated. The output's
+    spread is checked first, so the comparisons below compare pictures, not two flat images.
+    """
     from lipsync.inference.generator import FaceGenerator
 
     torch.manual_seed(2)
-    model = Wav2Lip().eval()
-    for p in model.parameters():  # keep activations in a sane range for random weights
-        p.data.mul_(0.5)
-    faces = np.stack([cv2.resize(face_image()[40:200, 60:200], (96, 96))] * 4)
-    mels = np.random.default_rng(0).uniform(-4, 0, (4, 80, 16)).astype(np.float32)
+    model = Wav2Lip()
+    crop = cv2.resize(face_image()[40:200, 60:200], (96, 96))
+    faces = np.stack([np.roll(crop, 3 * i, axis=1) for i in range(4)])
+    mels = np.random.default_rng(1).uniform(-4, 0, (4, 80, 16)).astype(np.float32)
+    for m in model.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.momentum = None  # running stats = this batch's statistics
+    model.train()
+    with torch.no_grad():
+        model(torch.from_numpy(mels)[:, None], _input(faces))
+    model.eval()
+    last_conv = model.output_block[1]
+    last_conv.weight.data.mul_(0.5)
+    last_conv.bias.data.mul_(0.5)
+
     ref = FaceGenerator(model, 96, "cpu", "fp32", channels_last=False)(faces, mels).astype(np.float32)
+    assert ref.std() > 8, f"generated faces are nearly flat (std {ref.std():.2f}): the comparison would prove nothing"
+    assert ref.max() - ref.min() > 100
+    assert np.abs(ref[1:] - ref[:1]).mean() > 4, "every face in the batch came out the same"
     fast = FaceGenerator(model, 96, "cpu", "bf16", channels_last=True)(faces, mels).astype(np.float32)
     assert np.abs(ref - fast).mean() < 3.0
     # BN folding alone is exact up to float rounding.
@@ -238,6 +257,8 @@ def _input(faces):
 
 
 def test_mlflow_model_uri(mlflow_server, media, tmp_path, monkeypatch):
+    """models:/ and runs:/ URIs: the output is exactly what the registered weights give
+    (same frames as the local file they were registered from, not those of another version)."""
     import mlflow
 
     from pipelines.registry import register_checkpoint
@@ -245,25 +266,43 @@ def test_mlflow_model_uri(mlflow_server, media, tmp_path, monkeypatch):
     monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_server.uri)
     mlflow.set_tracking_uri(mlflow_server.uri)
     mlflow.set_registry_uri(mlflow_server.uri)
-    folder = tmp_path / "checkpoint"
-    folder.mkdir()
-    save_checkpoint(folder / "model.safetensors", Wav2Lip(width=0.25), ModelConfig(kind="wav2lip", width=0.25))
     mlflow.set_experiment("infer-test")
-    with mlflow.start_run() as run:
-        mlflow.log_artifacts(str(folder), artifact_path="checkpoint")
-    register_checkpoint(run.info.run_id, "checkpoint", "wav2lip-infer-test", alias="champion",
-                        tracking_uri=mlflow_server.uri)
+    runs = {}
+    for seed in (5, 0):  # version 1: other weights; version 2 (alias champion): the ones to use
+        folder = tmp_path / f"checkpoint_{seed}"
+        folder.mkdir()
+        torch.manual_seed(seed)
+        save_checkpoint(folder / "model.safetensors", Wav2Lip(width=0.25), ModelConfig(kind="wav2lip", width=0.25))
+        with mlflow.start_run() as run:
+            mlflow.log_artifacts(str(folder), artifact_path="checkpoint")
+        runs[seed] = run.info.run_id
+        register_checkpoint(run.info.run_id, "checkpoint", "wav2lip-infer-test", alias="champion",
+                            tracking_uri=mlflow_server.uri)
 
-    out = tmp_path / "registry.mp4"
-    result = LipSyncer("models:/wav2lip-infer-test@champion", opts(), tracking_uri=mlflow_server.uri).sync(
-        media / "face.mp4", media / "speech_1_4s.wav", out)
-    assert result.n_frames == 35 and out.exists()
+    fixed = opts(box=(60, 180, 70, 170))  # no detection: the model is the only thing that varies
+
+    def frames_from(model, name):
+        out = tmp_path / f"{name}.mp4"
+        result = LipSyncer(model, fixed, tracking_uri=mlflow_server.uri).sync(
+            media / "face.mp4", media / "speech_1_4s.wav", out)
+        assert result.n_frames == 35
+        return decoded(out)
+
+    local = frames_from(str(tmp_path / "checkpoint_0" / "model.safetensors"), "local")
+    other = frames_from(str(tmp_path / "checkpoint_5" / "model.safetensors"), "other")
+    mouth = (slice(None), slice(140, 175), slice(100, 140))
+    gap = float(np.abs(local[mouth].astype(np.float32) - other[mouth]).mean())
+    assert gap > 5, f"two different weight sets gave nearly the same mouths ({gap:.2f})"
+    assert np.array_equal(frames_from("models:/wav2lip-infer-test@champion", "alias"), local)
+    assert np.array_equal(frames_from("models:/wav2lip-infer-test/1", "version1"), other)
+    assert np.array_equal(frames_from(f"runs:/{runs[0]}/checkpoint", "run"), local)
     # The same through the command line, with the tracking server from the environment.
     out2 = tmp_path / "registry_cli.mp4"
-    proc = _cli(["--face", media / "face.mp4", "--audio", media / "speech_1_4s.wav", "--out", out2,
-                 "--model", "models:/wav2lip-infer-test@champion"], env={"MLFLOW_TRACKING_URI": mlflow_server.uri})
+    proc = _cli(["--face", media / "face.mp4", "--audio", media / "speech_1_4s.wav", "--out", out2, "--crf", "0",
+                 "--box", "60", "180", "70", "170", "--model", "models:/wav2lip-infer-test@champion"],
+                env={"MLFLOW_TRACKING_URI": mlflow_server.uri})
     assert proc.returncode == 0, proc.stderr
-    assert probe(out2).has_audio
+    assert probe(out2).has_audio and np.array_equal(decoded(out2), local)
 
 
 def test_registry_lookup_pins_aliases_and_never_creates_a_store(mlflow_server, media, tmp_path):
@@ -415,3 +454,121 @@ def test_bad_options_name_the_flag_and_the_choices(field, value):
 
     with pytest.raises(ConfigError, match=f"--{field.replace('_', '-')}: '{value}' is not one of"):
         InferenceOptions(**{field: value}).validate()
+
+
+# ------------------------------------------------------------------ untrusted checkpoints
+
+
+class _RunsCodeWhenUnpickled:
+    """Unpickling this calls exec(): it writes `marker` - what a malicious checkpoint could do."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return exec, (f"open({str(self.marker)!r}, 'w').write('code ran while unpickling')",)
+
+
+def _code_running_checkpoint(tmp_path) -> tuple[Path, Path]:
+    """A working generator checkpoint in the original's dict layout with a code-running extra entry."""
+    marker = tmp_path / "marker_code_ran"
+    torch.manual_seed(0)
+    path = tmp_path / "wav2lip_gan.pth"
+    torch.save({"state_dict": Wav2Lip(width=0.25).state_dict(), "global_step": 1,
+                "extra": _RunsCodeWhenUnpickled(marker)}, path)
+    return path, marker
+
+
+def test_code_running_checkpoint_is_refused_and_never_runs(media, tmp_path):
+    """Library and `lipsync infer`: refused with a message naming the file; the code never runs.
+    With --trust-checkpoint the same file does run its code (so the refusal is what stopped it)."""
+    from lipsync.checkpoints import load_model
+    from lipsync.errors import CheckpointError
+
+    path, marker = _code_running_checkpoint(tmp_path)
+    refusal = None
+    try:
+        load_model(path)
+    except CheckpointError as e:
+        refusal = str(e)
+    assert not marker.exists(), "loading the checkpoint ran the code pickled in it"
+    assert refusal is not None and str(path) in refusal and "--trust-checkpoint" in refusal, refusal
+    assert "pickled Python objects (exec)" in refusal
+    with pytest.raises(CheckpointError):
+        LipSyncer(str(path), opts()).sync(media / "face.mp4", media / "speech_1_4s.wav", tmp_path / "lib.mp4")
+    assert not marker.exists() and not (tmp_path / "lib.mp4").exists()
+
+    out = tmp_path / "cli.mp4"
+    proc = _cli(["--face", media / "face.mp4", "--audio", media / "speech_1_4s.wav", "--out", out, "--model", path])
+    assert proc.returncode == 2, proc.stderr
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith(f"error: {path}") and "trust" in lines[0], proc.stderr
+    assert not marker.exists() and not out.exists()
+
+    # The control: trusting the file runs its code, and the weights in it are used.
+    proc = _cli(["--face", media / "face.mp4", "--audio", media / "speech_1_4s.wav", "--outfile", out,
+                 "--checkpoint_path", path, "--trust-checkpoint", "--box", "60", "180", "70", "170"])
+    assert proc.returncode == 0, proc.stderr
+    assert marker.read_text() == "code ran while unpickling"
+    assert len(decoded(out)) == 35
+
+
+# ------------------------------------------------------------------ the original's command line
+
+
+def _infer_options(argv):
+    from lipsync.cli import build_parser
+    from lipsync.inference.cli import options_from_args
+
+    args = build_parser("infer").parse_args(["infer", *argv])
+    return args, options_from_args(args)
+
+
+def test_original_flags_and_spellings_parse_to_the_same_options():
+    underscore = ["--face", "f.mp4", "--audio", "a.wav", "--outfile", "o.mp4", "--checkpoint_path", "m.pth",
+                  "--pads", "1", "2", "3", "4", "--nosmooth", "--face_det_batch_size", "3",
+                  "--wav2lip_batch_size", "5", "--resize_factor", "2"]
+    dash = ["--face", "f.mp4", "--audio", "a.wav", "--out", "o.mp4", "--checkpoint-path", "m.pth",
+            "--pads", "1", "2", "3", "4", "--nosmooth", "--face-det-batch-size", "3",
+            "--wav2lip-batch-size", "5", "--resize-factor", "2"]
+    args_u, opts_u = _infer_options(underscore)
+    args_d, opts_d = _infer_options(dash)
+    assert (args_u.out, args_u.model) == (args_d.out, args_d.model) == ("o.mp4", "m.pth")
+    assert opts_u == opts_d
+    assert opts_u.pads == (1, 2, 3, 4) and opts_u.nosmooth is True
+    assert (opts_u.face_det_batch_size, opts_u.wav2lip_batch_size, opts_u.resize_factor) == (3, 5, 2)
+    assert _infer_options(dash[:6] + ["--model", "m.pth", "--hard-paste"])[1].compositing == "paste"
+    defaults = _infer_options(dash[:8])[1]
+    assert defaults.compositing == "blend" and defaults.nosmooth is False and defaults.pads == (0, 10, 0, 0)
+
+
+def _changed_box(frame: np.ndarray, source: np.ndarray) -> tuple[np.ndarray, tuple[int, int, int, int]]:
+    """Pixels the generator changed in one frame, and their bounding box (top, bottom, left, right)."""
+    changed = np.abs(frame.astype(np.float32) - source).max(axis=2) > 8
+    ys, xs = np.nonzero(changed)
+    return changed, (ys.min(), ys.max() + 1, xs.min(), xs.max() + 1)
+
+
+def test_original_spellings_and_hard_paste_end_to_end(media, tiny_model, tmp_path):
+    """`lipsync infer` with the original's underscore flags: --pads grows the pasted box
+    downwards by its pixels, and --hard-paste replaces the whole box, upper face included
+    (the feathered blend leaves that alone: test_blend_touches_only_the_feathered_lower_face)."""
+    src = reencoded(media / "face.mp4", tmp_path)[0]
+    out = tmp_path / "padded.mp4"
+    proc = _cli(["--face", media / "face.mp4", "--audio", media / "speech_1_4s.wav", "--outfile", out,
+                 "--checkpoint_path", tiny_model, "--pads", "0", "20", "0", "0", "--nosmooth",
+                 "--face_det_batch_size", "4", "--wav2lip_batch_size", "8", "--hard-paste", "--crf", "0"])
+    assert proc.returncode == 0, proc.stderr
+    padded = decoded(out)
+    assert len(padded) == 35
+    unpadded = tmp_path / "unpadded.mp4"
+    LipSyncer(tiny_model, opts(pads=(0, 0, 0, 0), nosmooth=True, compositing="paste")).sync(
+        media / "face.mp4", media / "speech_1_4s.wav", unpadded)
+
+    changed, (top, bottom, left, right) = _changed_box(padded[0], src)
+    _, (top0, bottom0, left0, right0) = _changed_box(decoded(unpadded)[0], src)
+    assert abs(top - top0) <= 2 and abs(left - left0) <= 2 and abs(right - right0) <= 2
+    assert abs((bottom - bottom0) - 20) <= 3, (bottom, bottom0)
+    box_rows = changed[top:bottom, left:right]
+    assert box_rows.mean() > 0.9  # hard paste: the whole box is the generator's output ...
+    assert box_rows[: (bottom - top) // 4].mean() > 0.9  # ... its upper face included (a blend leaves it)

@@ -50,3 +50,93 @@ def test_mlflow_server_tracks_and_registers(mlflow_server, tmp_path):
     local = mlflow.artifacts.download_artifacts(artifact_uri="models:/fixture-model@candidate",
                                                 dst_path=str(tmp_path / "dl"))
     assert (Path(local) / "a.txt").read_text() == "hello"
+
+
+# The project's own local cluster (pipelines.ray_env.init_ray, what every workflow starts
+# when no RAY_ADDRESS is set), kept up until the test closes its stdin.
+_SERVE = """
+import sys
+from pipelines.ray_env import init_ray
+info = init_ray(num_cpus=1, object_store_memory=80 * 2**20)
+print("ADDRESS", info["address"], flush=True)
+sys.stdin.read()
+import ray
+ray.shutdown()
+"""
+
+# A client joining that cluster: runs a task, or prints why it was turned away.
+_JOIN = """
+import sys
+import ray
+from pipelines.ray_env import use_loopback
+use_loopback()
+try:
+    ray.init(address=sys.argv[1], log_to_driver=False)
+except Exception as e:
+    reasons = []
+    while e is not None:
+        reasons.append(f"{type(e).__name__}: {e}")
+        e = e.__cause__ or e.__context__
+    print("REFUSED", " <- ".join(reasons))
+    sys.exit(3)
+print("SERVED", ray.get(ray.remote(lambda: 6 * 7).remote()))
+"""
+
+
+def _read_address(proc, timeout: float) -> str:
+    import select
+    import time
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise AssertionError(f"init_ray's cluster exited with code {proc.returncode}")
+        ready, _, _ = select.select([proc.stdout], [], [], 1.0)
+        if ready:
+            line = proc.stdout.readline()
+            if line.startswith("ADDRESS "):
+                return line.split()[1]
+    raise AssertionError(f"init_ray's cluster gave no address within {timeout:.0f}s")
+
+
+@pytest.mark.integration
+def test_project_cluster_requires_the_token(tmp_path):
+    """init_ray's local cluster uses token auth even where the environment says
+    RAY_AUTH_MODE=disabled (Ray's own default before 2.60): the token is created, owner-only,
+    in Ray's documented place (~/.ray/auth_token); a client without it is refused for
+    authentication, a client with it is served."""
+    import os
+    import sys
+
+    from conftest import REPO, stop_process_group
+    from pipelines.ray_env import LOOPBACK_ENV
+
+    base = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
+    base.update(LOOPBACK_ENV, PYTHONPATH=str(REPO), RAY_NUM_REDIS_GET_RETRIES="3")  # refused clients give up fast
+    server_home, stranger_home = tmp_path / "owner", tmp_path / "stranger"
+    server_home.mkdir()
+    stranger_home.mkdir()
+    log = open(tmp_path / "cluster.log", "w")
+    proc = subprocess.Popen([sys.executable, "-c", _SERVE], env={**base, "HOME": str(server_home),
+                            "RAY_AUTH_MODE": "disabled"}, cwd=REPO, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            stderr=log, text=True, start_new_session=True)
+    try:
+        address = _read_address(proc, timeout=180)
+        def join(home, **env):
+            return subprocess.run([sys.executable, "-c", _JOIN, address], env={**base, "HOME": str(home), **env},
+                                  cwd=REPO, capture_output=True, text=True, timeout=180)
+
+        stranger = join(stranger_home)  # no token anywhere
+        assert stranger.returncode == 3, stranger.stdout + stranger.stderr[-3000:]
+        assert "AuthenticationError" in stranger.stdout and "InvalidAuthToken" in stranger.stdout, stranger.stdout
+        owner = join(server_home, RAY_AUTH_MODE="token")  # the token from ~/.ray/auth_token
+        assert owner.returncode == 0 and "SERVED 42" in owner.stdout, owner.stdout + owner.stderr[-3000:]
+        token = server_home / ".ray" / "auth_token"
+        assert token.stat().st_mode & 0o777 == 0o600 and len(token.read_text().strip()) == 64
+    finally:
+        proc.stdin.close()
+        try:
+            proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            stop_process_group(proc)
+        log.close()

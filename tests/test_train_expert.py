@@ -30,6 +30,7 @@ from lipsync.data.windows import ExpertSampling
 from lipsync.errors import ConfigError
 from lipsync.training.expert import evaluate_expert, summarize_evaluation
 from lipsync.model_ref import fetch
+from lipsync.training.schedule import lr_at
 from pipelines.tracking import ALIAS_CANDIDATE, EXPERT_MODEL_NAME
 from pipelines.train_expert import CHECKPOINT_ARTIFACT_DIR, ExpertTrainConfig, train_expert
 
@@ -44,6 +45,25 @@ TINY = dict(width=0.125, face_size=96, batch_size=32, lr=1e-3, windows_per_clip=
 
 def metric_steps(client: MlflowClient, run_id: str, key: str) -> list[int]:
     return sorted(m.step for m in client.get_metric_history(run_id, key))
+
+
+def assert_plain_safetensors_folder(folder: Path) -> None:
+    """Every file of a downloaded model version is a safetensors file and nothing else: an
+    8-byte header size, a JSON header, then the declared tensors' bytes, which cover the rest
+    of the file exactly - no byte is left where a pickle could hide."""
+    from safetensors.torch import load_file
+
+    files = [p for p in folder.rglob("*") if p.is_file()]
+    assert files and all(p.suffix == ".safetensors" for p in files), files
+    for path in files:
+        raw = path.read_bytes()
+        size = int.from_bytes(raw[:8], "little")
+        header = json.loads(raw[8:8 + size])
+        spans = sorted(tuple(v["data_offsets"]) for k, v in header.items() if k != "__metadata__")
+        assert spans[0][0] == 0 and all(a[1] == b[0] for a, b in zip(spans, spans[1:])), "gaps between tensors"
+        assert 8 + size + spans[-1][1] == len(raw), "bytes after the last tensor"
+        assert all(isinstance(v, str) for v in header.get("__metadata__", {}).values())
+        assert len(load_file(path)) == len(spans)
 
 
 def test_expert_learns_sync_and_is_registered(ray_local, mlflow_server, shards, tmp_path):
@@ -79,6 +99,7 @@ def test_expert_learns_sync_and_is_registered(ray_local, mlflow_server, shards, 
     # The registered model loads back through the library (no mlflow in lipsync) and scores
     # held-out pairs as well as during training.
     path = fetch(f"models:/{EXPERT_MODEL_NAME}@{ALIAS_CANDIDATE}", tmp_path / "dl", mlflow_server.uri)
+    assert_plain_safetensors_folder(tmp_path / "dl")
     model, config = load_model(path, kind="expert")
     assert config.kind == "expert" and config.width == TINY["width"]
     windows = fixed_expert_windows(list_shards(shards, "val"), 32, 0, ExpertSampling(face_size=96))
@@ -95,30 +116,128 @@ def test_expert_learns_sync_and_is_registered(ray_local, mlflow_server, shards, 
     assert scores.shape == (8, 1) and torch.all((scores >= 0) & (scores <= 1))
 
 
-def test_worker_failure_restores_from_checkpoint_and_resume_continues(ray_local, mlflow_server, shards, tmp_path):
-    cfg = ExpertTrainConfig(shards=str(shards), **TINY, max_steps=30, log_every=5, checkpoint_every=10,
-                            num_workers=2, max_failures=1, fail_at_step=25, storage_path=str(tmp_path / "ray"),
-                            run_name="faulty", tracking_uri=mlflow_server.uri, experiment="test-expert-fault",
-                            register=False)
-    result = train_expert(cfg)
-    client = MlflowClient(mlflow_server.uri)
-    marker = Path(result.run_dir) / "injected_failure.marker"
-    assert marker.exists(), "the failure was never injected"
-    assert result.final_step == 30
-    # Steps 21-25 ran twice (before the kill and after restoring step 20): still one point each.
-    assert metric_steps(client, result.run_id, "train_loss") == [5, 10, 15, 20, 25, 30]
-    assert metric_steps(client, result.run_id, "val_accuracy") == [10, 20, 30]
-    arts = {a.path for a in client.list_artifacts(result.run_id, CHECKPOINT_ARTIFACT_DIR)}
-    assert arts == {f"{CHECKPOINT_ARTIFACT_DIR}/step-{s:07d}" for s in (10, 20, 30)}
+def train_cli(capsys, *flags: str) -> dict:
+    """`python workflows/train.py --stage expert FLAGS` in this process (the session's Ray
+    cluster is reused: init_ray joins the one already running); returns its JSON summary."""
+    sys.path.insert(0, str(REPO / "workflows"))
+    try:
+        import train as train_workflow
+    finally:
+        sys.path.pop(0)
+    capsys.readouterr()
+    code = train_workflow.main(["--stage", "expert", *flags])
+    out = capsys.readouterr()
+    assert code == 0, out.err[-3000:]
+    return json.loads(out.out[out.out.rindex("{\n"): out.out.rindex("}") + 1])
 
-    # A new run under the same name is refused; --resume continues the same MLflow run.
+
+def artifact_weights(tracking_uri: str, run_id: str, step: int, dst: Path) -> dict[str, torch.Tensor]:
+    """The model weights an MLflow checkpoint artifact holds (through the library's loader)."""
+    import mlflow
+
+    local = mlflow.artifacts.download_artifacts(
+        run_id=run_id, artifact_path=f"{CHECKPOINT_ARTIFACT_DIR}/step-{step:07d}", dst_path=str(dst),
+        tracking_uri=tracking_uri)
+    (path,) = Path(local).glob("*.safetensors")
+    return load_model(path, kind="expert")[0].state_dict()
+
+
+def last_ray_checkpoint(run_dir: str):
+    """The training state in the newest checkpoint Ray Train kept for the run."""
+    from lipsync.checkpoints import load_checkpoint
+
+    states = [load_checkpoint(p, kind="expert").train_state for p in Path(run_dir).rglob("*.safetensors")]
+    states = [s for s in states if s]
+    assert states, f"no checkpoint with training state under {run_dir}"
+    return max(states, key=lambda s: int(s["step"]))
+
+
+def optimizer_steps(train_state) -> set[int]:
+    """The step counts of every optimizer state (Adam's per-parameter "step") in a training state."""
+    found = set()
+    if isinstance(train_state, dict):
+        if "state" in train_state and "param_groups" in train_state:  # a torch optimizer state_dict
+            found |= {int(p["step"]) for p in train_state["state"].values()}
+        for value in train_state.values():
+            found |= optimizer_steps(value)
+    elif isinstance(train_state, (list, tuple)):
+        for value in train_state:
+            found |= optimizer_steps(value)
+    return found
+
+
+def same_weights(a: dict, b: dict) -> bool:
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_worker_failure_restores_from_checkpoint_and_resume_continues(ray_local, mlflow_server, shards, tmp_path,
+                                                                       capsys):
+    """A killed worker is replaced and training continues from the last checkpoint's step with
+    its weights and optimizer state, on the same cosine curve; --resume continues the same run.
+
+    The proof of "from the checkpoint, not from step 0": runs are deterministic (the
+    step-10 weights of the faulty run equal the uninterrupted run's, bit for bit), so a
+    restart from 0 would end exactly on the uninterrupted run's weights; a restored run
+    samples fresh windows after the restore (its data stream is seeded with the step) and
+    ends elsewhere. Its optimizer has taken 20 Adam steps (10 restored + 10), not 10.
+    Both runs go through the command line with --augment, --loader-workers and a cosine
+    schedule, so those flags are exercised in real training here.
+    """
+    common = ["--shards", str(shards), "--width", "0.125", "--batch-size", "16", "--lr", "1e-3",
+              "--lr-schedule", "cosine", "--warmup-steps", "4", "--augment", "--loader-workers", "1",
+              "--windows-per-clip", "8", "--shuffle-buffer", "64", "--val-windows-per-clip", "4",
+              "--val-max-clips", "4", "--max-steps", "20", "--log-every", "5", "--checkpoint-every", "10",
+              "--num-workers", "2", "--storage-path", str(tmp_path / "ray"), "--tracking-uri", mlflow_server.uri,
+              "--experiment", "test-expert-fault", "--no-register", "--no-system-metrics"]
+    faulty = train_cli(capsys, *common, "--run-name", "faulty", "--max-failures", "1", "--fail-at-step", "15")
+    steady = train_cli(capsys, *common, "--run-name", "steady", "--max-failures", "0")
+    client = MlflowClient(mlflow_server.uri)
+    run_id = faulty["run_id"]
+    marker = Path(faulty["run_dir"]) / "injected_failure.marker"
+    assert marker.exists(), "the failure was never injected"
+    assert faulty["final_step"] == steady["final_step"] == 20
+    params = client.get_run(run_id).data.params
+    assert params["augment"] == "True" and params["loader_workers"] == "1" and params["lr_schedule"] == "cosine"
+
+    # Steps 11-14 ran twice (before the kill and after restoring step 10): still one point each.
+    assert metric_steps(client, run_id, "train_loss") == [5, 10, 15, 20]
+    assert metric_steps(client, run_id, "val_accuracy") == [10, 20]
+    arts = {a.path for a in client.list_artifacts(run_id, CHECKPOINT_ARTIFACT_DIR)}
+    assert arts == {f"{CHECKPOINT_ARTIFACT_DIR}/step-{s:07d}" for s in (10, 20)}
+
+    # Same curve after the restore: the rate at every logged step is the uninterrupted run's,
+    # and it is the cosine with warm-up (rising, then falling), not a constant.
+    lr = {m.step: m.value for m in client.get_metric_history(run_id, "lr")}
+    steady_lr = {m.step: m.value for m in client.get_metric_history(steady["run_id"], "lr")}
+    assert lr == pytest.approx(steady_lr, rel=1e-9) and sorted(lr) == [5, 10, 15, 20]
+    assert lr == pytest.approx({s: lr_at(s, 1e-3, 20, "cosine", 4) for s in lr}, rel=1e-9)
+    assert lr[5] > lr[10] > lr[15] > lr[20]
+
+    # Deterministic up to the checkpoint it restored from ...
+    w10 = artifact_weights(mlflow_server.uri, run_id, 10, tmp_path / "f10")
+    assert same_weights(w10, artifact_weights(mlflow_server.uri, steady["run_id"], 10, tmp_path / "s10"))
+    # ... so ending on the uninterrupted run's weights would mean it started again from step 0.
+    w20 = artifact_weights(mlflow_server.uri, run_id, 20, tmp_path / "f20")
+    assert not same_weights(w20, artifact_weights(mlflow_server.uri, steady["run_id"], 20, tmp_path / "s20")), \
+        "the restored run ended exactly where a restart from step 0 ends"
+    assert not same_weights(w20, w10)
+    state = last_ray_checkpoint(faulty["run_dir"])
+    assert int(state["step"]) == 20
+    assert optimizer_steps(state) == {20}, f"Adam steps {optimizer_steps(state)}: the optimizer was not restored"
+
+    # A new run under the same name is refused; --resume continues the same MLflow run
+    # from its last checkpoint (step 20, optimizer included) on the curve of the new --max-steps.
     with pytest.raises(ConfigError, match="--resume"):
-        train_expert(ExpertTrainConfig(**{**cfg.__dict__, "fail_at_step": None, "resume": False}))
-    resumed = train_expert(ExpertTrainConfig(**{**cfg.__dict__, "fail_at_step": None, "resume": True, "max_steps": 40}))
-    assert resumed.run_id == result.run_id and resumed.final_step == 40
-    assert metric_steps(client, result.run_id, "train_loss") == [5, 10, 15, 20, 25, 30, 35, 40]
-    assert metric_steps(client, result.run_id, "val_accuracy") == [10, 20, 30, 40]
-    assert client.get_run(result.run_id).data.tags["lipsync.resumed"] == "1"
+        train_expert(ExpertTrainConfig(shards=str(shards), run_name="faulty", storage_path=str(tmp_path / "ray"),
+                                       tracking_uri=mlflow_server.uri))
+    longer = [*common]
+    longer[longer.index("--max-steps") + 1] = "30"
+    resumed = train_cli(capsys, *longer, "--run-name", "faulty", "--resume", "--max-failures", "0")
+    assert resumed["run_id"] == run_id and resumed["final_step"] == 30
+    assert metric_steps(client, run_id, "train_loss") == [5, 10, 15, 20, 25, 30]
+    assert metric_steps(client, run_id, "val_accuracy") == [10, 20, 30]
+    assert client.get_run(run_id).data.tags["lipsync.resumed"] == "1"
+    assert optimizer_steps(last_ray_checkpoint(faulty["run_dir"])) == {30}
 
 
 def submit_job(head, *entrypoint: str, timeout: float = 400) -> subprocess.CompletedProcess:

@@ -77,7 +77,12 @@ def test_face_size_resizes_crops():
 
 def test_short_clip_gives_no_windows_and_valid_starts():
     clip = indexed_clip(n_frames=8)
-    assert valid_expert_starts(8, clip.mel.shape[1]) in (3, 4)
+    # 8 frames at 25 fps = 5,120 samples -> 1 + 5120 // 200 = 26 mel steps. Starts k = 0..3
+    # (5 frames fit), mel windows begin at floor(3.2 k) = 0, 3, 6, 9 and end at 16..25 <= 26.
+    assert clip.mel.shape[1] == 26
+    assert valid_expert_starts(8, 26) == 4
+    assert valid_expert_starts(8, 24) == 3  # k = 3's window would end at 25 > 24
+    assert valid_expert_starts(4, 26) == 0  # fewer frames than T
     assert sample_expert_windows(clip, 4, np.random.default_rng(0), ExpertSampling(min_offset=5)) == []
     with pytest.raises(ConfigError):
         ExpertSampling(min_offset=0)
