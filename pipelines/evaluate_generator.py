@@ -52,13 +52,13 @@ class GeneratorEvaluator:
         from lipsync.data.shard_stream import list_shards
         from pipelines.evaluate import Evaluation
         from pipelines.ray_env import init_ray
-        from pipelines.registry import resolve_model
+        from lipsync.model_ref import fetch
         from lipsync.metrics.sync_score import DEFAULT_EXPERT
 
         cfg = self.cfg
         judge_uri = cfg.judge_model or DEFAULT_EXPERT
         # The judge is resolved once here (an alias → one file) and shipped to every actor.
-        judge_path = resolve_model(judge_uri, Path(checkpoint).parent / "judge", cfg.tracking_uri)
+        judge_path = fetch(judge_uri, Path(checkpoint).parent / "judge", cfg.tracking_uri)
         items = clip_items(list_shards(shards, cfg.split), cfg.max_clips)
         if not items:
             raise LipsyncError(f"{shards}: no '{cfg.split}' clips to evaluate")

@@ -38,7 +38,8 @@ def test_team_server_refuses_strangers_and_serves_the_team(team_mlflow_server, s
     from mlflow import MlflowClient
 
     from lipsync.checkpoints import ModelConfig, load_model, save_checkpoint
-    from pipelines.registry import register_checkpoint, resolve_model
+    from lipsync.model_ref import fetch
+    from pipelines.registry import register_checkpoint
 
     server = team_mlflow_server
     assert _status(server.uri + SEARCH) == 401
@@ -74,7 +75,7 @@ def test_team_server_refuses_strangers_and_serves_the_team(team_mlflow_server, s
         monkeypatch.setenv(key, value)
 
     # The registered model comes back through the registry and loads.
-    path = resolve_model("models:/team-expert@candidate", dst_dir=tmp_path / "dl", tracking_uri=server.uri)
+    path = fetch("models:/team-expert@candidate", tmp_path / "dl", tracking_uri=server.uri)
     loaded = load_model(path, kind="expert")
     assert loaded is not None
 
