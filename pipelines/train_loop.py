@@ -27,6 +27,8 @@ from pathlib import Path
 
 from pipelines.train_config import WorkerPlan
 
+FAILURE_GRACE_S = 6.0
+
 
 def _all_reduce_sums(sums: dict, world: int, device) -> dict:
     """Sum each value of a metric-sum dict over ranks (same keys on every rank)."""
@@ -67,6 +69,9 @@ def _fail_once(plan: WorkerPlan, step: int, rank: int, world: int, name: str) ->
         if not marker.exists():
             marker.write_text(f"worker rank {rank} exited on purpose at step {step}\n")
             print(f"[{name}] injected failure: rank {rank} exits at step {step}", flush=True)
+            # Ray's controller collects reported checkpoints at its health checks (every 2 s):
+            # give it time to register the last one, so the restore point is deterministic.
+            time.sleep(FAILURE_GRACE_S)
             os._exit(1)
 
 

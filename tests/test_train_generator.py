@@ -32,6 +32,7 @@ from pipelines.train_run import run_training
 
 REPO = Path(__file__).resolve().parent.parent
 TINY = 0.0625
+EXPERT = "gen-test-expert"  # registered name of the tiny experts (other tests own lipsync-expert's aliases)
 S, T = 96, 5
 
 
@@ -45,7 +46,7 @@ def loader_of(expert: SyncNet, face_size: int = S):
     return lambda ref, kind: (expert, ModelConfig(kind="expert", width=TINY, face_size=face_size))
 
 
-def generator_batch(b: int = 2, seed: int = 0) -> dict:
+def generator_batch(b: int = 1, seed: int = 0) -> dict:
     g = torch.Generator().manual_seed(seed)
     gt = torch.rand(b, 3, T, S, S, generator=g)
     ref = torch.rand(b, 3, T, S, S, generator=g)
@@ -68,14 +69,14 @@ def test_generator_step_trains_generator_and_disc_with_frozen_expert_and_one_way
 
     sums = stage.train_step(generator_batch(), step=1)
     assert set(sums) == {"samples", "loss", "l1", "sync", "adv", "disc_real", "disc_fake"}
-    assert sums["samples"] == 2 and all(np.isfinite(v) and v >= 0 for v in sums.values())
+    assert sums["samples"] == 1 and all(np.isfinite(v) and v >= 0 for v in sums.values())
     assert any(not torch.equal(a, b) for a, b in zip(gen0, stage.generator.parameters()))
     assert any(not torch.equal(a, b) for a, b in zip(disc0, stage.disc.parameters()))
     # The expert judges, it never learns: frozen, eval-mode BatchNorm statistics untouched.
     assert not expert.training and not any(p.requires_grad for p in expert.parameters())
     assert all(torch.equal(before[k], v) for k, v in expert.state_dict().items())
     metrics = stage.train_metrics(sums)
-    assert metrics["sync_weight"] == 0.0 and metrics["train_l1"] == pytest.approx(sums["l1"] / 2)
+    assert metrics["sync_weight"] == 0.0 and metrics["train_l1"] == pytest.approx(sums["l1"])
     # paper: L1 only until the switch (sw = 0), plus the adversarial term 0.07
     assert sums["loss"] == pytest.approx(0.93 * sums["l1"] + 0.07 * sums["adv"], rel=1e-5)
 
@@ -105,7 +106,7 @@ def test_no_gan_recipe_and_batch_statistics_expert():
     assert set(stage.trained) == {"generator"} and recipe.effective_sync_weight == 0.01
     assert stage.optimizers["generator"].param_groups[0]["betas"] == (0.9, 0.999)  # wav2lip_train.py: Adam default
     assert expert.training and not any(p.requires_grad for p in expert.parameters())
-    sums = stage.train_step(generator_batch(), step=1)
+    sums = stage.train_step(generator_batch(b=2), step=1)  # batch statistics need 2+ samples
     assert set(sums) == {"samples", "loss", "l1", "sync", "adv"} and sums["adv"] == 0
     assert GeneratorRecipe(expert="x").betas == (0.5, 0.999)
 
@@ -160,12 +161,12 @@ def register_tiny_expert(uri: str, tmp_path: Path, seed: int) -> str:
     run = client.create_run(exp.experiment_id)
     client.log_artifacts(run.info.run_id, str(folder), "checkpoints/step-0000001")
     client.set_terminated(run.info.run_id)
-    return register_checkpoint(run.info.run_id, "checkpoints/step-0000001", "lipsync-expert", alias="candidate",
+    return register_checkpoint(run.info.run_id, "checkpoints/step-0000001", EXPERT, alias="candidate",
                                tracking_uri=uri)
 
 
 def gen_config(shards, uri, tmp_path, **over) -> TrainConfig:
-    values = dict(shards=str(shards), expert="models:/lipsync-expert@candidate", width=TINY, batch_size=2,
+    values = dict(shards=str(shards), expert=f"models:/{EXPERT}@candidate", width=TINY, batch_size=2,
                   sync_threshold=100.0,  # switch the sync loss on at the first validation
                   windows_per_clip=2, shuffle_buffer=4, val_windows_per_clip=1, val_max_clips=4,
                   max_steps=8, log_every=2, checkpoint_every=4, num_workers=2, max_failures=1,
@@ -180,17 +181,19 @@ def test_generator_trains_restores_resumes_registers_and_infers(ray_local, mlflo
                                                                 tmp_path):
     uri = mlflow_server.uri
     client = MlflowClient(uri)
-    # No champion yet: the default --expert fails before anything starts, suggesting @candidate.
-    with pytest.raises(ConfigError, match="lipsync-expert@candidate"):
-        run_training(TrainConfig.from_flat("generator", {"shards": str(shards), "tracking_uri": uri,
-                                                         "storage_path": str(tmp_path / "none")}))
     first = register_tiny_expert(uri, tmp_path, seed=0)
+    # No champion yet (the default --expert's alias): the error comes before anything starts
+    # and suggests @candidate.
+    assert GeneratorRecipe().expert == "models:/lipsync-expert@champion"
+    with pytest.raises(ConfigError, match=f"--expert models:/{EXPERT}@champion: .*models:/{EXPERT}@candidate"):
+        run_training(gen_config(shards, uri, tmp_path, expert=f"models:/{EXPERT}@champion", run_name="nochamp"))
+    assert not (tmp_path / "ray" / "nochamp").exists()
 
     result = run_training(gen_config(shards, uri, tmp_path, fail_at_step=6))
     run = client.get_run(result.run_id)
     assert Path(result.run_dir, "injected_failure.marker").exists(), "the failure was never injected"
     assert result.final_step == 8 and run.info.status == "FINISHED"
-    assert run.data.tags["lipsync.expert"] == f"models:/lipsync-expert/{first}"  # alias pinned once
+    assert run.data.tags["lipsync.expert"] == f"models:/{EXPERT}/{first}"  # alias pinned once
     assert run.data.tags["lipsync.restored_from_step"] == "4" and run.data.tags["lipsync.world_size"] == "2"
     # Steps 5-6 ran twice (before the kill and after restoring step 4): one point each.
     for key in ("train_l1", "train_sync", "train_adv", "train_disc_real", "train_disc_fake"):
@@ -229,7 +232,7 @@ def test_generator_trains_restores_resumes_registers_and_infers(ray_local, mlflo
     resumed = run_training(gen_config(shards, uri, tmp_path, resume=True, max_steps=10))
     assert resumed.run_id == result.run_id and resumed.final_step == 10
     tags = client.get_run(result.run_id).data.tags
-    assert tags["lipsync.resumed"] == "1" and tags["lipsync.expert"] == f"models:/lipsync-expert/{first}"
+    assert tags["lipsync.resumed"] == "1" and tags["lipsync.expert"] == f"models:/{EXPERT}/{first}"
     assert tags["lipsync.restored_from_step"] == "8"
     assert [s for s, _ in metric_points(client, result.run_id, "train_l1")] == [2, 4, 6, 8, 10]
     assert metric_points(client, result.run_id, "sync_weight")[-1] == (10, 0.03)
