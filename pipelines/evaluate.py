@@ -185,7 +185,7 @@ def evaluate_version(evaluator, ref: ModelRef, cfg: EvalConfig, tracking_uri: st
             run_id = run.info.run_id
     if ref.name and ref.version:
         for key, value in evaluation.metrics.items():
-            client.set_model_version_tag(ref.name, ref.version, f"{EVAL_TAG_PREFIX}{key}", f"{float(value):.6g}")
+            client.set_model_version_tag(ref.name, ref.version, f"{EVAL_TAG_PREFIX}{key}", repr(float(value)))
         client.set_model_version_tag(ref.name, ref.version, f"{EVAL_TAG_PREFIX}test_set", test_set)
         client.set_model_version_tag(ref.name, ref.version, f"{EVAL_TAG_PREFIX}run_id", run_id)
     if ref.training_run_id:

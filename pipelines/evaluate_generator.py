@@ -100,9 +100,12 @@ def clip_items(shard_paths, max_clips: int | None) -> list[dict]:
     for sample in tarfile_samples([{"url": str(p)} for p in shard_paths]):
         if max_clips is not None and len(raw) >= max_clips:
             break
-        raw.append({k: v for k, v in sample.items() if k in ("__key__", "frames.pack", "mel.npy", "meta.json")})
-    return [{"order": i, "sample": s, "other_mel": raw[(i + 1) % len(raw)]["mel.npy"] if len(raw) > 1 else b"",
-             "other_key": raw[(i + 1) % len(raw)]["__key__"]} for i, s in enumerate(raw)]
+        raw.append(sample)
+    # Flat columns of plain bytes/ints: the same Arrow schema for every clip.
+    return [{"order": i, "key": s["__key__"], "frames": s["frames.pack"], "mel": s["mel.npy"], "meta": s["meta.json"],
+             "other_key": raw[(i + 1) % len(raw)]["__key__"],
+             "other_mel": raw[(i + 1) % len(raw)]["mel.npy"] if len(raw) > 1 else b""}
+            for i, s in enumerate(raw)]
 
 
 class GenerateAndScore:
@@ -131,10 +134,10 @@ class GenerateAndScore:
     def score_one(self, item: dict) -> dict:
         from lipsync.data.clip_sample import decode_clip_sample
 
-        sample = dict(item["sample"])
-        clip = decode_clip_sample(sample)
+        clip = decode_clip_sample({"__key__": str(item["key"]), "frames.pack": bytes(item["frames"]),
+                                   "mel.npy": bytes(item["mel"]), "meta.json": bytes(item["meta"])})
         row = {"order": int(item["order"]), "clip": clip.key, "speaker": clip.meta.get("speaker"),
-               "other_audio": item["other_key"], "frames": int(clip.n_frames), "error": ""}
+               "other_audio": str(item["other_key"]), "frames": int(clip.n_frames), "error": ""}
         try:
             row.update(self._score(clip, item))
         except (LipsyncError, ValueError) as e:

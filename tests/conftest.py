@@ -274,6 +274,10 @@ def train_tiny_expert(shards_dir, steps: int = EXPERT_FIXTURE_STEPS, width: floa
     from lipsync.training.expert import expert_loss, sync_scores
 
     torch.manual_seed(seed)
+    threads = torch.get_num_threads()
+    # One thread: a batch of 32 tiny windows gains nothing from two, and on a busy machine
+    # the second thread's spin-waits cost more than they give.
+    torch.set_num_threads(1)
     pool = fixed_expert_windows(list_shards(shards_dir, "train"), 256, seed + 1, ExpertSampling(face_size=96))
     model = SyncNet(width=width, face_size=96)
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
@@ -284,6 +288,7 @@ def train_tiny_expert(shards_dir, steps: int = EXPERT_FIXTURE_STEPS, width: floa
         opt.zero_grad()
         loss.backward()
         opt.step()
+    torch.set_num_threads(threads)
     return model.eval()
 
 
