@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import io
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -121,6 +122,7 @@ def main() -> int:
         os.killpg(server.pid, 15)
         server.wait(timeout=30)
         log.close()
+        shutil.rmtree(work, ignore_errors=True)
     return 0
 
 

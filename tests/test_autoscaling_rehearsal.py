@@ -21,6 +21,7 @@ from __future__ import annotations
 import json
 import os
 import secrets
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -238,5 +239,6 @@ def test_autoscaler_adds_the_right_node_types_and_removes_them(s3_server, team_m
     finally:
         if watcher is not None:
             stop_process_group(watcher.proc)
-        from conftest import stop_ray_head
-        stop_ray_head(head)
+        for proc in head.procs:  # the head's process group holds every fake worker node too
+            stop_process_group(proc, timeout=10)
+        shutil.rmtree(head.temp_dir, ignore_errors=True)
