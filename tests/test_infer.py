@@ -448,7 +448,7 @@ def test_smoothing_is_the_originals_forward_mean():
     assert np.allclose(out[6][0], np.mean(range(3, 8)))  # end: the last 5
 
 
-@pytest.mark.parametrize("field,value", [("precision", "int8"), ("device", "tpu"), ("face_select", "loudest")])
+@pytest.mark.parametrize("field,value", [("precision", "int4"), ("device", "tpu"), ("face_select", "loudest")])
 def test_bad_options_name_the_flag_and_the_choices(field, value):
     from lipsync.errors import ConfigError
 

@@ -49,10 +49,12 @@ def fuse_batchnorm(model: nn.Module) -> nn.Module:
 class TorchRunner:
     """The fused model in PyTorch at one dtype and memory format."""
 
-    def __init__(self, model: nn.Module, device: torch.device, dtype: torch.dtype, channels_last: bool):
+    def __init__(self, model: nn.Module, device: torch.device, dtype: torch.dtype, channels_last: bool,
+                 copy_model: bool = True):
         self.device, self.dtype = device, dtype
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
-        self.model = copy.deepcopy(model).to(device, dtype).to(memory_format=self.memory_format)
+        model = copy.deepcopy(model) if copy_model else model  # no copy: converted in place (less memory)
+        self.model = model.to(device, dtype).to(memory_format=self.memory_format)
 
     @torch.inference_mode()
     def encode_face(self, face: torch.Tensor) -> list:
@@ -126,11 +128,12 @@ class FaceGenerator:
         self.choice, self.runner = choose_backend(self, face_in, audio, log=log)
         self.model = None  # the runner holds its own copy (or ONNX Runtime its weights): free this one
 
-    def make_runner(self, precision: str):
-        """A backend for one precision (fp32, bf16, ort-fp32, int8 needs ``int8_paths``)."""
+    def make_runner(self, precision: str, last: bool = False):
+        """A PyTorch backend (fp32 or bf16). ``last``: no other runner will be made from this
+        model, so it is converted in place instead of copied."""
         if precision in ("fp32", "bf16"):
             dtype = torch.bfloat16 if precision == "bf16" else torch.float32
-            return TorchRunner(self.model, self.device, dtype, self.channels_last)
+            return TorchRunner(self.model, self.device, dtype, self.channels_last, copy_model=not last)
         raise ValueError(precision)
 
     def describe(self) -> dict:

@@ -168,7 +168,8 @@ class OrtExpert:
     Call: (mel (B,1,80,16), faces (B,15,S/2,S)) float32 → (audio, face) unit embeddings, as SyncNet.forward."""
 
     def __init__(self, model: nn.Module, threads: int | None = None):
-        folder = cache_root() / "onnx" / f"expert-{model_digest(model)}-{int(getattr(model, 'face_size', 96))}px-opset{OPSET}"
+        face_size = int(getattr(model, "face_size", 96))
+        folder = cache_root() / "onnx" / f"expert-{model_digest(model)}-{face_size}px-opset{OPSET}"
         path = folder / "expert.onnx"
         if not path.exists():
             export_expert(model, folder)

@@ -145,10 +145,11 @@ def choose_backend(gen, face_in: torch.Tensor, audio: torch.Tensor, log=None):
         note = ""
         if requested == "bf16" and not on_cuda and not feats.native_bf16:
             note = "; this CPU has no native bf16 (AVX-512 BF16/AMX): emulated, several times slower than fp32"
-        choice, runner = Choice(requested, f"forced; PyTorch {requested}{note}"), gen.make_runner(requested)
+        choice = Choice(requested, f"forced; PyTorch {requested}{note}")
+        runner = gen.make_runner(requested, last=True)
     elif on_cuda:
         precision = "bf16" if torch.cuda.is_bf16_supported() else "fp32"
-        choice, runner = Choice(precision, "auto; CUDA"), gen.make_runner(precision)
+        choice, runner = Choice(precision, "auto; CUDA"), gen.make_runner(precision, last=True)
     else:
         choice, runner = _auto_cpu(gen, face_in, audio, feats, cache, ort_runner, int8_kind)
     say(choice.line())
@@ -197,7 +198,10 @@ def _auto_cpu(gen, face_in, audio, feats, cache, ort_runner, int8_kind):
     else:
         how = "cached probe"
     best = max(fps, key=fps.get)
-    runner = kept[1] if kept and kept[0] == best else candidates[best]()
+    if kept and kept[0] == best:
+        runner = kept[1]
+    else:  # cached probe: this is the only runner made, so a PyTorch one may take the model over
+        runner = gen.make_runner(best, last=True) if best in ("fp32", "bf16") else candidates[best]()
     ranked = ", ".join(f"{k} {v:.1f}" for k, v in sorted(fps.items(), key=lambda kv: -kv[1]))
     reason = f"auto; {'; '.join(notes)}; {how} frames/s at batch {len(face_in)}: {ranked}"
     return Choice(best, reason, db, {k: round(v, 2) for k, v in fps.items()}), runner
