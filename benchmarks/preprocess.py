@@ -216,11 +216,12 @@ def main() -> int:
               f"; shards written by workers on {r['writer_nodes']} nodes")
     (work / "results.json").write_text(json.dumps({f"{k[0]}_{k[1]}": v for k, v in results.items()}, indent=1))
     print(f"details: {work / 'results.json'}")
-    if args.before:
-        subprocess.run(["git", "-C", str(REPO), "worktree", "remove", "--force", str(work / "before")],
-                       capture_output=True)
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    try:
+        sys.exit(main())
+    finally:  # the --before checkout, if one was made
+        for tree in Path(tempfile.gettempdir()).glob("bench_pp_*/before"):
+            subprocess.run(["git", "-C", str(REPO), "worktree", "remove", "--force", str(tree)], capture_output=True)
