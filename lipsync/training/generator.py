@@ -186,11 +186,8 @@ class GeneratorStage(TrainingStage):
         with self.autocast():
             g = self.trained["generator"](indiv_mels, x)
         l1 = F.l1_loss(g.float(), gt)
-        if sw > 0:
+        with torch.set_grad_enabled(sw > 0), self.autocast():  # weighted 0: logged, no graph
             sync = expert_sync_loss(self.expert, mel, g)
-        else:  # logged but weighted 0: no graph through the expert
-            with torch.no_grad():
-                sync = expert_sync_loss(self.expert, mel, g)
         adv = torch.zeros((), device=self.device)
         if r.gan:
             # The bare discriminator: its weight gradients from this loss are discarded below
@@ -242,9 +239,9 @@ class GeneratorStage(TrainingStage):
                     g = generator(indiv_mels, x)
                 sums["samples"] += n
                 sums["l1"] += float(F.l1_loss(g.float(), gt)) * n
-                sums["sync"] += float(expert_sync_loss(self.expert, mel, g)) * n
-                if disc is not None:
-                    with self.autocast():
+                with self.autocast():
+                    sums["sync"] += float(expert_sync_loss(self.expert, mel, g)) * n
+                    if disc is not None:
                         sums["disc_real"] += float(bce(disc(gt), 1.0)) * n
                         sums["disc_fake"] += float(bce(disc(g), 0.0)) * n
         finally:
