@@ -81,20 +81,19 @@ def train(stage: str, values: dict):
     return run_training(TrainConfig.from_flat(stage, values))
 
 
-def test_videos(corpus: Path) -> list[Path]:
-    """The held-out speakers' raw videos, in the corpus's own test list order."""
-    return [corpus / "main" / f"{line.strip()}.mp4" for line in (corpus / "test.txt").read_text().splitlines()
+def held_out_videos(corpus: Path, split: str) -> list[Path]:
+    """The raw videos of a held-out split, in the corpus's own list order."""
+    return [corpus / "main" / f"{line.strip()}.mp4" for line in (corpus / f"{split}.txt").read_text().splitlines()
             if line.strip()]
 
 
-def dub_pairs(videos: list[Path], n: int) -> list[tuple[Path, Path]]:
+def dub_pairs(faces: list[Path], voices: list[Path], n: int) -> list[tuple[Path, Path]]:
     """(video, audio source) pairs, the audio always from another speaker's clip."""
     pairs = []
-    for i, video in enumerate(videos):
-        for other in videos[i + 1:] + videos[:i]:
-            if other.parent.name != video.parent.name:
-                pairs.append((video, other))
-                break
+    for i, video in enumerate(faces):
+        other = next((v for v in voices[i:] + voices[:i] if v.parent.name != video.parent.name), None)
+        if other is not None:
+            pairs.append((video, other))
         if len(pairs) == n:
             break
     return pairs
@@ -230,7 +229,8 @@ def main() -> int:
     expert, expert_config = model_ref.load(expert_ref, kind="expert", tracking_uri=tracking_uri)
     expert.eval()
     detector = DlibHogDetector(expand=(0.0, 0.0, 0.0, 0.0))
-    pairs = dub_pairs(test_videos(corpus), args.pairs)
+    test = held_out_videos(corpus, "test")
+    pairs = dub_pairs(test, test + held_out_videos(corpus, "val"), args.pairs)  # voices: held-out speakers only
     own, undubbed = reference_scores(pairs, detector)
     batch = held_out_batch(shards, args.windows, expert_config.face_size)
     print(f"\nheld-out speakers: {len(pairs)} dubbed pairs, {args.windows} windows")

@@ -79,9 +79,11 @@ def test_team_server_refuses_strangers_and_serves_the_team(team_mlflow_server, s
     loaded = load_model(path, kind="expert")
     assert loaded is not None
 
-    # Where things went: runs and the registry in PostgreSQL, the artifact in the bucket.
+    # Where things went: runs and the registry in PostgreSQL, the artifact in the bucket (the
+    # server is the session's: other tests' runs and models are there too, so count this one's).
     rows = subprocess.run([postgres_bin("psql"), f"{server.db_url}/mlflow", "-tAc",
-                           "select count(*) from runs; select count(*) from model_versions;"],
+                           f"select count(*) from runs where run_uuid = '{run.info.run_id}'; "
+                           "select count(*) from model_versions where name = 'team-expert';"],
                           env={**server.env, "PATH": "/usr/bin:/bin"}, capture_output=True, text=True,
                           check=True, timeout=60).stdout.split()
     assert rows == ["1", "1"], rows

@@ -51,12 +51,18 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def held_out_pair(corpus: Path) -> tuple[Path, Path]:
-    """A test-split video and the audio of a test clip of another speaker."""
-    clips = [corpus / "main" / f"{line.strip()}.mp4" for line in (corpus / "test.txt").read_text().splitlines()
-             if line.strip()]
-    face = clips[0]
-    audio = next((c for c in clips if c.parent.name != face.parent.name), clips[-1])
-    return face, audio
+    """A test-split video and the audio of a clip of another held-out speaker (test split
+    first, then val: neither was trained on)."""
+    def listed(split: str) -> list[Path]:
+        lines = (corpus / f"{split}.txt").read_text().splitlines()
+        return [corpus / "main" / f"{line.strip()}.mp4" for line in lines if line.strip()]
+
+    test = listed("test")
+    face = test[0]
+    others = [c for c in test + listed("val") if c.parent.name != face.parent.name]
+    if not others:
+        raise SystemExit(f"demo: {corpus} has one held-out speaker; pass --speakers 8 or more")
+    return face, others[0]
 
 
 def summary_rows(shards: Path, expert_eval, scores) -> list[tuple[str, str]]:

@@ -71,7 +71,7 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--face-size", type=int, default=None, help="face crop size (96 = official; shards must match)")
     m.add_argument("--batch-size", type=int, default=None,
                    help=f"global batch, split over workers (expert {ex.batch_size}, generator {gen.batch_size})")
-    m.add_argument("--lr", type=float, default=None, help=f"learning rate (default {ex.lr})")
+    m.add_argument("--lr", type=float, default=None, help=f"learning rate (default: {ex.lr})")
     m.add_argument("--T", type=int, default=None, help="frames per window (5)")
     m.add_argument("--max-steps", type=int, default=c.max_steps, help="optimizer steps to train for")
     m.add_argument("--init", default=None,
