@@ -1,7 +1,7 @@
 """The whole chain on one machine, as a user would run it: every step is the real command.
 
     synthetic corpus → preprocess (Ray Data) → train expert (Ray Train + MLflow registry)
-    → [train generator, evaluate: next issues] → infer
+    → evaluate + promote the expert, sync-score → [train generator: next issue] → infer
 
 Local Ray on 127.0.0.1 and a SQLite MLflow store under the work dir. Sizes are tiny so
 it finishes in minutes on 2 CPU cores; the same commands scale up by their flags.
@@ -69,8 +69,13 @@ def main(argv: list[str] | None = None) -> int:
          [py, "workflows/train.py", "--stage", "expert", "--shards", str(shards), "--width",
           str(args.expert_width), "--max-steps", str(args.expert_steps), "--lr", "1e-3", "--num-workers", str(args.num_workers),
           "--storage-path", str(work / "ray_results"), "--tracking-uri", tracking], env)
-    print("\n=== 4/5 generator training and evaluation: arrive with the next issues "
-          "(workflows/train.py --stage generator, workflows/evaluate.py)")
+    step("4/5 evaluate the expert on the test split and promote it (workflows/evaluate.py, gate → champion)",
+         [py, "workflows/evaluate.py", "--model", "models:/lipsync-expert@candidate", "--shards", str(shards),
+          "--tracking-uri", tracking, "--promote"], env)
+    test_names = (corpus / "test.txt").read_text().split()[:3]
+    step("   sync-score of test clips judged by the champion expert (LSE-D / LSE-C / offset)",
+         [py, "-m", "lipsync", "sync-score", *[str(corpus / "main" / f"{n}.mp4") for n in test_names]], env)
+    print("\n=== generator training: arrives with its issue (workflows/train.py --stage generator)")
 
     generator = untrained_generator(work / "generator_untrained.safetensors", width=0.25)
     test_clips = sorted((corpus / "main").glob("*/*.mp4"))
@@ -80,7 +85,7 @@ def main(argv: list[str] | None = None) -> int:
           "--model", str(generator), "--out", str(out)], env)
     print(f"\nDemo finished. Outputs under {work}:\n  corpus/, preview.png, shards/ (manifest.parquet, "
           f"summary.json), ray_results/, result.mp4\n  MLflow: mlflow ui --backend-store-uri {tracking} "
-          f"--host 127.0.0.1  (registered model lipsync-expert@candidate)")
+          f"--host 127.0.0.1  (registered model lipsync-expert@candidate and @champion, evaluation runs)")
     return 0
 
 
