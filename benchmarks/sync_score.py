@@ -103,13 +103,13 @@ def main() -> None:
             score = score_video(clip, judge, crop=crop)
             wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
             scale = 60.0 / args.seconds
-            per_minute[(name, crop)] = wall * scale
+            per_minute[(name, crop)] = (wall * scale, cpu * scale)
             print(f"judge {name:<10} crop {crop:<4}: {wall * scale:7.1f} s wall / {cpu * scale:7.1f} s CPU per minute "
                   f"of video ({score.frames} windows; load average {' '.join(f'{x:.1f}' for x in os.getloadavg())})",
                   flush=True)
     for crop in ("none", "face"):
-        ratio = per_minute[("syncnet-v2", crop)] / per_minute[("expert", crop)]
-        print(f"crop {crop}: syncnet-v2 / expert wall time = {ratio:.2f}x")
+        (sw, sc), (ew, ec) = per_minute[("syncnet-v2", crop)], per_minute[("expert", crop)]
+        print(f"crop {crop}: syncnet-v2 / expert = {sw / ew:.2f}x wall, {sc / ec:.2f}x CPU")
 
 
 if __name__ == "__main__":

@@ -125,13 +125,14 @@ class SyncNetV2Judge(SyncJudge):
 
     def embed(self, frames, audio, n):
         size = self.input_size
-        video = np.stack([f if f.shape[:2] == (size, size) else cv2.resize(f, (size, size)) for f in frames])
-        video = torch.from_numpy(video).permute(3, 0, 1, 2).float()  # (3, T, 224, 224) BGR 0-255
+        # uint8 until each batch (a minute of 224x224 frames is 225 MB as uint8, 900 MB as float)
+        video = torch.from_numpy(np.stack([f if f.shape[:2] == (size, size) else cv2.resize(f, (size, size))
+                                           for f in frames])).permute(3, 0, 1, 2)  # (3, T, 224, 224) BGR
         mfcc = torch.from_numpy(sn2.mfcc_features(audio))  # (13, T')
         lip, aud = [], []
         for start in range(0, n, self.batch_size):
             vs = range(start, min(start + self.batch_size, n))
-            lip_batch = torch.stack([video[:, v : v + WINDOW_FRAMES] for v in vs]).to(self.device)
+            lip_batch = torch.stack([video[:, v : v + WINDOW_FRAMES] for v in vs]).to(self.device).float()
             cc_batch = torch.stack([mfcc[None, :, sn2.MFCC_PER_FRAME * v : sn2.MFCC_PER_FRAME * v + sn2.MFCC_WINDOW]
                                     for v in vs]).to(self.device)
             lip.append(self.model.forward_lip(lip_batch).cpu())
