@@ -267,8 +267,8 @@ def test_mlflow_model_uri(mlflow_server, media, tmp_path, monkeypatch):
     mlflow.set_tracking_uri(mlflow_server.uri)
     mlflow.set_registry_uri(mlflow_server.uri)
     mlflow.set_experiment("infer-test")
-    runs = {}
-    for seed in (5, 0):  # version 1: other weights; version 2 (alias champion): the ones to use
+    runs, versions = {}, {}
+    for seed in (5, 0):  # first version: other weights; second (alias champion): the ones to use
         folder = tmp_path / f"checkpoint_{seed}"
         folder.mkdir()
         torch.manual_seed(seed)
@@ -276,8 +276,8 @@ def test_mlflow_model_uri(mlflow_server, media, tmp_path, monkeypatch):
         with mlflow.start_run() as run:
             mlflow.log_artifacts(str(folder), artifact_path="checkpoint")
         runs[seed] = run.info.run_id
-        register_checkpoint(run.info.run_id, "checkpoint", "wav2lip-infer-test", alias="champion",
-                            tracking_uri=mlflow_server.uri)
+        versions[seed] = register_checkpoint(run.info.run_id, "checkpoint", "wav2lip-infer-test", alias="champion",
+                                             tracking_uri=mlflow_server.uri)
 
     fixed = opts(box=(60, 180, 70, 170))  # no detection: the model is the only thing that varies
 
@@ -294,7 +294,7 @@ def test_mlflow_model_uri(mlflow_server, media, tmp_path, monkeypatch):
     gap = float(np.abs(local[mouth].astype(np.float32) - other[mouth]).mean())
     assert gap > 5, f"two different weight sets gave nearly the same mouths ({gap:.2f})"
     assert np.array_equal(frames_from("models:/wav2lip-infer-test@champion", "alias"), local)
-    assert np.array_equal(frames_from("models:/wav2lip-infer-test/1", "version1"), other)
+    assert np.array_equal(frames_from(f"models:/wav2lip-infer-test/{versions[5]}", "version"), other)
     assert np.array_equal(frames_from(f"runs:/{runs[0]}/checkpoint", "run"), local)
     # The same through the command line, with the tracking server from the environment.
     out2 = tmp_path / "registry_cli.mp4"
