@@ -109,10 +109,10 @@ def score_test_split(shards: Path, result, args) -> dict[str, float]:
     from lipsync.data.shard_stream import fixed_expert_windows, list_shards
     from lipsync.data.windows import ExpertSampling
     from lipsync.training.expert import evaluate_expert, summarize_evaluation
-    from pipelines import tracking
+    from pipelines import mlflow_setup
     from lipsync.model_ref import fetch
 
-    path = fetch(f"models:/{tracking.EXPERT_MODEL_NAME}/{result.model_version}", tracking_uri=result.tracking_uri)
+    path = fetch(f"models:/{mlflow_setup.EXPERT_MODEL_NAME}/{result.model_version}", tracking_uri=result.tracking_uri)
     model = load_model(path)[0]
     torch.set_num_threads(2)
     out = {}

@@ -143,7 +143,7 @@ def model_name_of_file(path: Path) -> str:
 def test_set_fingerprint(shards: str, split: str, settings: dict) -> str:
     """sha256 of the split's shard files and the evaluator's settings: equal ⇔ same test set."""
     from lipsync.data.shard_stream import list_shards
-    from pipelines.tracking import file_hash
+    from pipelines.mlflow_setup import file_hash
 
     digest = hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode())
     for p in list_shards(shards, split):
@@ -162,14 +162,14 @@ def evaluate_version(evaluator, ref: ModelRef, cfg: EvalConfig, tracking_uri: st
     import mlflow
     from mlflow import MlflowClient
 
-    from pipelines import tracking
+    from pipelines import mlflow_setup
 
     client = MlflowClient(tracking_uri=tracking_uri)
     with tempfile.TemporaryDirectory(prefix="lipsync-eval-") as tmp:
         ckpt = download_checkpoint(ref.uri, Path(tmp) / "model", tracking_uri)
         evaluation = evaluator.evaluate(ckpt, cfg.shards)
-        tracking.configure(tracking_uri, cfg.experiment)
-        tags = {**tracking.run_tags(Path(cfg.shards) / "manifest.parquet"), "lipsync.stage": "evaluation",
+        mlflow_setup.configure(tracking_uri, cfg.experiment)
+        tags = {**mlflow_setup.run_tags(Path(cfg.shards) / "manifest.parquet"), "lipsync.stage": "evaluation",
                 "lipsync.evaluated_model": ref.name or "", "lipsync.evaluated_version": ref.version or "",
                 "lipsync.evaluated_uri": ref.uri, "lipsync.test_set": test_set}
         if ref.training_run_id:
@@ -196,10 +196,10 @@ def evaluate_version(evaluator, ref: ModelRef, cfg: EvalConfig, tracking_uri: st
 def run_evaluation(cfg: EvalConfig) -> EvalResult:
     from mlflow import MlflowClient
 
-    from pipelines import tracking
+    from pipelines import mlflow_setup
     from pipelines.promotion import gate
 
-    tracking_uri = tracking.resolve_tracking_uri(cfg.tracking_uri)
+    tracking_uri = mlflow_setup.resolve_tracking_uri(cfg.tracking_uri)
     client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
     ref = resolve_reference(cfg.model, client)
     if cfg.promote and ref.name is None:

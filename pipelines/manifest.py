@@ -57,7 +57,7 @@ def _weighted(clips: Sequence[dict], key: str) -> float:
 
 
 def input_row(payloads: Sequence[dict], fps: float = 25.0) -> dict:
-    """Aggregate an input's per-clip payloads (pipelines/stages.py) into its manifest row."""
+    """Aggregate an input's per-clip payloads (pipelines/preprocess_ops.py) into its manifest row."""
     first = payloads[0]
     item = first["item"]
     errors = [p for p in payloads if p["status"] == "error"]

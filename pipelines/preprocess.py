@@ -401,11 +401,11 @@ def _print_summary(s: dict) -> None:
 def _log_mlflow(cfg: PreprocessConfig, summary: dict, manifest_path: Path) -> str:
     import mlflow
 
-    from pipelines import tracking
+    from pipelines import mlflow_setup
 
-    tracking.configure(cfg.tracking_uri, cfg.experiment)
+    mlflow_setup.configure(cfg.tracking_uri, cfg.experiment)
     with mlflow.start_run(run_name="preprocess") as run:
-        mlflow.set_tags({**tracking.run_tags(manifest_path),
+        mlflow.set_tags({**mlflow_setup.run_tags(manifest_path),
                          "lipsync.manifest_hash": summary["manifest_sha256"],
                          "lipsync.stage": "preprocess"})
         params = {k: (",".join(map(str, v)) if isinstance(v, list) else v)

@@ -21,7 +21,7 @@ import json
 from mlflow.exceptions import MlflowException
 
 from lipsync.errors import ConfigError
-from pipelines.tracking import ALIAS_CHAMPION
+from pipelines.mlflow_setup import ALIAS_CHAMPION
 
 PROMOTED, KEPT = "promoted", "kept"
 

@@ -20,7 +20,7 @@ from lipsync.errors import ConfigError
 from lipsync.training import RECIPES, STAGES
 from lipsync.training.expert import ExpertRecipe
 from lipsync.training.generator import GeneratorRecipe
-from pipelines.tracking import EXPERT_MODEL_NAME, GENERATOR_MODEL_NAME
+from pipelines.mlflow_setup import EXPERT_MODEL_NAME, GENERATOR_MODEL_NAME
 
 RUN_STATE_FILE = "lipsync_run.json"
 CHECKPOINT_ARTIFACT_DIR = "checkpoints"

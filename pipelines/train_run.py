@@ -90,7 +90,7 @@ def _open_mlflow_run(cfg: TrainConfig, tracking_uri: str, n_train: int, n_val: i
     import mlflow
     from mlflow import MlflowClient
 
-    from pipelines import tracking
+    from pipelines import mlflow_setup
 
     run_dir = _run_dir(cfg)
     state_path = storage.join(run_dir, RUN_STATE_FILE)
@@ -116,9 +116,9 @@ def _open_mlflow_run(cfg: TrainConfig, tracking_uri: str, n_train: int, n_val: i
         )
     pinned = _pin_references(cfg, tracking_uri)
     stage_tags = preflight()
-    tracking.configure(tracking_uri, cfg.experiment)
+    mlflow_setup.configure(tracking_uri, cfg.experiment)
     manifest = cfg.data.manifest or storage.join(storage.resolve(cfg.data.shards), "manifest.parquet")
-    tags = {**tracking.run_tags(manifest), **stage_tags, "lipsync.stage": cfg.stage, "lipsync.ray_run_dir": str(run_dir)}
+    tags = {**mlflow_setup.run_tags(manifest), **stage_tags, "lipsync.stage": cfg.stage, "lipsync.ray_run_dir": str(run_dir)}
     tags.update({f"lipsync.{k}": v for k, v in pinned.items()})
     experiment = mlflow.get_experiment_by_name(cfg.experiment)
     run = client.create_run(experiment.experiment_id, run_name=cfg.tracking.run_name, tags=tags)
@@ -169,7 +169,7 @@ def run_training(cfg: TrainConfig) -> TrainResult:
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
-    from pipelines import tracking
+    from pipelines import mlflow_setup
     from lipsync import model_ref
     from pipelines.ray_env import init_ray, quiet_train_options
     from pipelines.registry import register_checkpoint
@@ -181,7 +181,7 @@ def run_training(cfg: TrainConfig) -> TrainResult:
     cfg.tracking.run_name = cfg.tracking.run_name or time.strftime(f"{cfg.stage}-%Y%m%d-%H%M%S")
     cfg.tracking.storage_path = storage.resolve(cfg.tracking.storage_path)  # URIs stay URIs (Ray Train opens them)
     train_shards, val_shards = _resolve_shards(cfg)
-    tracking_uri = tracking.resolve_tracking_uri(cfg.tracking.tracking_uri)
+    tracking_uri = mlflow_setup.resolve_tracking_uri(cfg.tracking.tracking_uri)
     loader = partial(model_ref.load, tracking_uri=tracking_uri, trust=cfg.tracking.trust_checkpoints)
     preflight = partial(stage_cls.preflight, cfg.recipe, loader, shard_face_size(train_shards))
     run_id = _open_mlflow_run(cfg, tracking_uri, len(train_shards), len(val_shards), preflight)
@@ -225,7 +225,7 @@ def run_training(cfg: TrainConfig) -> TrainResult:
             run_id,
             f"{CHECKPOINT_ARTIFACT_DIR}/step-{best_step:07d}",
             cfg.entry.registered_model,
-            alias=tracking.ALIAS_CANDIDATE,
+            alias=mlflow_setup.ALIAS_CANDIDATE,
             tags={stage_cls.best_metric: f"{best_value:.4f}", "step": str(best_step),
                   **stage_cls.registration_tags(cfg.recipe),
                   **{k: f"runs:/{run_id}/{d}/step-{best_step:07d}" for k, d in stage_cls.companion_artifacts(cfg.recipe).items()}},

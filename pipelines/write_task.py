@@ -18,7 +18,7 @@ from typing import Any, Optional, Sequence
 import numpy as np
 
 from pipelines import manifest as mf
-from pipelines import stages
+from pipelines import preprocess_ops
 from pipelines.shards import Output, TaskShardWriter
 
 
@@ -31,7 +31,7 @@ def _node_id() -> str:
         return ""
 
 
-class GpuFaceDetector(stages.FaceDetectStage):
+class GpuFaceDetector(preprocess_ops.FaceDetectStage):
     """Detection on a GPU: a Ray actor (``num_gpus=1``) loading its detector once."""
 
     def detect(self, blob: bytes) -> bytes:
@@ -41,14 +41,14 @@ class GpuFaceDetector(stages.FaceDetectStage):
 def _piece_payloads(piece: dict, cfg: Any, detectors: Optional[Sequence], turn: int) -> list[dict]:
     """Every clip payload of one piece: decode -> detect -> finish (the stages, chained here)."""
     if not detectors:
-        return [stages.unpack(row["payload"]) for row in stages.process_input(piece, cfg)]
+        return [preprocess_ops.unpack(row["payload"]) for row in preprocess_ops.process_input(piece, cfg)]
     import ray
 
     payloads = []
-    for n, row in enumerate(stages.decode_input(piece, cfg)):
+    for n, row in enumerate(preprocess_ops.decode_input(piece, cfg)):
         detector = detectors[(turn + n) % len(detectors)]
         blob = ray.get(detector.detect.remote(row["payload"]))
-        payloads.append(stages.unpack(stages.finish_clip({**row, "payload": blob}, cfg)["payload"]))
+        payloads.append(preprocess_ops.unpack(preprocess_ops.finish_clip({**row, "payload": blob}, cfg)["payload"]))
     return payloads
 
 
@@ -89,7 +89,7 @@ def run_task(task: str, pieces: list[dict], cfg: Any, out: Output,
 
 def process_and_write(batch: dict, cfg: Any, out: Output, detectors: Optional[Sequence] = None) -> dict:
     """map_batches UDF over task rows; returns the pieces' summary rows as columns."""
-    stages.task_threads()
+    preprocess_ops.task_threads()
     results = []
     for task, pieces in zip(batch["task"], batch["pieces"]):
         results.extend(run_task(str(task), json.loads(pieces), cfg, out, detectors))

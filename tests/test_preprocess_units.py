@@ -15,7 +15,7 @@ from pipelines import shards as sh
 from pipelines.manifest import input_row, manifest_hash, read_manifest, write_manifest
 from pipelines.sources import InputItem, discover_inputs
 from pipelines.splits import assign_splits, parse_fractions, split_counts
-from pipelines.stages import _segments
+from pipelines.preprocess_ops import _segments
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 

@@ -31,7 +31,7 @@ from lipsync.errors import ConfigError
 from lipsync.training.expert import evaluate_expert, summarize_evaluation
 from lipsync.model_ref import fetch
 from lipsync.training.schedule import lr_at
-from pipelines.tracking import ALIAS_CANDIDATE, EXPERT_MODEL_NAME
+from pipelines.mlflow_setup import ALIAS_CANDIDATE, EXPERT_MODEL_NAME
 from pipelines.train_expert import CHECKPOINT_ARTIFACT_DIR, ExpertTrainConfig, train_expert
 
 pytestmark = pytest.mark.integration

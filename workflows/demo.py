@@ -35,9 +35,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--expert-width", type=float, default=0.25, help="expert channel multiplier (default: 0.25)")
     p.add_argument("--expert-gate", type=float, default=0.6,
                    help="held-out accuracy the expert needs to become champion (default: 0.6)")
-    p.add_argument("--generator-steps", type=int, default=600, help="generator training steps (default: 600)")
-    p.add_argument("--generator-width", type=float, default=0.25,
-                   help="generator channel multiplier (default: 0.25)")
+    p.add_argument("--generator-steps", type=int, default=400, help="generator training steps (default: 400)")
+    p.add_argument("--generator-width", type=float, default=0.125,
+                   help="generator channel multiplier (default: 0.125)")
     p.add_argument("--generator-batch-size", type=int, default=16, help="generator global batch (default: 16)")
     p.add_argument("--generator-lr", type=float, default=1e-3,
                    help="generator and discriminator learning rate (default: 1e-3; the paper's 1e-4 is for "
