@@ -8,7 +8,8 @@ split — speakers never seen in training:
 1. **Dubbing, judged from pixels.** Each held-out video is lip-synced to the audio of a clip
    of *another* held-out speaker with ``lipsync infer``'s engine. The synthetic mouth's
    opening is measured from the output's pixels (``lipsync.synth.measure``) and correlated
-   with the *new* audio's loudness frame by frame (Pearson r). References: the corpus's own
+   with the *new* audio's loudness frame by frame (Pearson r; a pair whose dubbed mouth
+   never moves has no r and counts as 0). References: the corpus's own
    clips against their own audio (what perfect sync scores) and the undubbed input against
    the new audio (what no lip-sync scores, about 0).
 2. **Reconstruction** of the lower face on held-out windows with their own audio: L1, PSNR
@@ -236,7 +237,7 @@ def main() -> int:
     print(f"\nheld-out speakers: {len(pairs)} dubbed pairs, {args.windows} windows")
     print(f"mouth opening vs the new audio's loudness: own clips r {np.nanmean(own):.2f}, "
           f"undubbed input r {np.nanmean(undubbed):.2f}")
-    header = (f"{'step':>6} {'dub r':>6} {'L1 gen/ref/masked':>22} {'PSNR gen/ref':>13} {'SSIM gen/ref':>13} "
+    header = (f"{'step':>6} {'dub r':>6} {'moving':>6} {'L1 gen/ref/masked':>22} {'PSNR gen/ref':>13} {'SSIM gen/ref':>13} "
               f"{'expert P(sync) dubbed/undubbed':>31}")
     print(header)
     rows = {}
@@ -245,10 +246,14 @@ def main() -> int:
         generator, _ = model_ref.load(ref, kind="wav2lip", tracking_uri=tracking_uri)
         generator.eval()
         figures = reconstruction_and_expert(generator, expert, batch)
-        figures["dub_r"] = float(np.nanmean(dub_scores(generator, pairs, work / "dubbed" / f"step-{step}", detector)))
+        scores = np.array(dub_scores(generator, pairs, work / "dubbed" / f"step-{step}", detector))
+        # r is undefined (NaN) for a pair whose dubbed mouth never opens: it counts as 0, not left out.
+        figures["dub_r"] = float(np.nan_to_num(scores, nan=0.0).mean())
+        figures["dub_pairs_mouth_moving"] = float(np.isfinite(scores).sum())
         rows[step] = figures
         client.log_batch(run_id, metrics=[_metric(f"bench_{k}", v, step) for k, v in figures.items()])
-        print(f"{step:>6} {figures['dub_r']:>6.2f} {figures['l1_generated']:>8.4f}/{figures['l1_copy_reference']:.4f}/"
+        print(f"{step:>6} {figures['dub_r']:>6.2f} {int(figures['dub_pairs_mouth_moving']):>3}/{len(pairs):<2} "
+              f"{figures['l1_generated']:>8.4f}/{figures['l1_copy_reference']:.4f}/"
               f"{figures['l1_copy_masked']:.4f} {figures['psnr_generated']:>6.2f}/{figures['psnr_copy_reference']:.2f} "
               f"{figures['ssim_generated']:>6.3f}/{figures['ssim_copy_reference']:.3f} "
               f"{figures['expert_p_sync_dubbed']:>20.3f}/{figures['expert_p_sync_undubbed']:.3f}", flush=True)
