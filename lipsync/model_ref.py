@@ -119,13 +119,19 @@ def fetch(ref: str | os.PathLike, dst_dir: str | os.PathLike | None = None,
         return find_checkpoint_file(path, ref) if path.is_dir() else path
     tracking_uri = _existing_store(tracking_uri_or_default(tracking_uri), ref)
     mlflow = _mlflow(ref)
+    dst = Path(dst_dir) if dst_dir is not None else Path(tempfile.mkdtemp(prefix="lipsync-model-"))
+    # MLflow resolves models:/ and runs:/ through its process-wide URIs: point them at this
+    # store for the download only, so a lookup leaves the caller's MLflow setup as it was.
+    previous = mlflow.get_tracking_uri(), mlflow.get_registry_uri()
     mlflow.set_tracking_uri(tracking_uri)
     mlflow.set_registry_uri(tracking_uri)
-    dst = Path(dst_dir) if dst_dir is not None else Path(tempfile.mkdtemp(prefix="lipsync-model-"))
     try:
         local = Path(mlflow.artifacts.download_artifacts(artifact_uri=ref, dst_path=str(dst)))
     except Exception as e:  # noqa: BLE001 - MLflow raises many types; all mean "cannot resolve"
         raise CheckpointError(f"{ref}: cannot fetch the model from MLflow at {tracking_uri} ({_first_line(e)})") from e
+    finally:
+        mlflow.set_tracking_uri(previous[0])
+        mlflow.set_registry_uri(previous[1])
     return find_checkpoint_file(local, ref)
 
 

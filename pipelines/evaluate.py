@@ -142,8 +142,8 @@ def model_name_of_file(path: Path) -> str:
 
 def test_set_fingerprint(shards: str, split: str, settings: dict) -> str:
     """sha256 of the split's shard files and the evaluator's settings: equal ⇔ same test set."""
-    from lipsync.data.shard_stream import list_shards
     from pipelines.mlflow_setup import file_hash
+    from pipelines.storage import list_shards
 
     digest = hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode())
     for p in list_shards(shards, split):

@@ -41,7 +41,8 @@ class ExpertEvaluator:
         import torch
 
         from lipsync.checkpoints import load_model
-        from lipsync.data.shard_stream import fixed_expert_windows, iter_clips, list_shards
+        from lipsync.data.shard_stream import fixed_expert_windows, iter_clips
+        from pipelines.storage import list_shards  # local folders and s3:// / gs:// alike
         from lipsync.data.windows import ExpertSampling
         from lipsync.metrics.sync import ExpertJudge
         from lipsync.training.expert import evaluate_expert, summarize_evaluation

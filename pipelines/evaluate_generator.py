@@ -49,7 +49,7 @@ class GeneratorEvaluator:
     def evaluate(self, checkpoint: Path, shards: str):
         import ray
 
-        from lipsync.data.shard_stream import list_shards
+        from pipelines.storage import list_shards  # local folders and s3:// / gs:// alike
         from pipelines.evaluate import Evaluation
         from pipelines.ray_env import init_ray
         from lipsync.model_ref import fetch
@@ -94,10 +94,10 @@ class GeneratorEvaluator:
 
 def clip_items(shard_paths, max_clips: int | None) -> list[dict]:
     """One item per clip (raw members), each with the next clip's mel as its 'other audio'."""
-    from webdataset.tariterators import tarfile_samples
+    from lipsync.data.shard_stream import iter_samples
 
     raw = []
-    for sample in tarfile_samples([{"url": str(p)} for p in shard_paths]):
+    for sample in iter_samples(shard_paths):
         if max_clips is not None and len(raw) >= max_clips:
             break
         raw.append(sample)

@@ -33,7 +33,8 @@ def k8s_documents() -> list[tuple[Path, dict]]:
 def test_every_yaml_parses_and_the_expected_files_exist():
     names = {p.relative_to(INFRA).as_posix() for p in ALL_YAML}
     assert {"ray/aws.yaml", "ray/gcp.yaml", "kuberay/raycluster.yaml", "kuberay/rayjob-preprocess.yaml",
-            "kuberay/rayjob-train-expert.yaml", "kuberay/rayjob-train-generator.yaml", "mlflow/compose.yaml",
+            "kuberay/rayjob-train-expert.yaml", "kuberay/rayjob-train-generator.yaml", "kuberay/rayjob-evaluate.yaml",
+            "mlflow/compose.yaml",
             "mlflow/k8s/mlflow.yaml", "mlflow/k8s/postgres.yaml"} <= names, names
     for path in ALL_YAML:
         docs = [d for d in yaml.safe_load_all(path.read_text()) if d is not None]
@@ -105,7 +106,7 @@ def test_kubernetes_manifests_validate_against_the_kubernetes_schemas():
             continue
         kubernetes_validate.validate(doc, K8S_VERSION, strict=True)
         core += 1
-    assert core >= 10 and custom == 4, (core, custom)
+    assert core >= 10 and custom == 5, (core, custom)  # RayCluster + 4 RayJobs
     # The validator rejects what Kubernetes would reject.
     deployment = next(d for _, d in k8s_documents() if d["kind"] == "Deployment")
     bad = copy.deepcopy(deployment)
@@ -156,7 +157,7 @@ def _rayjobs() -> list[tuple[Path, dict]]:
 def test_rayjobs_target_the_cluster():
     jobs = _rayjobs()
     assert {d["metadata"]["name"] for _, d in jobs} == {
-        "lipsync-preprocess-lrs2", "lipsync-train-expert", "lipsync-train-generator"}
+        "lipsync-preprocess-lrs2", "lipsync-train-expert", "lipsync-train-generator", "lipsync-evaluate-generator"}
     for _, job in jobs:
         assert job["spec"]["clusterSelector"] == {"ray.io/cluster": "lipsync"}
 
@@ -194,7 +195,7 @@ def test_every_job_entrypoint_parses_with_its_workflows_own_parser():
     assert len(commands) >= 3, commands
     for command in commands:
         seen.add(_check_entrypoint(command.replace("\\\n", " "), "infra/README.md"))
-    assert {"preprocess.py", "train.py"} <= seen
+    assert {"preprocess.py", "train.py", "evaluate.py"} <= seen
     # A flag that does not exist is caught.
     with pytest.raises(AssertionError, match="rejects the flags"):
         _check_entrypoint("python workflows/train.py --stage expert --shards s3://b/s --no-such-flag", "probe")

@@ -87,7 +87,7 @@ def test_team_server_refuses_strangers_and_serves_the_team(team_mlflow_server, s
                           env={**server.env, "PATH": "/usr/bin:/bin"}, capture_output=True, text=True,
                           check=True, timeout=60).stdout.split()
     assert rows == ["1", "1"], rows
-    keys = [k for k in s3_server.keys("mlflow-artifacts/") if k.endswith("expert.safetensors")]
+    keys = [k for k in s3_server.keys("mlflow-artifacts/") if run.info.run_id in k and k.endswith("expert.safetensors")]
     assert len(keys) == 1, s3_server.keys("mlflow-artifacts/")
 
     # Without credentials the same client is refused.

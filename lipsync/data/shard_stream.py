@@ -66,10 +66,15 @@ def open_shard(location: str | Path):
     return open(str(location).removeprefix("file://"), "rb")
 
 
+def iter_samples(shard_paths: list[str | Path]) -> Iterator[dict]:
+    """The raw samples (member name -> bytes) of the given shards, local or object storage."""
+    # webdataset's own opener knows no s3://; hand it opened streams instead of URLs.
+    yield from group_by_keys(tar_file_expander(_opened_shards(shard_paths)))
+
+
 def iter_clips(shard_paths: list[str | Path]) -> Iterator:
     """Decoded ClipSamples of the given shards (local paths or object-storage URIs), in order."""
-    # webdataset's own opener knows no s3://; hand it opened streams instead of URLs.
-    for sample in group_by_keys(tar_file_expander(_opened_shards(shard_paths))):
+    for sample in iter_samples(shard_paths):
         yield decode_clip_sample(sample)
 
 
