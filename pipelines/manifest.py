@@ -6,7 +6,9 @@ outcome (status ``ok`` / ``rejected`` / ``error``, reason, detail), source facts
 went into the shards (n_clips, n_frames, duration s, shard, sample_keys, clips_rejected as
 ``reason:count`` text) and data quality over the kept clips, frame-weighted (mean_face_size
 px, detection_rate, box_jitter; see lipsync.faces.TrackStats). For a rejected input the
-quality columns describe its best attempt (NaN when no face was tracked).
+quality columns describe its best attempt (NaN when no face was tracked). With a sync filter
+(pipelines/sync_filter.py): sync_confidence (frame-weighted, NaN without a filter), and per kept
+clip, in sample_keys order, the measured sync_offsets and the applied sync_shifts.
 
 An input is ``ok`` when at least one of its clips is in a shard; otherwise ``error`` if a
 clip failed with an error, else ``rejected`` with the most frequent clip reason.
@@ -41,6 +43,7 @@ MANIFEST_SCHEMA = pa.schema([
     ("n_clips", pa.int32()), ("n_frames", pa.int64()), ("duration", pa.float64()),
     ("shard", pa.string()), ("sample_keys", pa.list_(pa.string())), ("clips_rejected", pa.string()),
     ("mean_face_size", pa.float64()), ("detection_rate", pa.float64()), ("box_jitter", pa.float64()),
+    ("sync_confidence", pa.float64()), ("sync_offsets", pa.list_(pa.int32())), ("sync_shifts", pa.list_(pa.int32())),
 ])
 
 
@@ -90,6 +93,9 @@ def input_row(payloads: Sequence[dict], fps: float = 25.0) -> dict:
         "mean_face_size": _weighted(quality, "mean_face_size"),
         "detection_rate": _weighted(quality, "detection_rate"),
         "box_jitter": _weighted(quality, "box_jitter"),
+        "sync_confidence": _weighted(quality, "sync_confidence"),
+        "sync_offsets": [int(p["sync"]["offset"]) for p in ok if p.get("sync")],
+        "sync_shifts": [int(p["sync"]["shift"]) for p in ok if p.get("sync")],
     }
 
 

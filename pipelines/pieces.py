@@ -138,8 +138,9 @@ def merge_piece_rows(rows: Sequence[dict]) -> dict:
         "n_clips": sum(r["n_clips"] for r in ok), "n_frames": n_frames, "duration": n_frames / FPS,
         "shard": ",".join(shards), "sample_keys": [k for r in ok for k in r["sample_keys"]],
         "clips_rejected": ",".join(f"{r}:{c}" for r, c in sorted(reasons.items()) if c),
-        **{k: _nanmean((r[k], weight(r)) for r in quality)
-           for k in ("mean_face_size", "detection_rate", "box_jitter")},
+        **{k: _nanmean((r.get(k, math.nan), weight(r)) for r in quality)
+           for k in ("mean_face_size", "detection_rate", "box_jitter", "sync_confidence")},
+        **{k: [v for r in ok for v in (r.get(k) or [])] for k in ("sync_offsets", "sync_shifts")},
     }
 
 

@@ -27,13 +27,13 @@ Shard size: each task closes a shard once it reaches ``shard_size``; its last sh
 is what is left (smaller). Tasks hold several inputs (``inputs_per_task``) so most shards reach
 the target on a real corpus; the loaders read any size.
 
-``sync_filter``: a hook for a trained expert (LatentSync keeps clips with SyncNet confidence
->= 3 and |offset| <= 6 and shifts the audio). Called in the finish stage with the
-``ClipSample`` about to be written (frames = primary crops, mel, meta); return None to keep
-it unchanged, or a dict: ``keep`` (False rejects the clip with reason
-``sync_filter:<reason>``), ``offset`` / ``confidence`` (stored in meta sync_offset /
-sync_confidence), ``mel`` (a replacement mel, e.g. after shifting the audio), ``detail``.
-It must be picklable (it runs in Ray workers).
+``sync_filter``: measures each clip's sync (``pipelines/sync_filter.py``: ``--sync-filter``
+with a registered expert or SyncNet v2). Called in the finish stage with the ``ClipSample``
+about to be written (frames = primary crops, mel, meta) and the clip's 16 kHz waveform; returns
+None to keep the clip unchanged, or a dict: ``keep`` (False rejects the clip with ``reason`` and
+``detail``), ``offset`` / ``confidence`` (stored in meta sync_offset / sync_confidence and in the
+manifest), ``shift`` (frames to realign the audio by; recorded as sync_shift). It must be
+picklable (it runs in Ray workers).
 """
 
 from __future__ import annotations
@@ -46,6 +46,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable, Optional
 
+import numpy as np
 import pyarrow.fs as pafs
 
 from lipsync.errors import ConfigError
@@ -137,7 +138,9 @@ class PreprocessConfig:
                 "jpeg_quality", "shard_size")
         data = asdict(self)
         out = {k: (list(data[k]) if isinstance(data[k], tuple) else data[k]) for k in keys}
-        out["sync_filter"] = getattr(self.sync_filter, "__qualname__", None) if self.sync_filter else None
+        hook = self.sync_filter
+        out["sync_filter"] = (None if hook is None else hook.fingerprint() if hasattr(hook, "fingerprint")
+                              else getattr(hook, "__qualname__", type(hook).__name__))
         return out
 
 
@@ -384,7 +387,18 @@ def _summary(rows, state: sh.ShardState, out: sh.Output, manifest_path: Path, re
         "manifest": out.path(mf.MANIFEST_NAME),
         "manifest_sha256": mf.manifest_hash(manifest_path),
         "config": cfg.fingerprint(),
+        "sync": _sync_summary(rows) if cfg.sync_filter is not None else None,
     }
+
+
+def _sync_summary(rows) -> dict:
+    """What the sync filter measured: confidence quartiles over inputs, realigned clips."""
+    conf = [r["sync_confidence"] for r in rows if r.get("sync_confidence") == r.get("sync_confidence")
+            and r.get("sync_confidence") is not None]
+    shifts = [s for r in rows for s in (r.get("sync_shifts") or [])]
+    q = [float(v) for v in np.percentile(conf, [25, 50, 75])] if conf else [float("nan")] * 3
+    return {"measured_inputs": len(conf), "confidence_quartiles": q,
+            "realigned_clips": sum(1 for s in shifts if s), "shifts": sorted(set(shifts))}
 
 
 def _print_summary(s: dict) -> None:
@@ -394,6 +408,11 @@ def _print_summary(s: dict) -> None:
           f"{s['bytes'] / 1e6:.1f} MB ({s['bytes_per_frame'] or 0:.0f} B/frame); "
           f"{s.get('skipped_files', 0)} non-media files skipped; "
           f"{s['wall_seconds']:.1f}s wall", flush=True)
+    if s.get("sync"):
+        y = s["sync"]
+        print("preprocess sync filter: confidence quartiles (kept and rejected inputs) "
+              f"{' / '.join(f'{v:.3f}' for v in y['confidence_quartiles'])} over {y['measured_inputs']} inputs; "
+              f"{y['realigned_clips']} clips realigned (shifts {y['shifts']})", flush=True)
     for warning in s.get("warnings", []):  # again at the end, where the user looks
         print(f"warning: {warning}", file=sys.stderr, flush=True)
 

@@ -25,7 +25,9 @@ starts a new clip. Talking heads change by a few levels per frame; a shot change
 Statuses and reasons (the manifest's vocabulary):
     error:    missing_file, empty_file, unreadable, decode_failed, internal_error
     rejected: not_in_filelists, no_video_stream, no_audio_stream, too_short, no_face,
-              low_detection_rate, multiple_faces, face_too_small, sync_filter:<reason>
+              low_detection_rate, multiple_faces, face_too_small, and with a sync filter
+              (pipelines/sync_filter.py) low_sync_confidence, sync_offset_too_large,
+              sync_unmeasurable
 """
 
 from __future__ import annotations
@@ -402,21 +404,28 @@ def _finish(payload: dict, cfg: Any) -> dict:
     }
     sample = ClipSample(key, crops[sizes[0]], mel, meta,
                         extra_frames={s: crops[s] for s in sizes[1:]})
+    sync = None
     if cfg.sync_filter is not None:
-        verdict = cfg.sync_filter(sample)
+        verdict = cfg.sync_filter(sample, payload["audio"])
         if verdict is not None and not verdict.get("keep", True):
-            return _reject(payload, f"sync_filter:{verdict.get('reason', 'rejected')}",
-                           str(verdict.get("detail", "")), stats)
+            stats = {**stats, "sync_confidence": verdict.get("confidence")}
+            return _reject(payload, str(verdict.get("reason", "sync_filter")), str(verdict.get("detail", "")), stats)
         if verdict is not None:
-            sample.meta["sync_offset"] = verdict.get("offset")
-            sample.meta["sync_confidence"] = verdict.get("confidence")
-            if verdict.get("mel") is not None:
-                sample.mel = np.asarray(verdict["mel"], np.float32)
+            sync = {"offset": verdict.get("offset"), "confidence": verdict.get("confidence"),
+                    "shift": int(verdict.get("shift") or 0)}
+            if sync["shift"]:
+                from pipelines.sync_filter import realign
+
+                sample = realign(sample, payload["audio"], sync["shift"])
+                n = sample.n_frames
+            sample.meta.update(sync_offset=sync["offset"], sync_confidence=sync["confidence"],
+                               sync_shift=sync["shift"])
+            stats = {**stats, "sync_confidence": sync["confidence"]}
     encoded = encode_clip_sample(sample, codec=cfg.codec, quality=cfg.jpeg_quality)
     t_end = time.perf_counter()
     keep = {k: v for k, v in payload.items() if k not in ("frames", "audio", "detections")}
     timings = dict(payload.get("timings", {}))
     timings.update(crop=t_mel - t_crop, mel=t_enc - t_mel, encode=t_end - t_enc)
     return {**keep, "status": "ok", "reason": "", "detail": "", "sample": encoded, "key": key,
-            "n_frames": n, "stats": stats, "timings": timings,
+            "n_frames": n, "stats": stats, "timings": timings, "sync": sync,
             "sample_bytes": sum(len(v) for k, v in encoded.items() if not k.startswith("__"))}

@@ -249,7 +249,7 @@ def test_killed_driver_resumes_without_loss_or_duplicates(corpus, preprocessed, 
     assert all(name.split("-")[1].startswith(("r1t", "r2t")) for name in _digest_dir(out))
 
 
-def _kill_own_worker_once(sample):
+def _kill_own_worker_once(sample, audio):
     """sync_filter that SIGKILLs the Ray worker running it at the clip of one input, the first
     time only; the marker file records which shards were committed at that moment."""
     from pipelines import storage

@@ -27,6 +27,7 @@ from pipelines.preprocess import PreprocessConfig, run_preprocess  # noqa: E402
 from pipelines.shards import parse_size  # noqa: E402
 from pipelines.sources import LAYOUTS  # noqa: E402
 from pipelines.splits import parse_fractions  # noqa: E402
+from pipelines.sync_filter import DEFAULT_MAX_OFFSET, DEFAULT_MIN_CONFIDENCE, make_sync_filter  # noqa: E402
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -88,6 +89,20 @@ def build_parser() -> argparse.ArgumentParser:
                        help="crop size(s) in px; the first is the primary one (e.g. 96 192)")
     faces.add_argument("--pads", type=int, nargs=4, default=list(d.pads), metavar=("TOP", "BOTTOM", "LEFT", "RIGHT"),
                        help="px added to the face box before cropping (the original's default includes the chin)")
+    sync = p.add_argument_group("sync filter (pipelines/sync_filter.py)")
+    sync.add_argument("--sync-filter", default=None, metavar="MODEL",
+                      help="measure every clip's AV offset and confidence with this expert (file, models:/…, "
+                           "runs:/…) or with 'syncnet-v2' (needs --sync-weights); off by default")
+    sync.add_argument("--sync-weights", default=None, help="the public syncnet_v2.model, for --sync-filter syncnet-v2")
+    sync.add_argument("--min-sync-confidence", type=float, default=None,
+                      help="reject clips whose confidence (LSE-C) is lower (default: "
+                           + ", ".join(f"{k} {v:g}" for k, v in DEFAULT_MIN_CONFIDENCE.items()) + ")")
+    sync.add_argument("--max-sync-offset", type=int, default=DEFAULT_MAX_OFFSET,
+                      help="reject clips whose audio is off by more frames than this")
+    sync.add_argument("--fix-offset", action="store_true",
+                      help="realign kept clips whose offset is not 0 (trims |offset| frames; recorded as sync_shift)")
+    sync.add_argument("--trust-checkpoint", action="store_true",
+                      help="allow a pickled expert checkpoint to run code when loaded (only for files you trust)")
     res = p.add_argument_group("resources / tracking")
     res.add_argument("--num-cpus", type=int, default=None,
                      help="CPUs to use (default: all of the local machine or the cluster)")
@@ -100,6 +115,15 @@ def build_parser() -> argparse.ArgumentParser:
     res.add_argument("--experiment", default=d.experiment, help="MLflow experiment of the run summary")
     res.add_argument("--no-progress", action="store_true", help="no progress bar (e.g. in CI logs)")
     return p
+
+
+def sync_filter_from_args(args: argparse.Namespace):
+    """The sync filter the flags ask for (checked and pinned here, on the driver), or None."""
+    if not args.sync_filter:
+        return None
+    return make_sync_filter(args.sync_filter, weights=args.sync_weights, min_confidence=args.min_sync_confidence,
+                            max_offset=args.max_sync_offset, fix_offset=args.fix_offset,
+                            tracking_uri=args.tracking_uri, trust=args.trust_checkpoint)
 
 
 def config_from_args(args: argparse.Namespace) -> PreprocessConfig:
@@ -118,13 +142,13 @@ def config_from_args(args: argparse.Namespace) -> PreprocessConfig:
         overwrite=args.overwrite, num_cpus=args.num_cpus, num_gpus=args.num_gpus,
         inputs_per_task=args.inputs_per_task,
         ray_address=args.ray_address or os.environ.get("RAY_ADDRESS"), tracking_uri=args.tracking_uri,
-        experiment=args.experiment, progress=not args.no_progress,
+        experiment=args.experiment, progress=not args.no_progress, sync_filter=sync_filter_from_args(args),
     )
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    resolve_path_args(args, "input", "output", "filelists", "detector_weights")  # workers run elsewhere
+    resolve_path_args(args, "input", "output", "filelists", "detector_weights", "sync_weights")  # workers run elsewhere
     try:
         run_preprocess(config_from_args(args))
     except LipsyncError as exc:

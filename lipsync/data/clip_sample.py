@@ -39,7 +39,9 @@ Metadata keys (``meta.json``): ``source`` (input path as given), ``corpus``, ``s
 of this clip in the 25 fps source), ``boxes`` (per frame ``[x1, y1, x2, y2]`` of the smoothed
 face box in full-frame pixels, before ``pads``), ``detector``, ``crop_size``, ``crop_sizes``,
 ``pads`` (top, bottom, left, right), ``codec``, ``quality``, ``sync_offset`` and
-``sync_confidence`` (``null`` until a sync filter measures them), ``mel_frames``.
+``sync_confidence`` (``null`` until a sync filter measures them; see pipelines/sync_filter.py),
+``sync_shift`` (frames the sync filter realigned the audio by: the audio of frame j comes from
+source frame ``start_frame + j - sync_shift``; 0 when not realigned), ``mel_frames``.
 
 Frames are uint8 BGR like everywhere in the library.
 """
@@ -69,7 +71,7 @@ META_MEMBER = "meta.json"
 META_KEYS = (
     "source", "corpus", "speaker", "clip_id", "split", "fps", "sample_rate", "n_frames",
     "boxes", "detector", "crop_size", "pads", "codec", "sync_offset", "sync_confidence",
-    "mel_frames",
+    "sync_shift", "mel_frames",
 )
 
 
@@ -245,6 +247,7 @@ def encode_clip_sample(sample: ClipSample, codec: str = "jpeg", quality: int = 9
     meta["crop_sizes"] = [int(frames.shape[1])] + sorted(int(s) for s in sample.extra_frames)
     meta.setdefault("sync_offset", None)
     meta.setdefault("sync_confidence", None)
+    meta.setdefault("sync_shift", 0)
     mel_buf = io.BytesIO()
     np.save(mel_buf, mel, allow_pickle=False)
     out = {
