@@ -15,7 +15,9 @@ import pytest
 REPO = Path(__file__).resolve().parent.parent
 TINY = ["--speakers", "4", "--clips-per-speaker", "2", "--expert-steps", "20", "--expert-width", "0.0625",
         "--expert-gate", "0", "--generator-steps", "6", "--generator-width", "0.0625",
-        "--generator-batch-size", "4"]
+        "--generator-batch-size", "4", "--min-sync-confidence", "0", "--max-sync-offset", "15"]
+# A 20-step expert is no sync judge: the tiny chain keeps every clip (the filter itself is
+# tested in test_sync_filter.py); the stage still runs, measures and writes its shards.
 
 
 def _demo(work: Path, tracking: str) -> subprocess.CompletedProcess:
@@ -39,6 +41,9 @@ def test_demo_runs_the_whole_chain_and_reuses_finished_stages(tmp_path):
 
     summary = json.loads((work / "shards" / "summary.json").read_text())
     assert summary["ok"] == 8 and (work / "shards" / "manifest.parquet").exists()
+    synced = json.loads((work / "shards_synced" / "summary.json").read_text())
+    assert synced["ok"] == 8 and synced["sync"]["measured_inputs"] == 8, synced
+    assert synced["config"]["sync_filter"]["model"].startswith("models:/lipsync-expert/"), synced["config"]
     client = MlflowClient(tracking, registry_uri=tracking)
     for name in ("lipsync-expert", "wav2lip"):
         aliases = client.get_registered_model(name).aliases
@@ -63,7 +68,8 @@ def test_demo_runs_the_whole_chain_and_reuses_finished_stages(tmp_path):
     side = probe(both)
     assert side.has_audio and side.n_frames == info.n_frames and side.width > info.width
     assert strip.stat().st_size > 10_000
-    for line in ("dubbed output", "undubbed input", "ground truth", "expert accuracy", "clips processed"):
+    for line in ("dubbed output", "undubbed input", "ground truth", "expert accuracy", "clips processed",
+                 "sync filter"):
         assert line in first.stdout, line
 
     # A second run changes nothing: every stage is reused, and the output is the same file.
@@ -71,5 +77,5 @@ def test_demo_runs_the_whole_chain_and_reuses_finished_stages(tmp_path):
     second = _demo(work, tracking)
     assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
     reused = [line for line in second.stdout.splitlines() if line.rstrip().endswith("--fresh runs it again)")]
-    assert len(reused) == 9, second.stdout  # every stage of the chain
+    assert len(reused) == 10, second.stdout  # every stage of the chain
     assert np.array_equal(np.frombuffer(out.read_bytes(), np.uint8), np.frombuffer(before, np.uint8))

@@ -1,7 +1,8 @@
 """The whole mission on one machine, as a user would run it: every step is the real command.
 
     synthetic corpus → preprocess (Ray Data) → train the expert (Ray Train) → evaluate + promote it
-    → train the generator judged by that champion → evaluate + promote it
+    → preprocess again, sync-filtered by that champion (off-sync clips rejected, shifted ones
+    realigned) → train the generator on those shards, judged by the champion → evaluate + promote it
     → lipsync infer on a held-out speaker's video with another speaker's audio
 
 Local Ray on 127.0.0.1 and the embedded SQLite MLflow store (./mlruns.db, the store every
@@ -35,6 +36,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--expert-width", type=float, default=0.25, help="expert channel multiplier (default: 0.25)")
     p.add_argument("--expert-gate", type=float, default=0.6,
                    help="held-out accuracy the expert needs to become champion (default: 0.6)")
+    p.add_argument("--min-sync-confidence", type=float, default=None,
+                   help="sync filter: reject clips under this confidence (default: the expert judge's, 0.2)")
+    p.add_argument("--max-sync-offset", type=int, default=6,
+                   help="sync filter: reject clips whose audio is off by more frames (default: 6)")
     p.add_argument("--generator-steps", type=int, default=400, help="generator training steps (default: 400)")
     p.add_argument("--generator-width", type=float, default=0.125,
                    help="generator channel multiplier (default: 0.125)")
@@ -65,9 +70,13 @@ def held_out_pair(corpus: Path) -> tuple[Path, Path]:
     return face, others[0]
 
 
-def summary_rows(shards: Path, expert_eval, scores) -> list[tuple[str, str]]:
+def summary_rows(shards: Path, synced: Path, expert_eval, scores) -> list[tuple[str, str]]:
     summary = json.loads((shards / "summary.json").read_text())
     rows = [("clips processed / rejected", f"{summary['ok']} / {summary['rejected'] + summary.get('errors', 0)}")]
+    filtered = json.loads((synced / "summary.json").read_text())
+    sync = filtered.get("sync") or {}
+    rows.append(("sync filter: kept / rejected / realigned",
+                 f"{filtered['ok']} / {filtered['rejected']} / {sync.get('realigned_clips', 0)}"))
     metrics = (expert_eval.result or {}).get("metrics", {})
     if "test_accuracy" in metrics:
         rows.append(("expert accuracy, held-out speakers", f"{metrics['test_accuracy']:.3f}"))
@@ -89,7 +98,7 @@ def main(argv: list[str] | None = None) -> int:
     env.pop("RAY_ADDRESS", None)
     chain = Chain(work, env, REPO, fresh=args.fresh, verbose=args.verbose)
     py = sys.executable
-    corpus, shards = work / "corpus", work / "shards"
+    corpus, shards, synced = work / "corpus", work / "shards", work / "shards_synced"
 
     chain.run("corpus", "synthetic corpus", [
         py, "-m", "lipsync", "synth", "--out", str(corpus), "--speakers", str(args.speakers),
@@ -108,16 +117,22 @@ def main(argv: list[str] | None = None) -> int:
         py, "workflows/evaluate.py", "--model", "models:/lipsync-expert@candidate", "--shards", str(shards),
         "--tracking-uri", tracking, "--promote", "--threshold", f"test_accuracy={args.expert_gate}"],
         after=["expert"])
+    confidence = [] if args.min_sync_confidence is None else ["--min-sync-confidence", str(args.min_sync_confidence)]
+    chain.run("sync_filter", "sync-filter the clips with the champion expert (reject off-sync, realign shifted)", [
+        py, "workflows/preprocess.py", "--input", str(corpus), "--layout", "lrs2", "--output", str(synced),
+        "--sync-filter", "models:/lipsync-expert@champion", "--fix-offset", "--max-sync-offset",
+        str(args.max_sync_offset), *confidence, "--tracking-uri", tracking], outputs=[synced / "summary.json"],
+        after=["expert_eval"], progress=r"^inputs:.*?(\d+)/(\d+)")
     chain.run("generator", "train the generator (Wav2Lip + GAN), judged by the champion expert", [
-        py, "workflows/train.py", "--stage", "generator", "--shards", str(shards),
+        py, "workflows/train.py", "--stage", "generator", "--shards", str(synced),
         "--expert", "models:/lipsync-expert@champion", "--width", str(args.generator_width),
         "--max-steps", str(args.generator_steps), "--batch-size", str(args.generator_batch_size),
         "--lr", str(args.generator_lr), "--disc-lr", str(args.generator_lr),
         "--checkpoint-every", str(max(1, args.generator_steps // 4)), "--log-every", "20",
         "--num-workers", str(args.num_workers), "--storage-path", str(work / "ray_results"),
-        "--tracking-uri", tracking], after=["expert_eval"], registers="wav2lip")
+        "--tracking-uri", tracking], after=["sync_filter"], registers="wav2lip")
     chain.run("generator_eval", "evaluate the generator on held-out speakers; promote it to champion", [
-        py, "workflows/evaluate.py", "--model", "models:/wav2lip@candidate", "--shards", str(shards),
+        py, "workflows/evaluate.py", "--model", "models:/wav2lip@candidate", "--shards", str(synced),
         "--judge-model", "models:/lipsync-expert@champion", "--tracking-uri", tracking, "--promote"],
         after=["generator"])
 
@@ -135,7 +150,7 @@ def main(argv: list[str] | None = None) -> int:
         py, "-m", "lipsync", "sync-score", "--judge", "expert", "--model", "models:/lipsync-expert@champion",
         "--json", str(out), str(undubbed), str(audio)], after=["compare"])
 
-    chain.finish(work, tracking, rows=summary_rows(shards, expert_eval, scores), paths=[
+    chain.finish(work, tracking, rows=summary_rows(shards, synced, expert_eval, scores), paths=[
         ("output video (held-out face, another speaker's audio)", out), ("side-by-side video", both),
         ("before/after strip", strip)])
     return 0
