@@ -77,7 +77,7 @@ def main() -> int:
         )
     )
     wall = time.time() - started
-    client = MlflowClient(tracking_uri)
+    client = MlflowClient(tracking_uri, registry_uri=tracking_uri)
     acc = {m.step: m.value for m in client.get_metric_history(result.run_id, "val_accuracy")}
     loss = {m.step: m.value for m in client.get_metric_history(result.run_id, "val_loss")}
     near = {}

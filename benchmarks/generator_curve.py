@@ -204,7 +204,7 @@ def main() -> int:
     work.mkdir(parents=True, exist_ok=True)
     corpus, shards = corpus_and_shards(work, args.speakers, args.clips)
     tracking_uri = args.tracking_uri or f"sqlite:///{work / 'mlflow.db'}"
-    client = MlflowClient(tracking_uri)
+    client = MlflowClient(tracking_uri, registry_uri=tracking_uri)
     started = time.time()
     expert_ref = args.expert
     if expert_ref is None:

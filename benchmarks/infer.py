@@ -1,4 +1,5 @@
-"""Inference speed and memory per precision: `python benchmarks/infer.py [--emulate-avx2] [--work DIR]`.
+"""Inference speed and memory per precision: `python benchmarks/infer.py [--emulate-avx2] [--work DIR]
+[--before REV] [--e2e-isa AVX2]`.
 
 Prints, for the machine it runs on (its CPU and the features it saw, printed first):
 1. generator only -- the full-width Wav2Lip (random weights, BatchNorm statistics taken from
@@ -15,6 +16,8 @@ Prints, for the machine it runs on (its CPU and the features it saw, printed fir
 ``--emulate-avx2`` repeats section 1 (and `auto`'s choice) in a child with
 ONEDNN_MAX_CPU_ISA=AVX2: PyTorch's kernels (and the features the choice sees) are then an
 AVX2-only CPU's; ONNX Runtime's are not (no such switch), which the output says next to them.
+``--before REV`` times the defaults of an older revision (a git worktree) against today's on the
+video and the photo; ``--e2e-isa AVX2`` runs the end-to-end cases under ONEDNN_MAX_CPU_ISA too.
 Inputs and the checkpoint are generated once into --work (default /tmp/lipsync-bench-infer).
 """
 
@@ -79,6 +82,16 @@ def make_clip(path: Path, seconds: float) -> Path:
             frame[y:y + face.shape[0], x:x + face.shape[1]] = face
             writer.write(frame)
     os.replace(tmp, path)
+    return path
+
+
+def make_photo(path: Path) -> Path:
+    """The still-face input: one 1280x720 frame of the clip's face on its background."""
+    if not path.exists():
+        face, background = face_canvas()
+        frame = background.copy()
+        frame[120:680, 360:920] = face
+        cv2.imwrite(str(path), frame)
     return path
 
 
@@ -244,21 +257,18 @@ def child(args: list[str], env: dict | None = None, timeout: float = 3600) -> di
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
-def bench_end_to_end(clip: Path, work: Path, model: Path, precisions: list[str]) -> None:
+def bench_end_to_end(clip: Path, work: Path, model: Path, precisions: list[str], isa_cap: str | None = None) -> None:
     warm = make_clip(work / "clip_2s.mp4", 2)
-    photo = work / "face.png"
-    if not photo.exists():
-        face, background = face_canvas()
-        frame = background.copy()
-        frame[120:680, 360:920] = face
-        cv2.imwrite(str(photo), frame)
+    photo = make_photo(work / "face.png")
+    env = {"ONEDNN_MAX_CPU_ISA": isa_cap} if isa_cap else {}
     print(f"\n== end to end, 10 s 1280x720 @ 25 fps, full-width generator, detection on (defaults), fresh process "
-          f"per case after a 2 s warm-up run in it (load {load()})")
+          f"per case after a 2 s warm-up run in it{f', ONEDNN_MAX_CPU_ISA={isa_cap}' if isa_cap else ''} "
+          f"(load {load()})")
     cases = [(f"--precision {p}", clip, {"precision": p}) for p in precisions]
     cases += [(f"image input (1280x720 photo), --precision {p}", photo, {"precision": p}) for p in ("fp32", "auto")]
     for name, face, overrides in cases:
         r = child(["--child-e2e", str(face), str(clip), str(work / "out.mp4"), str(model),
-                   json.dumps({**overrides, "warm_up": str(warm)})])
+                   json.dumps({**overrides, "warm_up": str(warm)})], env=env)
         stages = ", ".join(f"{k} {v:.1f}s" for k, v in r["stage_seconds"].items())
         gen = r["generator"]
         print(f"  {name:44s} {r['fps_end_to_end']:6.1f} fps wall ({r['n_frames']} frames in {r['seconds']:.1f} s; "
@@ -266,6 +276,51 @@ def bench_end_to_end(clip: Path, work: Path, model: Path, precisions: list[str])
               f"cores, peak RSS {r['peak_rss'] / 2**20:6.0f} MiB; stages: {stages}; face-encoder passes "
               f"{gen.get('face_encoder_passes')}; load {load()}", flush=True)
         print(f"      {gen.get('precision')}: {gen.get('reason', '')}", flush=True)
+
+
+# ------------------------------------------------------------------ before: the code at another revision
+
+# Runs in a fresh process with PYTHONPATH = the older tree: its defaults, a warm-up run, then the
+# measured one (each with its own LipSyncer, as run_once does). Only APIs that tree has.
+_BEFORE_CHILD = r"""
+import json, sys
+from lipsync.inference import InferenceOptions, LipSyncer
+face, audio, out, model, warm = sys.argv[1:6]
+LipSyncer(model, InferenceOptions(progress=False)).sync(warm, warm, out)
+r = LipSyncer(model, InferenceOptions(progress=False)).sync(face, audio, out).to_dict()
+with open("/proc/self/status") as f:
+    r["peak_rss"] = next(int(l.split()[1]) * 1024 for l in f if l.startswith("VmHWM:"))
+print(json.dumps(r, default=str))
+"""
+
+
+def bench_before(rev: str, clip: Path, work: Path, model: Path, isa_cap: str | None) -> None:
+    """Defaults at ``rev`` (a git worktree) against today's defaults, on the 10 s clip and on the
+    photo, side by side, each in a fresh process; with ``isa_cap`` both under ONEDNN_MAX_CPU_ISA."""
+    tree = work / f"before_{rev}"
+    if not tree.exists():
+        subprocess.run(["git", "-C", str(REPO), "worktree", "add", "--detach", str(tree), rev], check=True,
+                       capture_output=True)
+    warm, photo = make_clip(work / "clip_2s.mp4", 2), make_photo(work / "face.png")
+    env = {"ONEDNN_MAX_CPU_ISA": isa_cap} if isa_cap else {}
+    cap = f", ONEDNN_MAX_CPU_ISA={isa_cap}" if isa_cap else ""
+    print(f"\n== defaults at {rev} (before) vs now, end to end, fresh process each{cap} (load {load()})")
+    try:
+        for name, face in (("10 s 720p video", clip), ("720p photo", photo)):
+            proc = subprocess.run([sys.executable, "-c", _BEFORE_CHILD, str(face), str(clip), str(work / "out.mp4"),
+                                   str(model), str(warm)], capture_output=True, text=True, cwd=tree, timeout=3600,
+                                  env={**os.environ, **env, "PYTHONPATH": str(tree)})
+            if proc.returncode != 0:
+                raise SystemExit(f"before child failed:\n{proc.stderr[-3000:]}")
+            old = json.loads(proc.stdout.strip().splitlines()[-1])
+            new = child(["--child-e2e", str(face), str(clip), str(work / "out.mp4"), str(model),
+                         json.dumps({"precision": "auto", "warm_up": str(warm)})], env=env)
+            print(f"  {name:16s} before {old['fps_end_to_end']:6.1f} fps ({old['seconds']:.1f} s, peak RSS "
+                  f"{old['peak_rss'] / 2**20:.0f} MiB)   now {new['fps_end_to_end']:6.1f} fps ({new['seconds']:.1f} s, "
+                  f"peak RSS {new['peak_rss'] / 2**20:.0f} MiB, {new['generator'].get('precision')})   "
+                  f"{new['fps_end_to_end'] / old['fps_end_to_end']:.2f}x; load {load()}", flush=True)
+    finally:
+        subprocess.run(["git", "-C", str(REPO), "worktree", "remove", "--force", str(tree)], capture_output=True)
 
 
 # ------------------------------------------------------------------ memory
@@ -318,6 +373,12 @@ def main() -> None:
                         help="end-to-end cases (comma list of --precision values)")
     parser.add_argument("--emulate-avx2", action="store_true",
                         help="also run the generator section with ONEDNN_MAX_CPU_ISA=AVX2 (in a child)")
+    parser.add_argument("--before", default=None, metavar="REV",
+                        help="also time the defaults of the code at git revision REV (e.g. fa953e0, before the "
+                             "ONNX Runtime / int8 / still-face work) against today's, on the video and the photo")
+    parser.add_argument("--e2e-isa", default=None, metavar="ISA",
+                        help="run the end-to-end and --before cases with ONEDNN_MAX_CPU_ISA=ISA (e.g. AVX2): "
+                             "PyTorch's kernels are then an AVX2-only CPU's; ONNX Runtime's are not")
     parser.add_argument("--skip-generator", action="store_true")
     parser.add_argument("--skip-end-to-end", action="store_true")
     parser.add_argument("--skip-memory", action="store_true")
@@ -343,7 +404,9 @@ def main() -> None:
             subprocess.run(cmd, cwd=REPO, env={**os.environ, "ONEDNN_MAX_CPU_ISA": "AVX2"}, check=True)
     if not args.skip_end_to_end:
         clip = make_clip(args.work / "clip_10s.mp4", 10)
-        bench_end_to_end(clip, args.work, model, args.precisions.split(","))
+        bench_end_to_end(clip, args.work, model, args.precisions.split(","), args.e2e_isa)
+    if args.before:
+        bench_before(args.before, make_clip(args.work / "clip_10s.mp4", 10), args.work, model, args.e2e_isa)
     if not args.skip_memory:
         bench_memory(args.work, model)
 

@@ -164,7 +164,7 @@ def evaluate_version(evaluator, ref: ModelRef, cfg: EvalConfig, tracking_uri: st
 
     from pipelines import mlflow_setup
 
-    client = MlflowClient(tracking_uri=tracking_uri)
+    client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
     with tempfile.TemporaryDirectory(prefix="lipsync-eval-") as tmp:
         ckpt = download_checkpoint(ref.uri, Path(tmp) / "model", tracking_uri)
         evaluation = evaluator.evaluate(ckpt, cfg.shards)

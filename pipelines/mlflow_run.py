@@ -25,7 +25,7 @@ class ResumableRunLogger:
         self.run_id = run_id
         self.tracking_uri = tracking_uri
         mlflow.set_tracking_uri(tracking_uri)
-        self.client = MlflowClient(tracking_uri=tracking_uri)
+        self.client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
         run = self.client.get_run(run_id)
         self.high_water: dict[str, int] = {}
         for key in run.data.metrics:

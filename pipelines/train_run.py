@@ -94,7 +94,7 @@ def _open_mlflow_run(cfg: TrainConfig, tracking_uri: str, n_train: int, n_val: i
 
     run_dir = _run_dir(cfg)
     state_path = storage.join(run_dir, RUN_STATE_FILE)
-    client = MlflowClient(tracking_uri=tracking_uri)
+    client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
     if cfg.tracking.resume:
         if not storage.exists(state_path):
             raise ConfigError(f"{state_path}: nothing to resume (no earlier run named {cfg.tracking.run_name!r} there)")
@@ -185,7 +185,7 @@ def run_training(cfg: TrainConfig) -> TrainResult:
     loader = partial(model_ref.load, tracking_uri=tracking_uri, trust=cfg.tracking.trust_checkpoints)
     preflight = partial(stage_cls.preflight, cfg.recipe, loader, shard_face_size(train_shards))
     run_id = _open_mlflow_run(cfg, tracking_uri, len(train_shards), len(val_shards), preflight)
-    client = MlflowClient(tracking_uri=tracking_uri)
+    client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
 
     init_ray()
     w = cfg.workers

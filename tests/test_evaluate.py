@@ -46,7 +46,7 @@ def evaluate(main_args: list[str], capsys) -> tuple[int, dict, str]:
 
 def test_expert_evaluation_and_promotion_gate(mlflow_server, shards, trained_expert, tmp_path, capsys):
     uri = mlflow_server.uri
-    client = MlflowClient(uri)
+    client = MlflowClient(uri, registry_uri=uri)
     ckpt, model = trained_expert
     v_good, train_run = register(uri, "lipsync-expert", ckpt, tmp_path)
     common = ["--shards", str(shards), "--tracking-uri", uri, "--windows-per-clip", "8", "--shifts", "0", "5", "-3"]
@@ -120,7 +120,7 @@ def test_generator_protocol_over_ray_data(ray_local, mlflow_server, shards, trai
         assert key in m and m[key] == m[key], key
     # An untrained generator is far from the ground truth, but the figures are real ones.
     assert 0 < m["ssim"] < 0.9 and 0 < m["ssim_mouth"] < 0.9 and 0 < m["psnr"] < 30
-    client = MlflowClient(uri)
+    client = MlflowClient(uri, registry_uri=uri)
     run = client.get_run(result.run_id)
     assert run.data.tags["lipsync.training_run_id"] == train_run and "ssim" in run.data.metrics
     import pandas as pd

@@ -73,7 +73,7 @@ def test_expert_learns_sync_and_is_registered(ray_local, mlflow_server, shards, 
                             run_name="learn", tracking_uri=mlflow_server.uri, experiment="test-expert-learn")
     result = train_expert(cfg)
     print(result)
-    client = MlflowClient(mlflow_server.uri)
+    client = MlflowClient(mlflow_server.uri, registry_uri=mlflow_server.uri)
     run = client.get_run(result.run_id)
 
     assert result.final_step == 400 and run.info.status == "FINISHED"
@@ -191,7 +191,7 @@ def test_worker_failure_restores_from_checkpoint_and_resume_continues(ray_local,
               "--experiment", "test-expert-fault", "--no-register", "--no-system-metrics"]
     faulty = train_cli(capsys, *common, "--run-name", "faulty", "--max-failures", "1", "--fail-at-step", "15")
     steady = train_cli(capsys, *common, "--run-name", "steady", "--max-failures", "0")
-    client = MlflowClient(mlflow_server.uri)
+    client = MlflowClient(mlflow_server.uri, registry_uri=mlflow_server.uri)
     run_id = faulty["run_id"]
     marker = Path(faulty["run_dir"]) / "injected_failure.marker"
     assert marker.exists(), "the failure was never injected"
@@ -330,7 +330,7 @@ def test_two_node_ddp_via_job_submit(mlflow_server, shards, tmp_path):
         nodes = set(cluster_nodes(head))
     finally:
         stop_ray_head(head)
-    tags = MlflowClient(mlflow_server.uri).get_run(summary["run_id"]).data.tags
+    tags = MlflowClient(mlflow_server.uri, registry_uri=mlflow_server.uri).get_run(summary["run_id"]).data.tags
     placement = tags["lipsync.worker_placement"].split(",")
     used_nodes = {p.split("/")[0] for p in placement}
     assert tags["lipsync.world_size"] == "2" and len(placement) == 2

@@ -175,7 +175,7 @@ def metric_points(client: MlflowClient, run_id: str, key: str) -> list[tuple[int
 def register_tiny_expert(uri: str, tmp_path: Path, seed: int) -> str:
     folder = tmp_path / f"expert{seed}"
     save_checkpoint(folder / "expert.safetensors", tiny_expert(seed=seed), ModelConfig(kind="expert", width=TINY))
-    client = MlflowClient(uri)
+    client = MlflowClient(uri, registry_uri=uri)
     exp = client.get_experiment_by_name("test-gen-experts") or client.get_experiment(
         client.create_experiment("test-gen-experts"))
     run = client.create_run(exp.experiment_id)
@@ -200,7 +200,7 @@ def gen_config(shards, uri, tmp_path, **over) -> TrainConfig:
 def test_generator_trains_restores_resumes_registers_and_infers(ray_local, mlflow_server, shards, synth_corpus,
                                                                 tmp_path):
     uri = mlflow_server.uri
-    client = MlflowClient(uri)
+    client = MlflowClient(uri, registry_uri=uri)
     first = register_tiny_expert(uri, tmp_path, seed=0)
     # No champion yet (the default --expert's alias): the error comes before anything starts
     # and suggests @candidate.
@@ -279,7 +279,7 @@ def test_fine_tune_official_wav2lip_gan(ray_local, mlflow_server, shards, tmp_pa
         "--no-system-metrics", "--max-failures", "0",
     ])
     assert code == 0
-    client = MlflowClient(mlflow_server.uri)
+    client = MlflowClient(mlflow_server.uri, registry_uri=mlflow_server.uri)
     version = client.get_model_version_by_alias("wav2lip", "candidate")
     run = client.get_run(version.run_id)
     assert run.data.tags["lipsync.init"] == str(official) and run.data.params["width"] == "1.0"
