@@ -264,8 +264,10 @@ def bench_end_to_end(clip: Path, work: Path, model: Path, precisions: list[str],
     print(f"\n== end to end, 10 s 1280x720 @ 25 fps, full-width generator, detection on (defaults), fresh process "
           f"per case after a 2 s warm-up run in it{f', ONEDNN_MAX_CPU_ISA={isa_cap}' if isa_cap else ''} "
           f"(load {load()})")
-    cases = [(f"--precision {p}", clip, {"precision": p}) for p in precisions]
-    cases += [(f"image input (1280x720 photo), --precision {p}", photo, {"precision": p}) for p in ("fp32", "auto")]
+    # device cpu: this benchmark is about CPUs (on a machine with a GPU, "auto" would take it).
+    cases = [(f"--precision {p}", clip, {"precision": p, "device": "cpu"}) for p in precisions]
+    cases += [(f"image input (1280x720 photo), --precision {p}", photo, {"precision": p, "device": "cpu"})
+              for p in ("fp32", "auto")]
     for name, face, overrides in cases:
         r = child(["--child-e2e", str(face), str(clip), str(work / "out.mp4"), str(model),
                    json.dumps({**overrides, "warm_up": str(warm)})], env=env)
@@ -286,8 +288,8 @@ _BEFORE_CHILD = r"""
 import json, sys
 from lipsync.inference import InferenceOptions, LipSyncer
 face, audio, out, model, warm = sys.argv[1:6]
-LipSyncer(model, InferenceOptions(progress=False)).sync(warm, warm, out)
-r = LipSyncer(model, InferenceOptions(progress=False)).sync(face, audio, out).to_dict()
+LipSyncer(model, InferenceOptions(progress=False, device="cpu")).sync(warm, warm, out)
+r = LipSyncer(model, InferenceOptions(progress=False, device="cpu")).sync(face, audio, out).to_dict()
 with open("/proc/self/status") as f:
     r["peak_rss"] = next(int(l.split()[1]) * 1024 for l in f if l.startswith("VmHWM:"))
 print(json.dumps(r, default=str))
@@ -314,7 +316,7 @@ def bench_before(rev: str, clip: Path, work: Path, model: Path, isa_cap: str | N
                 raise SystemExit(f"before child failed:\n{proc.stderr[-3000:]}")
             old = json.loads(proc.stdout.strip().splitlines()[-1])
             new = child(["--child-e2e", str(face), str(clip), str(work / "out.mp4"), str(model),
-                         json.dumps({"precision": "auto", "warm_up": str(warm)})], env=env)
+                         json.dumps({"precision": "auto", "device": "cpu", "warm_up": str(warm)})], env=env)
             print(f"  {name:16s} before {old['fps_end_to_end']:6.1f} fps ({old['seconds']:.1f} s, peak RSS "
                   f"{old['peak_rss'] / 2**20:.0f} MiB)   now {new['fps_end_to_end']:6.1f} fps ({new['seconds']:.1f} s, "
                   f"peak RSS {new['peak_rss'] / 2**20:.0f} MiB, {new['generator'].get('precision')})   "
@@ -339,7 +341,7 @@ def _child(face: str, out: str, model: str) -> None:
             samples.append(proc.memory_info().rss)
 
     threading.Thread(target=sample, daemon=True).start()
-    r = run_once(Path(face), Path(face), Path(out), model=model)
+    r = run_once(Path(face), Path(face), Path(out), model=model, device="cpu")
     done.set()
     maxrss = peak_rss()
     quarters = [int(max(q)) for q in np.array_split(np.array(samples), 4)]  # peak per quarter of the run
