@@ -57,6 +57,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--windows", type=int, default=64, help="held-out windows for reconstruction and the expert")
     p.add_argument("--tracking-uri", default=None, help="default: sqlite under --workdir")
     p.add_argument("--run-id", default=None, help="score the checkpoints of this finished generator run instead of training")
+    p.add_argument("--steps", type=int, nargs="+", default=None, help="score only these checkpoint steps (default: all)")
     return p
 
 
@@ -103,6 +104,16 @@ def dub_pairs(faces: list[Path], voices: list[Path], n: int) -> list[tuple[Path,
 def checkpoint_steps(client, run_id: str) -> list[int]:
     return sorted(int(a.path.rsplit("step-", 1)[1]) for a in client.list_artifacts(run_id, "checkpoints")
                   if "step-" in a.path)
+
+
+def logged_rows(client, run_id: str) -> dict[int, dict]:
+    """The bench_* figures an earlier scoring of this run logged, per step."""
+    keys = [k for k in client.get_run(run_id).data.metrics if k.startswith("bench_")]
+    rows: dict[int, dict] = {}
+    for key in keys:
+        for m in client.get_metric_history(run_id, key):
+            rows.setdefault(m.step, {})[key[len("bench_"):]] = m.value
+    return rows
 
 
 # ----------------------------------------------------------------------------- judges
@@ -240,8 +251,8 @@ def main() -> int:
     header = (f"{'step':>6} {'dub r':>6} {'moving':>6} {'L1 gen/ref/masked':>22} {'PSNR gen/ref':>13} {'SSIM gen/ref':>13} "
               f"{'expert P(sync) dubbed/undubbed':>31}")
     print(header)
-    rows = {}
-    for step in checkpoint_steps(client, run_id):
+    rows = logged_rows(client, run_id) if args.steps else {}  # the curve keeps the steps scored before
+    for step in [s for s in checkpoint_steps(client, run_id) if args.steps is None or s in args.steps]:
         ref = f"runs:/{run_id}/checkpoints/step-{step:07d}"
         generator, _ = model_ref.load(ref, kind="wav2lip", tracking_uri=tracking_uri)
         generator.eval()
@@ -278,7 +289,7 @@ def _curves(rows: dict, own_r: float, undubbed_r: float):
     import matplotlib.pyplot as plt
 
     steps = sorted(rows)
-    fig, (a, b, c) = plt.subplots(1, 3, figsize=(14, 4))
+    fig, (a, l1, b, c) = plt.subplots(1, 4, figsize=(18, 4))
     a.plot(steps, [rows[s]["dub_r"] for s in steps], marker="o", label="dubbed output")
     a.axhline(own_r, color="green", ls="--", lw=0.8, label="own clips (perfect sync)")
     a.axhline(undubbed_r, color="grey", ls="--", lw=0.8, label="undubbed input")
@@ -286,10 +297,13 @@ def _curves(rows: dict, own_r: float, undubbed_r: float):
     for key, label in (("psnr_generated", "generated"), ("psnr_copy_reference", "copy reference")):
         b.plot(steps, [rows[s][key] for s in steps], marker="o", label=label)
     b.set_title("lower-face PSNR (dB), held-out, own audio")
+    for key, label in (("l1_generated", "generated"), ("l1_copy_reference", "copy reference")):
+        l1.plot(steps, [rows[s][key] for s in steps], marker="o", label=label)
+    l1.set_title("lower-face L1, held-out, own audio")
     for key, label in (("expert_p_sync_dubbed", "dubbed"), ("expert_p_sync_undubbed", "undubbed")):
         c.plot(steps, [rows[s][key] for s in steps], marker="o", label=label)
     c.set_title("expert P(sync) with another clip's audio")
-    for ax in (a, b, c):
+    for ax in (a, l1, b, c):
         ax.set_xlabel("generator step")
         ax.legend(fontsize=8)
     fig.tight_layout()

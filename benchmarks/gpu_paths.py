@@ -1,4 +1,4 @@
-"""The CUDA paths, timed on the GPU at hand: `python benchmarks/cuda.py [--out DIR]`.
+"""The CUDA paths, timed on the GPU at hand: `python benchmarks/gpu_paths.py [--out DIR]`.
 
 1. training steps of both stages (the stages' own ``train_step``), full width, 96 px, batches
    already on the GPU (compute only, one GPU, no DDP): samples/s with bf16 autocast and fp32,
