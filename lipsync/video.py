@@ -233,8 +233,12 @@ def iter_frames(
         yield from _resample_frames(timed, float(fps), rotate, lambda t: _last_frame_end(stream, t))
 
 
-# Seek this far before a range's first frame, so the keyframe found is before it.
-SEEK_MARGIN_S = 1.0
+# A decoded frame this close after a grid point counts as at it (float error of pts x time_base);
+# the seek aims this far after the range's first grid point, so a keyframe exactly there is found.
+# (A margin of a second before it, as first written, landed one whole GOP early whenever pieces
+# started on keyframes — libx264 puts one every 250 frames, 10 s at 25 fps, the pieces' grid —
+# and made a long input cut into 10 s pieces decode 1.8x the frames.)
+SEEK_TOLERANCE_S = 1e-3
 
 
 def iter_frame_range(
@@ -264,7 +268,7 @@ def iter_frame_range(
         if first is None:
             return
         t0 = first[1]
-        target = t0 + start / fps - SEEK_MARGIN_S
+        target = t0 + start / fps + SEEK_TOLERANCE_S
         seeked = False
         if target > t0 and stream.time_base is not None:
             try:
@@ -306,7 +310,7 @@ def _resample_range(timed, fps: float, rotate: bool, end_of, t0: float, start: i
     for frame, t in timed:
         if prev_frame is None:
             emitted = max(0, int(np.ceil((t - t0) * fps)) - 1)
-            while t0 + emitted / fps < t:
+            while t0 + emitted / fps < t - SEEK_TOLERANCE_S:
                 emitted += 1
             if emitted > start:
                 raise _SeekedTooFar

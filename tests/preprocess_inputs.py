@@ -43,15 +43,17 @@ EXPECTED = {
 }
 
 
-def mux(path: Path, frames=None, fps: float = 25.0, audio=None, rotation: int | None = None) -> Path:
-    """Write an mp4 with PyAV: optional H.264 video (with a display rotation), optional AAC audio."""
+def mux(path: Path, frames=None, fps: float = 25.0, audio=None, rotation: int | None = None,
+        options: dict | None = None) -> Path:
+    """Write an mp4 with PyAV: optional H.264 video (with a display rotation and extra libx264
+    ``options``), optional AAC audio."""
     with av.open(str(path), "w", format="mp4") as container:
         vstream = astream = None
         if frames is not None:
             vstream = container.add_stream("libx264", rate=Fraction(fps).limit_denominator(1000))
             vstream.height, vstream.width = frames.shape[1:3]
             vstream.pix_fmt = "yuv420p"
-            vstream.options = {"crf": "18"}
+            vstream.options = {"crf": "18", **(options or {})}
             if rotation:
                 vstream.set_display_rotation(rotation)
         if audio is not None:

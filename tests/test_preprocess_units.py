@@ -192,6 +192,35 @@ def test_frame_range_decode_equals_the_full_decode(tmp_path):
         assert all(np.array_equal(a, b) for a, b in zip(part, full[start:stop]))
 
 
+def test_frame_range_seeks_to_the_keyframe_at_its_start(tmp_path, monkeypatch):
+    """A piece that starts on a keyframe decodes from that keyframe, not from the one before
+    (pieces of long inputs start on a 10 s grid, where libx264 puts its keyframes)."""
+    from preprocess_inputs import mux
+
+    from lipsync import video as lsv
+
+    frames = np.zeros((100, 48, 64, 3), np.uint8)
+    for i in range(100):
+        frames[i] = (i * 5) % 256
+    path = mux(tmp_path / "gop25.mp4", frames=frames, fps=25,
+               options={"g": "25", "keyint_min": "25", "sc_threshold": "0", "bf": "0"})
+    full = list(lsv.iter_frames(path, fps=25))
+    decoded = []
+    timed = lsv._timed_frames
+
+    def counting(*args):
+        for frame, t in timed(*args):
+            decoded.append(t)
+            yield frame, t
+
+    monkeypatch.setattr(lsv, "_timed_frames", counting)
+    part = list(lsv.iter_frame_range(path, 25, 50, 75))
+    assert all(np.array_equal(a, b) for a, b in zip(part, full[50:75])) and len(part) == 25
+    after_seek = [t for t in decoded[1:]]  # decoded[0]: the first frame, read for t0
+    assert after_seek and min(after_seek) == pytest.approx(2.0, abs=1e-3), after_seek[:3]  # the keyframe at 50
+    assert len(after_seek) <= 28, len(after_seek)  # 25 + the next to place the last (a GOP early: 52)
+
+
 def test_manifest_rows_and_content_hash(tmp_path):
     item = {"input_id": "s/1", "path": "/d/s/1.mp4", "corpus": "lrs2", "speaker": "s", "clip_id": "1",
             "split": "train"}
