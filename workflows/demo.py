@@ -107,7 +107,7 @@ def main(argv: list[str] | None = None) -> int:
     chain.run("preprocess", "preprocess (Ray Data → WebDataset shards)", [
         py, "workflows/preprocess.py", "--input", str(corpus), "--layout", "lrs2", "--output", str(shards),
         "--tracking-uri", tracking], outputs=[shards / "summary.json"], after=["corpus"],
-        progress=r"^inputs:.*?(\d+)/(\d+)")
+        progress=r"^pieces:.*?(\d+)/(\d+) \[")
     chain.run("expert", "train the lip-sync expert (Ray Train DDP)", [
         py, "workflows/train.py", "--stage", "expert", "--shards", str(shards), "--width", str(args.expert_width),
         "--max-steps", str(args.expert_steps), "--lr", "1e-3", "--num-workers", str(args.num_workers),
@@ -122,7 +122,7 @@ def main(argv: list[str] | None = None) -> int:
         py, "workflows/preprocess.py", "--input", str(corpus), "--layout", "lrs2", "--output", str(synced),
         "--sync-filter", "models:/lipsync-expert@champion", "--fix-offset", "--max-sync-offset",
         str(args.max_sync_offset), *confidence, "--tracking-uri", tracking], outputs=[synced / "summary.json"],
-        after=["expert_eval"], progress=r"^inputs:.*?(\d+)/(\d+)")
+        after=["expert_eval"], progress=r"^pieces:.*?(\d+)/(\d+) \[")
     chain.run("generator", "train the generator (Wav2Lip + GAN), judged by the champion expert", [
         py, "workflows/train.py", "--stage", "generator", "--shards", str(synced),
         "--expert", "models:/lipsync-expert@champion", "--width", str(args.generator_width),
