@@ -46,6 +46,19 @@ def sync():
         torch.cuda.synchronize()
 
 
+def samples_per_s(stage, batch, size: int, steps: int):
+    """(samples/s over ``steps`` timed steps after 5 warm-up steps, the last step's metrics)."""
+    for s in range(1 if DRY else 5):
+        stage.train_step(batch, s)
+    sync()
+    n = 1 if DRY else steps
+    t0 = time.perf_counter()
+    for s in range(n):
+        out = stage.train_step(batch, s)
+    sync()
+    return size * n / (time.perf_counter() - t0), out
+
+
 def train_steps():
     from lipsync.checkpoints import ModelConfig, load_model, save_checkpoint
     from lipsync.models import SyncNet
@@ -67,17 +80,8 @@ def train_steps():
             batch = {"x": torch.rand(B, 6, 5, 96, 96, generator=g), "gt": torch.rand(B, 3, 5, 96, 96, generator=g),
                      "indiv_mels": torch.randn(B, 5, 1, 80, 16, generator=g), "mel": torch.randn(B, 1, 80, 16, generator=g)}
             stage.sync_switch_step = 0  # sync loss on, as after the switch
-            for s in range(1 if DRY else 5):
-                out = stage.train_step(batch, s)
-            sync()
-            t0 = time.perf_counter()
-            n = 1 if DRY else 30
-            for s in range(n):
-                out = stage.train_step(batch, s)
-            sync()
-            dt = time.perf_counter() - t0
             key = f"generator_{'gan' if gan else 'nogan'}_{'bf16' if amp else 'fp32'}_samples_per_s"
-            results[key] = B * n / dt
+            results[key], out = samples_per_s(stage, batch, B, 30)
             finite = all(np.isfinite(float(v)) for v in out.values() if not isinstance(v, torch.Tensor))
             print(f"  {key}: {results[key]:.1f} (batch {B}, full width; metrics finite: {finite}; {out})", flush=True)
     for amp in (True, False):
@@ -87,16 +91,8 @@ def train_steps():
         stage.amp_dtype = torch.bfloat16 if amp else None
         batch = {"face": torch.rand(B, 15, 48, 96, generator=g), "mel": torch.randn(B, 1, 80, 16, generator=g),
                  "label": (torch.rand(B, 1, generator=g) > 0.5).float()}
-        for s in range(1 if DRY else 5):
-            stage.train_step(batch, s)
-        sync()
-        t0 = time.perf_counter()
-        n = 1 if DRY else 50
-        for s in range(n):
-            out = stage.train_step(batch, s)
-        sync()
         key = f"expert_{'bf16' if amp else 'fp32'}_samples_per_s"
-        results[key] = B * n / (time.perf_counter() - t0)
+        results[key], out = samples_per_s(stage, batch, B, 50)
         print(f"  {key}: {results[key]:.1f} (batch {B}, full width; {out})", flush=True)
 
 
