@@ -38,11 +38,11 @@ import numpy as np
 
 from lipsync import audio as lsa
 from lipsync.errors import ConfigError, LipsyncError
+from lipsync.metrics.sync import SAMPLES_PER_FRAME
 
 SYNCNET_V2 = "syncnet-v2"
 DEFAULT_MIN_CONFIDENCE = {"expert": 0.2, SYNCNET_V2: 3.0}
 DEFAULT_MAX_OFFSET = 6
-SAMPLES_PER_FRAME = lsa.SAMPLE_RATE // 25
 
 _JUDGES: dict = {}  # per worker process: one loaded judge per filter
 
