@@ -111,6 +111,23 @@ def test_no_gan_recipe_and_batch_statistics_expert():
     assert GeneratorRecipe(expert="x").betas == (0.5, 0.999)
 
 
+def test_cosine_schedule_scales_both_rates_from_the_step_alone():
+    recipe = GeneratorRecipe(expert="tiny", width=TINY, lr=2e-4, disc_lr=1e-3, lr_schedule="cosine", warmup_steps=2)
+    stage = GeneratorStage(recipe, "cpu", loader_of(tiny_expert()), max_steps=10)
+
+    def rates():
+        return [stage.optimizers[k].param_groups[0]["lr"] for k in ("generator", "disc")]
+
+    stage.train_step(generator_batch(), step=1)  # warm-up: half the rates
+    assert rates() == [pytest.approx(1e-4), pytest.approx(5e-4)]
+    stage.train_step(generator_batch(), step=10)  # the end: 2 % of both
+    assert rates() == [pytest.approx(4e-6), pytest.approx(2e-5)]
+    stage.train_step(generator_batch(), step=6)  # a restored stage gets its rate from the step
+    assert rates() == [pytest.approx(2e-4 * (0.02 + 0.98 * 0.5)), pytest.approx(1e-3 * (0.02 + 0.98 * 0.5))]
+    with pytest.raises(ConfigError, match="lr-schedule"):
+        GeneratorRecipe(expert="tiny", lr_schedule="linear").validate()
+
+
 def test_bf16_autocast_step_and_evaluation():
     # The GPU recipe (bf16 autocast) exercised on CPU: generator output in bf16 meets the
     # fp32 expert and discriminator, the losses stay float32.

@@ -125,6 +125,20 @@ def test_shard_problems_are_named_up_front(shards, tmp_path, capsys):
     assert not db.exists() and not (tmp_path / "runs").exists()
 
 
+def test_a_flag_only_the_other_stage_reads_is_refused(tmp_path, capsys):
+    # It used to be dropped silently: `--stage generator --lr-schedule cosine` trained at a constant rate.
+    train = load_workflow("train")
+    db = tmp_path / "mlruns.db"
+    common = ["--shards", str(tmp_path / "shards"), "--tracking-uri", f"sqlite:///{db}"]
+    assert train.main(["--stage", "generator", "--min-offset", "3", "--augment", *common]) == 2
+    line = one_line_error(capsys.readouterr().err)
+    assert "--min-offset, --augment" in line and "--stage expert" in line and "--stage generator would ignore" in line
+    assert train.main(["--stage", "expert", "--expert", "e.pth", *common]) == 2
+    line = one_line_error(capsys.readouterr().err)
+    assert line.startswith("error: --expert:") and "only --stage generator reads this" in line
+    assert not db.exists()
+
+
 # ------------------------------------------------------------------ 6. help that explains
 
 

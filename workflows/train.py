@@ -58,6 +58,17 @@ def _resources(text: str) -> dict:
     return value
 
 
+class _StageGroup:
+    """An argument group that remembers its flags (argparse keeps them private)."""
+
+    def __init__(self, parser: argparse.ArgumentParser, title: str):
+        self.group, self.actions = parser.add_argument_group(title), []
+
+    def add_argument(self, *args, **kwargs) -> argparse.Action:
+        self.actions.append(self.group.add_argument(*args, **kwargs))
+        return self.actions[-1]
+
+
 def build_parser() -> argparse.ArgumentParser:
     # Flags map 1:1 to TrainConfig leaves; recipe flags default to None = the stage's default.
     ex, gen = RECIPES["expert"](), RECIPES["generator"]()
@@ -74,15 +85,15 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--lr", type=float, default=None, help=f"learning rate (default: {ex.lr})")
     m.add_argument("--T", type=int, default=None, help="frames per window (5)")
     m.add_argument("--max-steps", type=int, default=c.max_steps, help="optimizer steps to train for")
+    m.add_argument("--lr-schedule", choices=LR_SCHEDULES, default=None,
+                   help="constant (paper) or cosine decay to 2%% of --lr (and --disc-lr) at --max-steps")
+    m.add_argument("--warmup-steps", type=int, default=None, help="linear warm-up steps")
     m.add_argument("--init", default=None,
                    help="start from these weights: our checkpoint, the official lipsync_expert.pth / wav2lip.pth / "
                         "wav2lip_gan.pth, or models:/NAME@ALIAS (fine-tuning)")
     m.add_argument("--trust-checkpoints", action="store_true",
                    help="allow --init/--expert files that contain pickled code (only for files you trust)")
-    e = p.add_argument_group("expert stage")
-    e.add_argument("--lr-schedule", choices=LR_SCHEDULES, default=None,
-                   help="constant (paper) or cosine decay to 2%% of --lr at --max-steps")
-    e.add_argument("--warmup-steps", type=int, default=None, help="linear warm-up steps")
+    e = _StageGroup(p, "expert stage")
     e.add_argument("--stop-at-val-accuracy", type=float, default=None,
                    help="end training once validation accuracy reaches this")
     e.add_argument("--min-offset", type=int, default=None,
@@ -92,7 +103,7 @@ def build_parser() -> argparse.ArgumentParser:
                         f"difference (default {ex.min_mel_distance}; skips silence-vs-silence pairs; 0 = original)")
     e.add_argument("--augment", action="store_true", default=None,
                    help="sync-preserving augmentation (off = paper parity)")
-    g = p.add_argument_group("generator stage")
+    g = _StageGroup(p, "generator stage")
     g.add_argument("--expert", default=None,
                    help=f"the frozen lip-sync expert: file, runs:/ or models:/ URI (default {gen.expert}); "
                         "an alias is pinned to its version at the start of the run")
@@ -150,13 +161,28 @@ def build_parser() -> argparse.ArgumentParser:
                     help="do not register the best checkpoint in the MLflow model registry")
     bk.add_argument("--no-system-metrics", dest="system_metrics", action="store_false",
                     help="do not log CPU/GPU/memory use to MLflow")
+    # A stage's own flags, so that one given to the other stage is an error, not silently ignored.
+    p.stage_flags = {"expert": e.actions, "generator": g.actions}
     return p
 
 
+def check_stage_flags(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Refuse a flag that only the other stage reads (e.g. --min-offset with --stage generator)."""
+    for stage, actions in parser.stage_flags.items():
+        if stage == args.stage:
+            continue
+        given = [a.option_strings[0] for a in actions if getattr(args, a.dest) is not None]
+        if given:
+            raise ConfigError(f"{', '.join(given)}: only --stage {stage} reads {'these' if len(given) > 1 else 'this'}; "
+                              f"--stage {args.stage} would ignore {'them' if len(given) > 1 else 'it'}")
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
     resolve_path_args(args, "shards", "manifest", "storage_path")  # workers do not share our working dir
     try:
+        check_stage_flags(parser, args)
         if args.resume and not args.run_name:
             raise ConfigError("--resume needs --run-name of the run to continue")
         result = run_training(TrainConfig.from_flat(args.stage, vars(args)))

@@ -32,7 +32,7 @@ from lipsync.errors import ConfigError
 from lipsync.models import VisualQualityDiscriminator, Wav2Lip, syncnet_face_input
 from lipsync.models.blocks import fold_time
 from lipsync.training.expert import sync_scores
-from lipsync.training.schedule import set_lr
+from lipsync.training.schedule import check_schedule, lr_at, set_lr
 from lipsync.training.stage import (
     CurvePanel,
     ModelLoader,
@@ -63,6 +63,8 @@ class GeneratorRecipe:
     T: int = EXPERT_T
     lr: float = 1e-4
     disc_lr: float = 1e-4
+    lr_schedule: str = "constant"  # the paper's; "cosine" decays both rates (lipsync/training/schedule.py)
+    warmup_steps: int = 0
     beta1: float | None = None  # default 0.5 (GAN recipe), 0.9 with --no-gan (the original's)
     beta2: float = 0.999
     gan: bool = True
@@ -77,6 +79,7 @@ class GeneratorRecipe:
         for flag, value in (("--lr", self.lr), ("--disc-lr", self.disc_lr)):
             if value <= 0:
                 raise ConfigError(f"{flag} must be > 0, got {value}")
+        check_schedule(self.lr_schedule, self.warmup_steps)
         sw, dw = self.effective_sync_weight, self.effective_disc_weight
         if sw < 0 or dw < 0 or sw + dw >= 1:
             raise ConfigError(f"--sync-weight {sw} and --disc-weight {dw} must be >= 0 and sum to < 1 "
@@ -179,7 +182,9 @@ class GeneratorStage(TrainingStage):
 
     def train_step(self, batch, step):
         r = self.recipe
-        set_lr(self.optimizers["generator"], r.lr)  # the flag wins over a restored optimizer's rate
+        # From the step alone, so the flags win over a restored optimizer's rate (a resumed run may change them).
+        scale = lr_at(step, 1.0, self.max_steps, r.lr_schedule, r.warmup_steps)
+        set_lr(self.optimizers["generator"], r.lr * scale)
         x, gt, indiv_mels, mel = self._inputs(batch)
         sw, dw = self.sync_weight, r.effective_disc_weight
 
@@ -204,7 +209,7 @@ class GeneratorStage(TrainingStage):
         sums = {"samples": float(n), "loss": loss.item() * n, "l1": l1.item() * n, "sync": sync.item() * n,
                 "adv": adv.item() * n}
         if r.gan:
-            set_lr(self.optimizers["disc"], r.disc_lr)
+            set_lr(self.optimizers["disc"], r.disc_lr * scale)
             opt_d = self.optimizers["disc"]
             opt_d.zero_grad(set_to_none=True)
             real, fake = fold_time(gt, time_dim=2), fold_time(g.detach(), time_dim=2)
