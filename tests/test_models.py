@@ -15,6 +15,7 @@ from lipsync.models import (
     syncnet_face_input,
 )
 from lipsync.models.blocks import fold_time, unfold_time
+from lipsync.models.discriminator import bce_with_logits
 from official_keys import OFFICIAL_COUNTS, official_shapes, trainable_count
 
 MODELS = {"expert": SyncNet, "wav2lip": Wav2Lip, "disc": VisualQualityDiscriminator}
@@ -144,6 +145,27 @@ def test_perceptual_loss_is_bce_against_real_on_the_input_device():
     assert loss.device == fake.device and torch.allclose(loss, expected)
     loss.backward()
     assert fake.grad is not None and fake.grad.abs().sum() > 0
+
+
+def test_a_saturated_discriminator_still_learns():
+    # Fakes scored p = 1 in float32: BCE of the sigmoid's output has no gradient left there
+    # (the original's loss, and the demo's discriminator stuck for good at step 200); from
+    # the score the gradient is p - 0 = 1.
+    torch.manual_seed(0)
+    disc = VisualQualityDiscriminator(width=0.125)
+    with torch.no_grad():
+        disc.binary_pred[0].bias.fill_(40.0)
+    fake = torch.rand(1, 3, 5, 96, 96)
+    assert torch.equal(disc(fake), torch.ones(5, 1))
+    old = F.binary_cross_entropy(disc(fake).clamp(1e-6, 1 - 1e-6), torch.zeros(5, 1))
+    old.backward()
+    assert disc.binary_pred[0].bias.grad.abs().item() == 0
+    disc.zero_grad()
+    loss = bce_with_logits(disc(fake, logits=True), 0.0)
+    assert loss.item() > 39
+    loss.backward()
+    assert disc.binary_pred[0].bias.grad.item() == pytest.approx(1.0)
+    assert torch.allclose(torch.sigmoid(disc(fake, logits=True)), disc(fake))
 
 
 def test_syncnet_face_input_stacks_lower_halves_frame_major():

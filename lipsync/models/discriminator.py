@@ -54,20 +54,29 @@ class VisualQualityDiscriminator(nn.Module):
         self.face_encoder_blocks = nn.ModuleList(nn.Sequential(*stage) for stage in stages)
         self.binary_pred = nn.Sequential(nn.Conv2d(c(512), 1, 1, 1, 0), nn.Sigmoid())
 
-    def forward(self, frames: torch.Tensor) -> torch.Tensor:
-        """(B,3,T,S,S) or (N,3,S,S) frames → (N, 1) probability that each frame is real."""
+    def forward(self, frames: torch.Tensor, logits: bool = False) -> torch.Tensor:
+        """(B,3,T,S,S) or (N,3,S,S) frames → (N, 1) probability that each frame is real
+        (``logits=True``: the score before the sigmoid, what the training losses take)."""
         if frames.dim() == 5:
             frames = fold_time(frames, time_dim=2)
         x = lower_half(frames)
         for stage in self.face_encoder_blocks:
             x = stage(x)
-        return self.binary_pred(x).view(x.shape[0], -1)
+        score = self.binary_pred[0](x).view(x.shape[0], -1)  # binary_pred[1] is the sigmoid
+        return score if logits else self.binary_pred[1](score)
 
     def perceptual_loss(self, fake: torch.Tensor) -> torch.Tensor:
-        """The generator's adversarial loss BCE(D(fake), 1), on whatever device `fake` is.
+        """The generator's adversarial loss BCE(D(fake), 1), on whatever device `fake` is."""
+        return bce_with_logits(self(fake, logits=True), 1.0)
 
-        The BCE runs in float32 outside autocast (PyTorch refuses it in bf16/fp16 autocast)."""
-        pred = self(fake)
-        with torch.autocast(pred.device.type, enabled=False):
-            pred = pred.float()
-            return F.binary_cross_entropy(pred, torch.ones_like(pred))
+
+def bce_with_logits(score: torch.Tensor, target: float) -> torch.Tensor:
+    """BCE of sigmoid(score) against a constant label, in float32 outside autocast.
+
+    The original takes BCE of the sigmoid's output; equal in value, but once the sigmoid
+    saturates (p rounds to 0 or 1) that gradient is exactly 0 and the discriminator can never
+    recover (seen: fakes scored p = 1 for good at step 200 of a 1e-3 run). From the score the
+    gradient is p - target, which never vanishes on a wrong answer."""
+    with torch.autocast(score.device.type, enabled=False):
+        score = score.float()
+        return F.binary_cross_entropy_with_logits(score, torch.full_like(score, target))

@@ -10,6 +10,8 @@ Losses, as the original's ``hq_wav2lip_train.py`` (``--no-gan``: ``wav2lip_train
 * the adversarial loss ``VisualQualityDiscriminator.perceptual_loss`` (weight 0.07);
 * total ``sw·sync + dw·adv + (1 − sw − dw)·L1``; the discriminator is trained on ground
   truth (1) vs generated (0) frames (it looks at their lower half), one step per step.
+  Both GAN losses take the discriminator's score before its sigmoid (same values as the
+  original's, but a saturated discriminator still gets a gradient: ``bce_with_logits``).
 
 Adam for both, lr 1e-4, betas (0.5, 0.999) (the no-GAN original keeps Adam's default 0.9).
 The expert is frozen (``requires_grad`` off) and in eval mode; ``expert_bn="batch"`` keeps
@@ -31,6 +33,7 @@ from lipsync.data.windows import EXPERT_T, GeneratorSampling, collate_generator
 from lipsync.errors import ConfigError
 from lipsync.models import VisualQualityDiscriminator, Wav2Lip, syncnet_face_input
 from lipsync.models.blocks import fold_time
+from lipsync.models.discriminator import bce_with_logits
 from lipsync.training.expert import sync_scores
 from lipsync.training.schedule import check_schedule, lr_at, set_lr
 from lipsync.training.stage import (
@@ -214,8 +217,8 @@ class GeneratorStage(TrainingStage):
             opt_d.zero_grad(set_to_none=True)
             real, fake = fold_time(gt, time_dim=2), fold_time(g.detach(), time_dim=2)
             with self.autocast():  # one forward over real ++ fake: one DDP all-reduce
-                pred = self.trained["disc"](torch.cat((real, fake)))
-            d_real, d_fake = bce(pred[: real.shape[0]], 1.0), bce(pred[real.shape[0]:], 0.0)
+                score = self.trained["disc"](torch.cat((real, fake)), logits=True)
+            d_real, d_fake = bce_with_logits(score[: real.shape[0]], 1.0), bce_with_logits(score[real.shape[0]:], 0.0)
             (d_real + d_fake).backward()
             opt_d.step()
             sums.update(disc_real=d_real.item() * n, disc_fake=d_fake.item() * n)
@@ -247,8 +250,8 @@ class GeneratorStage(TrainingStage):
                 with self.autocast():
                     sums["sync"] += float(expert_sync_loss(self.expert, mel, g)) * n
                     if disc is not None:
-                        sums["disc_real"] += float(bce(disc(gt), 1.0)) * n
-                        sums["disc_fake"] += float(bce(disc(g), 0.0)) * n
+                        sums["disc_real"] += float(bce_with_logits(disc(gt, logits=True), 1.0)) * n
+                        sums["disc_fake"] += float(bce_with_logits(disc(g, logits=True), 0.0)) * n
         finally:
             for m, was_training in modes:
                 m.train(was_training)
