@@ -48,7 +48,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--expert-steps", type=int, default=1500, help="steps when training the expert here")
     p.add_argument("--width", type=float, default=0.25, help="generator channel multiplier (default 0.25)")
     p.add_argument("--batch-size", type=int, default=16, help="global generator batch (default 16)")
-    p.add_argument("--lr", type=float, default=1e-4, help="generator and discriminator lr (default: the paper's 1e-4)")
+    p.add_argument("--lr", type=float, default=1e-4, help="generator lr (default: the paper's 1e-4)")
+    p.add_argument("--disc-lr", type=float, default=None, help="discriminator lr (default: --lr)")
+    p.add_argument("--lr-schedule", choices=("constant", "cosine"), default="constant",
+                   help="constant (paper) or cosine decay of both rates to 2%% at --max-steps")
+    p.add_argument("--warmup-steps", type=int, default=0, help="linear warm-up steps (default 0)")
     p.add_argument("--no-gan", action="store_true", help="plain Wav2Lip (no discriminator)")
     p.add_argument("--max-steps", type=int, default=3000)
     p.add_argument("--checkpoint-every", type=int, default=500)
@@ -231,7 +235,8 @@ def main() -> int:
         t0 = time.time()
         result = train("generator", dict(
             shards=str(shards), expert=expert_ref, width=args.width, batch_size=args.batch_size, lr=args.lr,
-            disc_lr=args.lr, gan=not args.no_gan, max_steps=args.max_steps, checkpoint_every=args.checkpoint_every,
+            disc_lr=args.disc_lr or args.lr, lr_schedule=args.lr_schedule, warmup_steps=args.warmup_steps,
+            gan=not args.no_gan, max_steps=args.max_steps, checkpoint_every=args.checkpoint_every,
             log_every=50, num_workers=args.num_workers, storage_path=str(work / "ray_results"),
             tracking_uri=tracking_uri, experiment="lipsync-generator-curve",
             run_name=time.strftime("generator-%H%M%S")))
