@@ -39,6 +39,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from lipsync.training.schedule import LR_SCHEDULES
+
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--workdir", default="generator_curve_work", help="corpus, shards, runs and dubbed videos")
     p.add_argument("--speakers", type=int, default=16, help="synthetic speakers (default 16: 12/2/2 split)")
@@ -50,7 +52,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=16, help="global generator batch (default 16)")
     p.add_argument("--lr", type=float, default=1e-4, help="generator lr (default: the paper's 1e-4)")
     p.add_argument("--disc-lr", type=float, default=None, help="discriminator lr (default: --lr)")
-    p.add_argument("--lr-schedule", choices=("constant", "cosine"), default="constant",
+    p.add_argument("--lr-schedule", choices=LR_SCHEDULES, default="constant",
                    help="constant (paper) or cosine decay of both rates to 2%% at --max-steps")
     p.add_argument("--warmup-steps", type=int, default=0, help="linear warm-up steps (default 0)")
     p.add_argument("--no-gan", action="store_true", help="plain Wav2Lip (no discriminator)")
