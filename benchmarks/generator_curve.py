@@ -60,7 +60,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint-every", type=int, default=500)
     p.add_argument("--num-workers", type=int, default=2)
     p.add_argument("--pairs", type=int, default=8, help="dubbed (video, other audio) pairs per checkpoint")
-    p.add_argument("--windows", type=int, default=64, help="held-out windows for reconstruction and the expert")
+    p.add_argument("--windows", type=int, default=512,
+                   help="held-out windows for reconstruction and the expert (default 512)")
     p.add_argument("--tracking-uri", default=None, help="default: sqlite under --workdir")
     p.add_argument("--run-id", default=None, help="score the checkpoints of this finished generator run instead of training")
     p.add_argument("--steps", type=int, nargs="+", default=None, help="score only these checkpoint steps (default: all)")
@@ -160,8 +161,12 @@ def reference_scores(pairs, detector) -> tuple[list[float], list[float]]:
     return own, undubbed
 
 
-def held_out_batch(shards: Path, n: int, face_size: int):
-    """A fixed batch of generator windows from the test split (same for every checkpoint)."""
+HELD_OUT_CHUNK = 64  # windows per forward pass: bounds memory, not the sample
+
+
+def held_out_batches(shards: Path, n: int, face_size: int) -> list[dict]:
+    """A fixed sample of generator windows from the test split (the same for every
+    checkpoint), collated in chunks of HELD_OUT_CHUNK windows."""
     from lipsync.data.shard_stream import iter_clips, list_shards
     from lipsync.data.windows import GeneratorSampling
 
@@ -173,7 +178,7 @@ def held_out_batch(shards: Path, n: int, face_size: int):
         windows += sampling.sample(clips[i % len(clips)], 1, rng)
         if len(windows) == n:
             break
-    return sampling.collate(windows)
+    return [sampling.collate(windows[i: i + HELD_OUT_CHUNK]) for i in range(0, len(windows), HELD_OUT_CHUNK)]
 
 
 def _frames_uint8(t):
@@ -181,27 +186,48 @@ def _frames_uint8(t):
     return (t.permute(0, 2, 3, 4, 1).reshape(-1, *t.shape[-2:], 3).clamp(0, 1) * 255 + 0.5).byte().numpy()
 
 
-def reconstruction_and_expert(generator, expert, batch) -> dict[str, float]:
+def reconstruction_and_expert(generator, expert, batches: list[dict]) -> dict[str, float]:
+    """Lower-face L1/PSNR/SSIM of generated frames and of the two trivial baselines against the
+    ground truth (own audio), and the expert's P(sync) of dubbed against undubbed windows.
+
+    The generated-minus-copy-reference L1 is also given per window, paired, with its 95%
+    interval: the two are close, and a mean over a few windows can rank them either way."""
     import torch
 
     from lipsync.metrics.image import mouth_region, psnr, ssim
     from lipsync.models import syncnet_face_input
     from lipsync.training.expert import sync_scores
 
-    with torch.no_grad():
-        generated = generator(batch["indiv_mels"], batch["x"])
-        other_mels = torch.roll(batch["indiv_mels"], 1, 0)  # each window gets its neighbour clip's audio
-        dubbed = generator(other_mels, batch["x"])
-        other_sync_mel = torch.roll(batch["mel"], 1, 0)
-        p_dubbed = sync_scores(expert, other_sync_mel, syncnet_face_input(dubbed)).mean().item()
-        p_undubbed = sync_scores(expert, other_sync_mel, syncnet_face_input(batch["gt"])).mean().item()
-    gt = mouth_region(_frames_uint8(batch["gt"]))
-    out = {"expert_p_sync_dubbed": p_dubbed, "expert_p_sync_undubbed": p_undubbed}
-    for name, t in (("generated", generated), ("copy_reference", batch["x"][:, 3:]), ("copy_masked", batch["x"][:, :3])):
-        lower = mouth_region(_frames_uint8(t))
-        out[f"l1_{name}"] = float(np.abs(lower.astype(np.float64) - gt).mean() / 255)
-        out[f"psnr_{name}"] = psnr(lower, gt)
-        out[f"ssim_{name}"] = ssim(lower, gt)
+    names = ("generated", "copy_reference", "copy_masked")
+    l1 = {k: [] for k in names}  # per window
+    psnrs, ssims = {k: [] for k in names}, {k: [] for k in names}  # per frame
+    p_dubbed, p_undubbed = [], []
+    for batch in batches:
+        with torch.no_grad():
+            generated = generator(batch["indiv_mels"], batch["x"])
+            other_mels = torch.roll(batch["indiv_mels"], 1, 0)  # each window gets its neighbour clip's audio
+            dubbed = generator(other_mels, batch["x"])
+            other_sync_mel = torch.roll(batch["mel"], 1, 0)
+            p_dubbed.append(sync_scores(expert, other_sync_mel, syncnet_face_input(dubbed)))
+            p_undubbed.append(sync_scores(expert, other_sync_mel, syncnet_face_input(batch["gt"])))
+        gt = mouth_region(_frames_uint8(batch["gt"]))
+        n_windows = batch["gt"].shape[0]
+        for name, t in zip(names, (generated, batch["x"][:, 3:], batch["x"][:, :3])):
+            lower = mouth_region(_frames_uint8(t))
+            err = np.abs(lower.astype(np.float64) - gt) / 255
+            l1[name] += list(err.reshape(n_windows, -1).mean(axis=1))
+            psnrs[name] += [psnr(a, b) for a, b in zip(lower, gt)]
+            ssims[name] += [ssim(a, b) for a, b in zip(lower, gt)]
+    out = {"expert_p_sync_dubbed": torch.cat(p_dubbed).mean().item(),
+           "expert_p_sync_undubbed": torch.cat(p_undubbed).mean().item()}
+    for name in names:
+        out[f"l1_{name}"] = float(np.mean(l1[name]))
+        out[f"psnr_{name}"] = float(np.mean(psnrs[name]))
+        out[f"ssim_{name}"] = float(np.mean(ssims[name]))
+    diff = np.array(l1["generated"]) - np.array(l1["copy_reference"])
+    out["l1_generated_minus_reference"] = float(diff.mean())
+    half_width = 1.96 * diff.std(ddof=1) / np.sqrt(len(diff)) if len(diff) > 1 else float("nan")
+    out["l1_generated_minus_reference_ci95"] = float(half_width)
     return out
 
 
@@ -251,19 +277,19 @@ def main() -> int:
     test = held_out_videos(corpus, "test")
     pairs = dub_pairs(test, test + held_out_videos(corpus, "val"), args.pairs)  # voices: held-out speakers only
     own, undubbed = reference_scores(pairs, detector)
-    batch = held_out_batch(shards, args.windows, expert_config.face_size)
+    batches = held_out_batches(shards, args.windows, expert_config.face_size)
     print(f"\nheld-out speakers: {len(pairs)} dubbed pairs, {args.windows} windows")
     print(f"mouth opening vs the new audio's loudness: own clips r {np.nanmean(own):.2f}, "
           f"undubbed input r {np.nanmean(undubbed):.2f}")
-    header = (f"{'step':>6} {'dub r':>6} {'moving':>6} {'L1 gen/ref/masked':>22} {'PSNR gen/ref':>13} {'SSIM gen/ref':>13} "
-              f"{'expert P(sync) dubbed/undubbed':>31}")
+    header = (f"{'step':>6} {'dub r':>6} {'moving':>6} {'L1 gen/ref/masked':>22} {'L1 gen-ref (95%)':>18} "
+              f"{'PSNR gen/ref':>13} {'SSIM gen/ref':>13} {'expert P(sync) dubbed/undubbed':>31}")
     print(header)
     rows = logged_rows(client, run_id) if args.steps else {}  # the curve keeps the steps scored before
     for step in [s for s in checkpoint_steps(client, run_id) if args.steps is None or s in args.steps]:
         ref = f"runs:/{run_id}/checkpoints/step-{step:07d}"
         generator, _ = model_ref.load(ref, kind="wav2lip", tracking_uri=tracking_uri)
         generator.eval()
-        figures = reconstruction_and_expert(generator, expert, batch)
+        figures = reconstruction_and_expert(generator, expert, batches)
         scores = np.array(dub_scores(generator, pairs, work / "dubbed" / f"step-{step}", detector))
         # r is undefined (NaN) for a pair whose dubbed mouth never opens: it counts as 0, not left out.
         figures["dub_r"] = float(np.nan_to_num(scores, nan=0.0).mean())
@@ -272,7 +298,9 @@ def main() -> int:
         client.log_batch(run_id, metrics=[_metric(f"bench_{k}", v, step) for k, v in figures.items()])
         print(f"{step:>6} {figures['dub_r']:>6.2f} {int(figures['dub_pairs_mouth_moving']):>3}/{len(pairs):<2} "
               f"{figures['l1_generated']:>8.4f}/{figures['l1_copy_reference']:.4f}/"
-              f"{figures['l1_copy_masked']:.4f} {figures['psnr_generated']:>6.2f}/{figures['psnr_copy_reference']:.2f} "
+              f"{figures['l1_copy_masked']:.4f} {figures['l1_generated_minus_reference']:>+9.4f}±"
+              f"{figures['l1_generated_minus_reference_ci95']:.4f} "
+              f"{figures['psnr_generated']:>6.2f}/{figures['psnr_copy_reference']:.2f} "
               f"{figures['ssim_generated']:>6.3f}/{figures['ssim_copy_reference']:.3f} "
               f"{figures['expert_p_sync_dubbed']:>20.3f}/{figures['expert_p_sync_undubbed']:.3f}", flush=True)
     client.log_figure(run_id, _curves(rows, np.nanmean(own), np.nanmean(undubbed)), "curves/generator_bench.png")
