@@ -47,6 +47,7 @@ from torch import nn
 
 from lipsync.errors import CheckpointError, ConfigError
 from lipsync.models import SyncNet, VisualQualityDiscriminator, Wav2Lip
+from lipsync.models.blocks import MIN_CHANNELS
 
 FORMAT_NAME = "lipsync-checkpoint"
 FORMAT_VERSION = 1
@@ -70,6 +71,7 @@ class ModelConfig:
     kind: str  # "expert" | "wav2lip" | "disc"
     width: float = 1.0
     face_size: int = 96
+    min_channels: int = MIN_CHANNELS  # narrowest layer below width 1 (absent in older files: the old floor)
     sample_rate: int = 16000
     fps: float = 25.0
     mel_step: int = 16  # mel frames per window (200 ms)
@@ -96,7 +98,7 @@ class ModelConfig:
         return cls(**known)
 
     def build(self) -> nn.Module:
-        return MODEL_CLASSES[self.kind](width=self.width, face_size=self.face_size)
+        return MODEL_CLASSES[self.kind](width=self.width, face_size=self.face_size, min_channels=self.min_channels)
 
 
 @dataclass
@@ -520,6 +522,9 @@ def _model_state_dict(model, config: ModelConfig) -> dict:
             raise ConfigError(
                 f"config says kind {config.kind!r} ({expected.__name__}) but the model is a {type(inner).__name__}"
             )
+        if getattr(inner, "min_channels", config.min_channels) != config.min_channels:
+            raise ConfigError(f"config says min_channels {config.min_channels} but the model was built with "
+                              f"{inner.min_channels}: the file would not load")
         state_dict = inner.state_dict()
     else:
         state_dict = dict(model)

@@ -205,6 +205,20 @@ def test_our_checkpoint_round_trips_bit_exactly(tmp_path):
         assert torch.equal(got[key], expected[key]), key
 
 
+def test_the_channel_floor_travels_with_the_checkpoint(tmp_path):
+    torch.manual_seed(0)
+    model = Wav2Lip(width=0.125, min_channels=8).eval()
+    config = ModelConfig(kind="wav2lip", width=0.125, min_channels=8)
+    loaded, got = load_model(save_checkpoint(tmp_path / "g.safetensors", model, config), kind="wav2lip")
+    assert got.min_channels == 8 and loaded.min_channels == 8
+    face, audio = torch.rand(1, 6, 96, 96), torch.randn(1, 1, 80, 16)
+    assert torch.equal(loaded(audio, face), model(audio, face))
+    with pytest.raises(ConfigError, match="min_channels 4 but the model was built with 8"):
+        save_checkpoint(tmp_path / "bad.safetensors", model, ModelConfig(kind="wav2lip", width=0.125))
+    # Files written before the floor was stored were built at the old floor, 4.
+    assert ModelConfig.from_dict({"kind": "wav2lip", "width": 0.125}).min_channels == 4
+
+
 def test_our_checkpoint_is_a_plain_safetensors_file(tmp_path):
     from safetensors import safe_open
 

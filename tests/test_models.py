@@ -92,6 +92,28 @@ def test_narrow_model_is_much_smaller():
     assert tiny < full / 40
 
 
+def test_a_channel_floor_widens_only_the_narrow_layers():
+    def narrowest(model):
+        convs = [m for m in model.modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.ConvTranspose2d))]
+        return min(m.out_channels for m in convs if m.out_channels != 3)  # the BGR output is 3 by design
+
+    assert narrowest(Wav2Lip(width=0.125)) == 4  # the models' default floor
+    floored = Wav2Lip(width=0.125, min_channels=8)
+    assert narrowest(floored) == 8
+    assert floored.face_encoder_blocks[0][0].conv_block[0].out_channels == 8  # full resolution: 2 → 8
+    assert floored.face_encoder_blocks[-1][0].conv_block[0].out_channels == 64  # 512 · 0.125: above the floor
+    out = floored(torch.randn(2, 1, 80, 16), torch.rand(2, 6, 96, 96))
+    assert out.shape == (2, 3, 96, 96)
+    for kind, model in MODELS.items():  # width 1 is the official model whatever the floor
+        assert _shapes(model(min_channels=16)) == official_shapes(kind)
+
+
+@pytest.mark.parametrize("bad", [0, -2, 2.5, True])
+def test_bad_channel_floor_is_a_config_error(bad):
+    with pytest.raises(ConfigError, match="min_channels"):
+        Wav2Lip(width=0.125, min_channels=bad)
+
+
 @pytest.mark.parametrize("bad", [0, -1.0, float("nan")])
 def test_bad_width_is_a_config_error(bad):
     with pytest.raises(ConfigError, match="width"):

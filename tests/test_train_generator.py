@@ -24,7 +24,7 @@ from lipsync.checkpoints import ModelConfig, load_checkpoint, load_model, save_c
 from lipsync.data.shard_stream import GeneratorBatchStream, list_shards
 from lipsync.data.windows import GeneratorSampling
 from lipsync.errors import ConfigError
-from lipsync.models import SyncNet
+from lipsync.models import SyncNet, Wav2Lip
 from lipsync.training import ExpertRecipe, ExpertStage, GeneratorRecipe, GeneratorStage
 from pipelines.registry import register_checkpoint
 from pipelines.train_config import TrainConfig
@@ -89,8 +89,8 @@ def test_generator_step_trains_generator_and_disc_with_frozen_expert_and_one_way
     assert sums["loss"] == pytest.approx(0.03 * sums["sync"] + 0.07 * sums["adv"] + 0.9 * sums["l1"], rel=1e-5)
 
     # The switch and both optimizers travel in the checkpoint (the file the Ray loop writes).
-    path = save_checkpoint(tmp_path / "g.safetensors", stage.generator,
-                           ModelConfig(kind="wav2lip", width=TINY), train_state={"stage": stage.state_dict()})
+    path = save_checkpoint(tmp_path / "g.safetensors", stage.generator, stage.saved_models()[0].config,
+                           train_state={"stage": stage.state_dict()})
     restored = GeneratorStage(recipe, "cpu", loader_of(expert), initialise=False)
     restored.load_state_dict(load_checkpoint(path, kind="wav2lip").train_state["stage"])
     assert restored.sync_switch_step == 20 and restored.sync_weight == 0.03
@@ -126,6 +126,25 @@ def test_cosine_schedule_scales_both_rates_from_the_step_alone():
     assert rates() == [pytest.approx(2e-4 * (0.02 + 0.98 * 0.5)), pytest.approx(1e-3 * (0.02 + 0.98 * 0.5))]
     with pytest.raises(ConfigError, match="lr-schedule"):
         GeneratorRecipe(expert="tiny", lr_schedule="linear").validate()
+
+
+def test_the_generator_channel_floor_is_saved_and_an_init_file_brings_its_own(tmp_path):
+    recipe = GeneratorRecipe(expert="tiny", width=TINY)
+    stage = GeneratorStage(recipe, "cpu", loader_of(tiny_expert()))
+    saved = stage.saved_models()[0]
+    assert recipe.min_channels == 8 and saved.config.min_channels == 8 and saved.module.min_channels == 8
+    # Fine-tuning a file built at another floor trains that file's architecture.
+    old = save_checkpoint(tmp_path / "old.safetensors", Wav2Lip(width=TINY), ModelConfig(kind="wav2lip", width=TINY))
+
+    def loader(ref, kind):
+        return load_model(old, kind=kind) if kind == "wav2lip" else (tiny_expert(), ModelConfig(kind="expert", width=TINY))
+
+    fine_tune = GeneratorRecipe(expert="tiny", init=str(old), width=0.5)
+    GeneratorStage.preflight(fine_tune, loader, S)
+    assert (fine_tune.width, fine_tune.min_channels) == (TINY, 4)
+    assert GeneratorStage(fine_tune, "cpu", loader).generator.min_channels == 4
+    with pytest.raises(ConfigError, match="min-channels"):
+        GeneratorRecipe(expert="tiny", min_channels=0).validate()
 
 
 def test_bf16_autocast_step_and_evaluation():

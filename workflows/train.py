@@ -112,6 +112,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--init-disc", default=None, help="start the discriminator from these weights (fine-tuning)")
     g.add_argument("--no-gan", dest="gan", action="store_false", default=None,
                    help="plain Wav2Lip: no visual-quality discriminator")
+    g.add_argument("--min-channels", type=int, default=None,
+                   help=f"narrowest generator layer below --width 1 (default {gen.min_channels}; "
+                        "an --init file brings its own)")
     g.add_argument("--disc-width", type=float, default=None, help="discriminator channel multiplier (default --width)")
     g.add_argument("--disc-lr", type=float, default=None, help=f"discriminator learning rate (default {gen.disc_lr})")
     g.add_argument("--beta1", type=float, default=None, help="Adam beta1 (default 0.5; 0.9 with --no-gan)")

@@ -7,6 +7,7 @@ tensor here. Activations have no parameters and therefore no keys.
 
 Two knobs that the original does not have:
 - `width` scales every inner channel count (`scaled`); width 1 is the official model.
+  Below width 1 no layer gets fewer than `min_channels` (default MIN_CHANNELS).
 - `face_size` adds stride-2 stages for high-resolution faces (`stages_to_bottleneck`)
   so that every face encoder still ends in a 1x1 bottleneck.
 """
@@ -21,8 +22,10 @@ from torch import nn
 
 from lipsync.errors import ConfigError
 
-# Channel floor for narrow models: below this a BatchNorm over a handful of channels
+# Default channel floor for narrow models: below this a BatchNorm over a handful of channels
 # stops being a useful layer, and width 0.125 (the demo/test model) stays well-formed.
+# A model can ask for a higher floor (`min_channels`): the generator's full-resolution
+# layers carry the picture itself, and 4 channels there blur it (GeneratorRecipe).
 MIN_CHANNELS = 4
 
 # Face sizes the networks accept: 3·2^n or 4·2^n, so that the generator's encoder halves
@@ -30,20 +33,20 @@ MIN_CHANNELS = 4
 MIN_FACE_SIZE = 96
 
 
-def scaled(channels: int, width: float) -> int:
+def scaled(channels: int, width: float, min_channels: int = MIN_CHANNELS) -> int:
     """Channel count of a layer whose official (width 1) count is `channels`."""
     if width == 1.0:
         return channels
-    return max(MIN_CHANNELS, int(round(channels * width)))
+    return max(min_channels, int(round(channels * width)))
 
 
-def width_layers(width: float):
+def width_layers(width: float, min_channels: int = MIN_CHANNELS):
     """Layer makers at a width multiplier: channels c(n), a residual 3x3 block, a stride-2 3x3 block.
 
     The expert and the generator build their encoders from these same three shapes.
     """
     def c(n: int) -> int:
-        return scaled(n, width)
+        return scaled(n, width, min_channels)
 
     def res(n: int) -> "ConvBlock":
         return ConvBlock(c(n), c(n), 3, 1, 1, residual=True)
@@ -58,6 +61,12 @@ def check_width(width: float) -> float:
     if not isinstance(width, (int, float)) or not math.isfinite(width) or width <= 0:
         raise ConfigError(f"model width must be a positive number, got {width!r}")
     return float(width)
+
+
+def check_min_channels(min_channels: int) -> int:
+    if isinstance(min_channels, bool) or not isinstance(min_channels, int) or min_channels < 1:
+        raise ConfigError(f"min_channels (--min-channels) must be a whole number >= 1, got {min_channels!r}")
+    return min_channels
 
 
 def check_face_size(face_size: int) -> int:
@@ -142,13 +151,13 @@ class NoNormConvBlock(nn.Module):
         return F.leaky_relu(self.conv_block(x), 0.01)
 
 
-def make_audio_encoder(width: float, residuals_at_256: int) -> nn.Sequential:
+def make_audio_encoder(width: float, residuals_at_256: int, min_channels: int = MIN_CHANNELS) -> nn.Sequential:
     """The mel encoder: (B, 1, 80, 16) → (B, 512·width, 1, 1).
 
     SyncNet has two residual blocks at 256 channels, the generator one; everything else
     is identical (reference §2/§3 audio_encoder tables).
     """
-    c = lambda n: scaled(n, width)  # noqa: E731
+    c = lambda n: scaled(n, width, min_channels)  # noqa: E731
     res = lambda n: ConvBlock(c(n), c(n), 3, 1, 1, residual=True)  # noqa: E731
     layers = [
         ConvBlock(1, c(32), 3, 1, 1),  # 80x16

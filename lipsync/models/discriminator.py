@@ -15,8 +15,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from lipsync.models.blocks import (
+    MIN_CHANNELS,
     NoNormConvBlock,
     check_face_size,
+    check_min_channels,
     check_width,
     fold_time,
     lower_half,
@@ -26,11 +28,12 @@ from lipsync.models.blocks import (
 
 
 class VisualQualityDiscriminator(nn.Module):
-    def __init__(self, width: float = 1.0, face_size: int = 96):
+    def __init__(self, width: float = 1.0, face_size: int = 96, min_channels: int = MIN_CHANNELS):
         super().__init__()
         self.width = check_width(width)
         self.face_size = check_face_size(face_size)
-        c = lambda n: scaled(n, self.width)  # noqa: E731
+        self.min_channels = check_min_channels(min_channels)
+        c = lambda n: scaled(n, self.width, self.min_channels)  # noqa: E731
         block = lambda cin, cout, k, s, p: NoNormConvBlock(c(cin), c(cout), k, s, p)  # noqa: E731
 
         # After stage 1 the lower half is (S/2)x(S/2) (48x48 at 96 px); the official net

@@ -18,8 +18,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from lipsync.models.blocks import (
+    MIN_CHANNELS,
     ConvBlock,
     check_face_size,
+    check_min_channels,
     check_width,
     conv_out_size,
     lower_half,
@@ -32,11 +34,12 @@ SYNC_FRAMES = 5  # syncnet_T: frames per window
 
 
 class SyncNet(nn.Module):
-    def __init__(self, width: float = 1.0, face_size: int = 96):
+    def __init__(self, width: float = 1.0, face_size: int = 96, min_channels: int = MIN_CHANNELS):
         super().__init__()
         self.width = check_width(width)
         self.face_size = check_face_size(face_size)
-        c, res, down = width_layers(self.width)
+        self.min_channels = check_min_channels(min_channels)
+        c, res, down = width_layers(self.width, self.min_channels)
 
         # Map size after the 7x7 block and the (1,2)-strided 5x5 block (96 px: 46x47).
         h = conv_out_size(face_size // 2, 5, 1, 1)
@@ -69,7 +72,7 @@ class SyncNet(nn.Module):
             ConvBlock(c(512), c(512), 1, 1, 0),
         ]
         self.face_encoder = nn.Sequential(*face_layers)
-        self.audio_encoder = make_audio_encoder(self.width, residuals_at_256=2)
+        self.audio_encoder = make_audio_encoder(self.width, residuals_at_256=2, min_channels=self.min_channels)
 
     def forward(self, audio: torch.Tensor, face: torch.Tensor):
         """audio (B,1,80,16), face (B,15,S/2,S) → (audio_emb, face_emb), each (B, 512·width), L2-normalised."""

@@ -21,9 +21,11 @@ import torch
 from torch import nn
 
 from lipsync.models.blocks import (
+    MIN_CHANNELS,
     ConvBlock,
     ConvTransposeBlock,
     check_face_size,
+    check_min_channels,
     check_width,
     fold_time,
     make_audio_encoder,
@@ -34,11 +36,12 @@ from lipsync.models.blocks import (
 
 
 class Wav2Lip(nn.Module):
-    def __init__(self, width: float = 1.0, face_size: int = 96):
+    def __init__(self, width: float = 1.0, face_size: int = 96, min_channels: int = MIN_CHANNELS):
         super().__init__()
         self.width = check_width(width)
         self.face_size = check_face_size(face_size)
-        c, res, down = width_layers(self.width)
+        self.min_channels = check_min_channels(min_channels)
+        c, res, down = width_layers(self.width, self.min_channels)
 
         # 96 px halves 5 times to 3x3; larger faces get extra 16-channel halvings right
         # after the input block (cheap in parameters), and a matching decoder stage each.
@@ -62,7 +65,7 @@ class Wav2Lip(nn.Module):
         skips = [stage[-1].conv_block[0].out_channels for stage in encoder]
 
         # ---- audio encoder: (B,1,80,16) → (B,512,1,1)
-        self.audio_encoder = make_audio_encoder(self.width, residuals_at_256=1)
+        self.audio_encoder = make_audio_encoder(self.width, residuals_at_256=1, min_channels=self.min_channels)
 
         # ---- decoder: each stage's input is the previous output ++ the deepest unused skip
         decoder = [[ConvBlock(c(512), c(512), 1, 1, 0)]]  # 1x1, from the audio embedding

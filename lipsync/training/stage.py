@@ -164,14 +164,14 @@ def init_weights(module: nn.Module, reference: str, kind: str, flag: str, load_m
         module.load_state_dict(source.state_dict())
     except RuntimeError as e:
         raise ConfigError(f"{flag} {reference}: its architecture (width {config.width:g}, face size "
-                          f"{config.face_size}) differs from the one being trained ({str(e).splitlines()[0]})") from None
+                          f"{config.face_size}, min channels {config.min_channels}) differs from the one being trained ({str(e).splitlines()[0]})") from None
     return config
 
 
 def check_init_architecture(reference: str | None, kind: str, flag: str, recipe, width_field: str,
-                            load_model: ModelLoader) -> dict[str, str]:
-    """Preflight of an --init flag: the file's width wins over --width (it *is* the model to
-    fine-tune); its face size must equal --face-size. Returns tags."""
+                            load_model: ModelLoader, min_channels_field: str | None = None) -> dict[str, str]:
+    """Preflight of an --init flag: the file's width (and channel floor) win over --width (it
+    *is* the model to fine-tune); its face size must equal --face-size. Returns tags."""
     if not reference:
         return {}
     _, config = load_model(reference, kind)
@@ -179,4 +179,6 @@ def check_init_architecture(reference: str | None, kind: str, flag: str, recipe,
         raise ConfigError(f"{flag} {reference} is a {config.face_size} px model but --face-size is "
                           f"{recipe.face_size}; pass --face-size {config.face_size} (with shards of that crop size)")
     setattr(recipe, width_field, config.width)
+    if min_channels_field is not None:
+        setattr(recipe, min_channels_field, config.min_channels)
     return {f"lipsync.{flag.lstrip('-').replace('-', '_')}": reference}
