@@ -100,7 +100,7 @@ def test_a_channel_floor_widens_only_the_narrow_layers():
     assert narrowest(Wav2Lip(width=0.125)) == 4  # the models' default floor
     floored = Wav2Lip(width=0.125, min_channels=8)
     assert narrowest(floored) == 8
-    assert floored.face_encoder_blocks[0][0].conv_block[0].out_channels == 8  # full resolution: 2 → 8
+    assert floored.face_encoder_blocks[0][0].conv_block[0].out_channels == 8  # full resolution: 16 · 0.125 = 2, floored to 8 (was 4)
     assert floored.face_encoder_blocks[-1][0].conv_block[0].out_channels == 64  # 512 · 0.125: above the floor
     out = floored(torch.randn(2, 1, 80, 16), torch.rand(2, 6, 96, 96))
     assert out.shape == (2, 3, 96, 96)
