@@ -522,7 +522,7 @@ def _model_state_dict(model, config: ModelConfig) -> dict:
             raise ConfigError(
                 f"config says kind {config.kind!r} ({expected.__name__}) but the model is a {type(inner).__name__}"
             )
-        if getattr(inner, "min_channels", config.min_channels) != config.min_channels:
+        if inner.min_channels != config.min_channels:  # every model class stores its floor
             raise ConfigError(f"config says min_channels {config.min_channels} but the model was built with "
                               f"{inner.min_channels}: the file would not load")
         state_dict = inner.state_dict()

@@ -164,7 +164,8 @@ def init_weights(module: nn.Module, reference: str, kind: str, flag: str, load_m
         module.load_state_dict(source.state_dict())
     except RuntimeError as e:
         raise ConfigError(f"{flag} {reference}: its architecture (width {config.width:g}, face size "
-                          f"{config.face_size}, min channels {config.min_channels}) differs from the one being trained ({str(e).splitlines()[0]})") from None
+                          f"{config.face_size}, min channels {config.min_channels}) differs from the one being "
+                          f"trained ({str(e).splitlines()[0]})") from None
     return config
 
 
