@@ -2,7 +2,7 @@
 
 `ray job submit` sets RAY_ADDRESS for the driver it starts, so the same workflow script
 joins the cluster there and starts a local cluster on a laptop. A local cluster binds
-127.0.0.1 only, has no dashboard unless asked, and uses Ray's token authentication: every
+127.0.0.1 only (its dashboard too, on a free port) and uses Ray's token authentication: every
 RPC and HTTP request must carry the token, which lives in Ray's documented place
 (RAY_AUTH_TOKEN, else the file RAY_AUTH_TOKEN_PATH, else ~/.ray/auth_token) and is
 created there, readable by its owner only, when there is none.
@@ -10,9 +10,11 @@ created there, readable by its owner only, when there is none.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import secrets
+import socket
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +24,14 @@ import ray
 # mode (the flag Ray uses on macOS/Windows) keeps every local service on loopback instead.
 LOOPBACK_ENV = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
 TRAIN_PRINT_PATCH_ENV = "RAY_TRAIN_ENABLE_PRINT_PATCH"
+API_SERVER_ENV = "RAY_API_SERVER_ADDRESS"
+
+
+def free_port() -> int:
+    """A TCP port free on 127.0.0.1 right now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def use_loopback() -> None:
@@ -56,6 +66,21 @@ def use_token_auth() -> None:
     Config.initialize("")
 
 
+@contextlib.contextmanager
+def environment(values: dict[str, str]):
+    """Set environment variables for the duration of a block, then restore them."""
+    saved = {k: os.environ.get(k) for k in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
 def init_ray(address: str | None = None, num_cpus: int | None = None,
              object_store_memory: int | None = None, **kwargs: Any) -> dict:
     """Connect to `address` (or RAY_ADDRESS), else start a local cluster on 127.0.0.1 with token auth.
@@ -70,13 +95,23 @@ def init_ray(address: str | None = None, num_cpus: int | None = None,
     if address:
         ctx = ray.init(address=address, **options)
     else:
-        options.setdefault("include_dashboard", False)
         options.setdefault("logging_level", logging.WARNING)  # no "Started a local Ray instance" chatter
         use_loopback()
         use_token_auth()
+        # Ray Train's placement-group cleaner (and any state-API call inside the cluster) finds
+        # the API server through the dashboard named by RAY_API_SERVER_ADDRESS. Without both it
+        # guessed a cluster from /tmp/ray (another one, or a dead one), printed a traceback at
+        # the start of every training and stalled its end by 12 s. The variable is set only
+        # while Ray starts, so the processes it spawns inherit it and this one keeps its own.
+        dashboard_env = {}
+        if options.setdefault("include_dashboard", True):
+            options.setdefault("dashboard_host", "127.0.0.1")
+            port = options.setdefault("dashboard_port", free_port())
+            dashboard_env[API_SERVER_ENV] = f"http://{options['dashboard_host']}:{port}"
         # "local": always a new private cluster. With no address Ray would join whatever cluster
         # /tmp/ray/ray_current_cluster names (another user's, or a dead one left by a killed run).
-        ctx = ray.init(address="local", num_cpus=num_cpus, object_store_memory=object_store_memory, **options)
+        with environment(dashboard_env):
+            ctx = ray.init(address="local", num_cpus=num_cpus, object_store_memory=object_store_memory, **options)
     return {"address": ctx.address_info.get("gcs_address") or ctx.address_info.get("address")}
 
 

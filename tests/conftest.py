@@ -1,6 +1,6 @@
 """Shared fixtures: real services started by the tests themselves and stopped afterwards.
 
-- `ray_local`: a local Ray cluster in this process (loopback only).
+- `ray_local`: a local Ray cluster in this process (loopback only, the project's own `init_ray`).
 - `ray_head`: a separate `ray start --head` node with token authentication and a
   dashboard on 127.0.0.1, for `ray job submit` and multi-node tests.
 - `mlflow_server`: a real `mlflow server` on 127.0.0.1 with a SQLite store.
@@ -15,7 +15,6 @@ import os
 import secrets
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -26,14 +25,10 @@ from pathlib import Path
 
 import pytest
 
+from pipelines.ray_env import free_port
+
 REPO = Path(__file__).resolve().parent.parent
 VENV_BIN = Path(sys.executable).parent
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def wait_for_http(url: str, timeout: float, proc: subprocess.Popen | None = None,

@@ -140,3 +140,46 @@ def test_project_cluster_requires_the_token(tmp_path):
         except subprocess.TimeoutExpired:
             stop_process_group(proc)
         log.close()
+
+
+# A one-worker Ray Train run on init_ray's cluster; the worker asks Ray's state API (as Ray
+# Train's placement-group cleaner does) how many actors are alive.
+_TRAIN = """
+import os
+from pipelines.ray_env import init_ray, quiet_train_options
+init_ray(num_cpus=1, object_store_memory=80 * 2**20)
+from ray.train import RunConfig, ScalingConfig
+from ray.train.torch import TorchTrainer
+
+def work():
+    from ray.util.state import list_actors
+    alive = list_actors(filters=[("state", "=", "ALIVE")], raise_on_missing_output=False)
+    print("WORKER", os.environ.get("RAY_API_SERVER_ADDRESS"), len(alive), flush=True)
+
+import sys
+TorchTrainer(work, scaling_config=ScalingConfig(num_workers=1),
+             run_config=RunConfig(storage_path=sys.argv[1], **quiet_train_options())).fit()
+print("DRIVER", os.environ.get("RAY_API_SERVER_ADDRESS"), flush=True)
+"""
+
+
+@pytest.mark.integration
+def test_training_on_the_project_cluster_reaches_its_own_state_api(tmp_path):
+    """Ray Train's placement-group cleaner queries the state API from inside the cluster. On
+    init_ray's cluster it reaches that cluster's dashboard on 127.0.0.1 (so a run prints no
+    traceback from it), while the driver's environment is left as it was."""
+    import os
+    import re
+    import sys
+
+    from conftest import REPO
+
+    env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "RAY_API_SERVER_ADDRESS")}
+    proc = subprocess.run([sys.executable, "-c", _TRAIN, str(tmp_path / "ray")], cwd=REPO, timeout=300,
+                          env={**env, "PYTHONPATH": str(REPO)}, capture_output=True, text=True)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, out[-3000:]
+    worker = re.search(r"WORKER (\S+) (\d+)", out)
+    assert worker and re.fullmatch(r"http://127\.0\.0\.1:\d+", worker[1]) and int(worker[2]) >= 2, out[-3000:]
+    assert "DRIVER None" in out, out[-3000:]
+    assert "Traceback" not in out and "PlacementGroupCleaner" not in out, out[-5000:]
