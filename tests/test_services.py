@@ -160,6 +160,14 @@ import sys
 TorchTrainer(work, scaling_config=ScalingConfig(num_workers=1),
              run_config=RunConfig(storage_path=sys.argv[1], **quiet_train_options())).fit()
 print("DRIVER", os.environ.get("RAY_API_SERVER_ADDRESS"), flush=True)
+import urllib.error, urllib.request
+import ray
+url = "http://" + ray._private.worker.global_worker.node.address_info["webui_url"]
+try:
+    urllib.request.urlopen(url + "/api/version", timeout=10)
+    print("TOKENLESS served", url, flush=True)
+except urllib.error.HTTPError as e:
+    print("TOKENLESS", e.code, url, flush=True)
 """
 
 
@@ -167,7 +175,8 @@ print("DRIVER", os.environ.get("RAY_API_SERVER_ADDRESS"), flush=True)
 def test_training_on_the_project_cluster_reaches_its_own_state_api(tmp_path):
     """Ray Train's placement-group cleaner queries the state API from inside the cluster. On
     init_ray's cluster it reaches that cluster's dashboard on 127.0.0.1 (so a run prints no
-    traceback from it), while the driver's environment is left as it was."""
+    traceback from it), which refuses requests without the token, while the driver's
+    environment is left as it was."""
     import os
     import re
     import sys
@@ -182,4 +191,7 @@ def test_training_on_the_project_cluster_reaches_its_own_state_api(tmp_path):
     worker = re.search(r"WORKER (\S+) (\d+)", out)
     assert worker and re.fullmatch(r"http://127\.0\.0\.1:\d+", worker[1]) and int(worker[2]) >= 2, out[-3000:]
     assert "DRIVER None" in out, out[-3000:]
+    # The dashboard is the one the worker used, and it turns away a request without the token.
+    tokenless = re.search(r"TOKENLESS (\S+) (\S+)", out)
+    assert tokenless and tokenless[1] in ("401", "403") and tokenless[2] == worker[1], out[-3000:]
     assert "Traceback" not in out and "PlacementGroupCleaner" not in out, out[-5000:]
