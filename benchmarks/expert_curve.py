@@ -53,8 +53,9 @@ def main() -> int:
     from mlflow import MlflowClient
 
     from lipsync.synth import make_corpus
-    from pipelines.preprocess import PreprocessConfig, run_preprocess
-    from pipelines.train_expert import ExpertTrainConfig, train_expert
+    from pipelines.preprocess.driver import PreprocessConfig, run_preprocess
+    from pipelines.train.config import TrainConfig
+    from pipelines.train.driver import run_training
 
     work = Path(args.workdir).resolve()
     corpus, shards = work / "corpus", work / "shards"
@@ -64,8 +65,8 @@ def main() -> int:
         run_preprocess(PreprocessConfig(input=str(corpus), output=str(shards), layout="lrs2", num_cpus=2))
     tracking_uri = args.tracking_uri or f"sqlite:///{work / 'mlflow.db'}"
     started = time.time()
-    result = train_expert(
-        ExpertTrainConfig(
+    result = run_training(
+        TrainConfig.from_flat("expert", dict(
             shards=str(shards), width=args.width, batch_size=args.batch_size, lr=args.lr,
             lr_schedule=args.lr_schedule, warmup_steps=args.warmup_steps,
             min_offset=args.min_offset, min_mel_distance=args.min_mel_distance,
@@ -74,7 +75,7 @@ def main() -> int:
             num_workers=args.num_workers, storage_path=str(work / "ray_results"),
             run_name=args.run_name or time.strftime("curve-%H%M%S"), tracking_uri=tracking_uri,
             experiment="lipsync-expert-curve", val_windows_per_clip=args.val_windows_per_clip,
-        )
+        ))
     )
     wall = time.time() - started
     client = MlflowClient(tracking_uri, registry_uri=tracking_uri)
@@ -91,7 +92,7 @@ def main() -> int:
         offs = " / ".join(f"{n[b]:.2f}" if b in n else "  - " for b in ("0", "2", "3", "4"))
         print(f"{step:>6} {loss.get(step, float('nan')):>9.4f} {acc[step]:>8.3f}   {offs}")
     reached = [s for s in sorted(acc) if acc[s] >= args.target]
-    print(f"best val accuracy {result.best_val_accuracy:.3f} at step {result.best_step}; "
+    print(f"best val accuracy {result.best_value:.3f} at step {result.best_step}; "
           f"target {args.target:.0%} {'reached at step ' + str(reached[0]) if reached else 'NOT reached'}; "
           f"registered version {result.model_version}")
     test = score_test_split(shards, result, args)
@@ -106,19 +107,19 @@ def score_test_split(shards: Path, result, args) -> dict[str, float]:
     import torch
 
     from lipsync.checkpoints import load_model
-    from lipsync.data.shard_stream import fixed_expert_windows, list_shards
+    from lipsync.data.shard_stream import fixed_windows, list_shards
     from lipsync.data.windows import ExpertSampling
     from lipsync.training.expert import evaluate_expert, summarize_evaluation
-    from pipelines import mlflow_setup
+    from lipsync.training import ExpertStage
     from lipsync.model_ref import fetch
 
-    path = fetch(f"models:/{mlflow_setup.EXPERT_MODEL_NAME}/{result.model_version}", tracking_uri=result.tracking_uri)
+    path = fetch(f"models:/{ExpertStage.registered_model}/{result.model_version}", tracking_uri=result.tracking_uri)
     model = load_model(path)[0]
     torch.set_num_threads(2)
     out = {}
     for name, distance in (("test", args.min_mel_distance), ("test_original_sampling", 0.0)):
         sampling = ExpertSampling(min_offset=args.min_offset, min_mel_distance=distance)
-        windows = fixed_expert_windows(list_shards(shards, "test"), args.val_windows_per_clip, 1, sampling)
+        windows = fixed_windows(list_shards(shards, "test"), args.val_windows_per_clip, 1, sampling)
         metrics = summarize_evaluation(evaluate_expert(model, windows, batch_size=128), prefix=name)
         out[f"{name}_accuracy"] = metrics[f"{name}_accuracy"]
         out[f"{name}_pairs"] = metrics[f"{name}_pairs"]

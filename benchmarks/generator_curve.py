@@ -73,7 +73,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def corpus_and_shards(work: Path, speakers: int, clips: int) -> tuple[Path, Path]:
     from lipsync.synth import make_corpus
-    from pipelines.preprocess import PreprocessConfig, run_preprocess
+    from pipelines.preprocess.driver import PreprocessConfig, run_preprocess
 
     corpus, shards = work / "corpus", work / "shards"
     if not (shards / "summary.json").exists():
@@ -84,8 +84,8 @@ def corpus_and_shards(work: Path, speakers: int, clips: int) -> tuple[Path, Path
 
 
 def train(stage: str, values: dict):
-    from pipelines.train_config import TrainConfig
-    from pipelines.train_run import run_training
+    from pipelines.train.config import TrainConfig
+    from pipelines.train.driver import run_training
 
     return run_training(TrainConfig.from_flat(stage, values))
 
@@ -168,7 +168,7 @@ def held_out_batches(shards: Path, n: int, face_size: int) -> list[dict]:
     """A fixed sample of generator windows from the test split (the same for every
     checkpoint), collated in chunks of HELD_OUT_CHUNK windows."""
     from lipsync.data.shard_stream import iter_clips, list_shards
-    from lipsync.data.windows import GeneratorSampling
+    from lipsync.data.generator_windows import GeneratorSampling
 
     sampling = GeneratorSampling(face_size=face_size)
     clips = list(iter_clips(list_shards(shards, "test")))

@@ -4,7 +4,7 @@ Part 1 (no Ray): one process runs ``GeneratorStage.train_step`` on fixed batches
 each variant — discriminator on / off (``--no-gan``) x fp32 / bf16 autocast — interleaved
 (one step of each per round, so background load hits them alike) and prints samples/s
 (median over rounds) and the ratio to the fp32 GAN step.
-Part 2 (``--shards DIR``): the real Ray Train stage (pipelines/train_run.py) with 1 and 2
+Part 2 (``--shards DIR``): the real Ray Train stage (pipelines/train/driver.py) with 1 and 2
 workers on those shards, samples/s as logged by the run (``train_samples_per_s``,
 global), into a throw-away SQLite MLflow store.
 
@@ -87,8 +87,8 @@ def step_variants(args) -> None:
 def ray_workers(args) -> None:
     from mlflow import MlflowClient
 
-    from pipelines.train_config import TrainConfig
-    from pipelines.train_run import run_training
+    from pipelines.train.config import TrainConfig
+    from pipelines.train.driver import run_training
 
     with tempfile.TemporaryDirectory(prefix="gen_bench_") as tmp:
         expert = save_checkpoint(Path(tmp) / "expert.safetensors", SyncNet(width=args.expert_width),

@@ -1,7 +1,7 @@
 """Expert data loading: samples/s one CPU core produces, ours vs the original's access pattern.
 
 Measured on the same clips:
-  shards     lipsync.data.shard_stream.ExpertBatchStream over the WebDataset shards (frames
+  shards     lipsync.data.shard_stream.WindowBatchStream over the WebDataset shards (frames
              decoded lazily from the frame pack, several windows per decoded clip, precomputed mel)
   shards/1   the same with one window per decoded clip (no reuse), to show what reuse buys
   ray-data   Ray Data streaming ingest of the same shards (read_webdataset -> map_batches ->
@@ -32,7 +32,8 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from lipsync.audio import MEL_STEP, load_audio, mel_start_index, melspectrogram  # noqa: E402
-from lipsync.data.shard_stream import ExpertBatchStream, iter_clips, list_shards  # noqa: E402
+from lipsync.data.shard_stream import WindowBatchStream, iter_clips, list_shards  # noqa: E402
+from lipsync.data.windows import ExpertSampling  # noqa: E402
 from lipsync.data.windows import ExpertSampling, collate_expert, sample_expert_windows  # noqa: E402
 
 BATCH = 64
@@ -40,7 +41,7 @@ BATCH = 64
 
 def build_shards(workdir: Path, speakers: int, clips: int) -> Path:
     from lipsync.synth import make_corpus
-    from pipelines.preprocess import PreprocessConfig, run_preprocess
+    from pipelines.preprocess.driver import PreprocessConfig, run_preprocess
 
     corpus, shards = workdir / "corpus", workdir / "shards"
     print(f"building a synthetic corpus ({speakers} speakers x {clips} clips) and its shards in {workdir} ...")
@@ -122,7 +123,7 @@ def original_batches(clip_dirs, seed=0):
 def ray_data_batches(shard_paths: list[Path], windows_per_clip: int):
     import ray
 
-    from pipelines.ray_env import init_ray
+    from pipelines.common.ray_setup import init_ray
 
     init_ray(num_cpus=1, object_store_memory=200 * 2**20)
     sampling = ExpertSampling()
@@ -145,16 +146,17 @@ def ray_data_batches(shard_paths: list[Path], windows_per_clip: int):
 
 
 def train_steps_per_s(shards: Path, workers: int, steps: int, workdir: Path) -> float:
-    from pipelines.train_expert import ExpertTrainConfig, train_expert
+    from pipelines.train.config import TrainConfig
+    from pipelines.train.driver import run_training
 
-    result = train_expert(
-        ExpertTrainConfig(
+    result = run_training(
+        TrainConfig.from_flat("expert", dict(
             shards=str(shards), width=0.0625, batch_size=32, lr=1e-3, max_steps=steps,
             log_every=max(1, steps // 3), checkpoint_every=steps, num_workers=workers, max_failures=0,
             storage_path=str(workdir / "ray_results"), run_name=f"bench-{workers}w",
             tracking_uri=f"sqlite:///{workdir / 'mlflow.db'}", register=False, system_metrics=False,
             val_windows_per_clip=2, val_max_clips=8,
-        )
+        ))
     )
     from mlflow import MlflowClient
 
@@ -183,8 +185,8 @@ def main() -> int:
         paths = list_shards(shards, "train")
         clip_dirs = export_original_layout(paths, workdir / "original_layout")
         print(f"{len(clip_dirs)} clips; expert samples (5 frames + mel window) per second, one core:")
-        ours = measure("shards", iter(ExpertBatchStream(paths, batch_size=BATCH, windows_per_clip=args.windows_per_clip)), args.seconds)
-        single = measure("shards/1", iter(ExpertBatchStream(paths, batch_size=BATCH, windows_per_clip=1)), args.seconds)
+        ours = measure("shards", iter(WindowBatchStream(paths, sampling=ExpertSampling(), batch_size=BATCH, windows_per_clip=args.windows_per_clip)), args.seconds)
+        single = measure("shards/1", iter(WindowBatchStream(paths, sampling=ExpertSampling(), batch_size=BATCH, windows_per_clip=1)), args.seconds)
         orig = measure("original", original_batches(clip_dirs), args.seconds)
         ray_rate = None
         if not args.no_ray_data:
@@ -198,7 +200,7 @@ def main() -> int:
 
             if ray.is_initialized():
                 ray.shutdown()
-            from pipelines.ray_env import init_ray
+            from pipelines.common.ray_setup import init_ray
 
             init_ray(num_cpus=2, object_store_memory=300 * 2**20)
             print("Ray Train (tiny expert, CPU, gloo):")

@@ -84,7 +84,7 @@ def main() -> int:
         import pyarrow.fs as pafs
 
         from lipsync.data.shard_stream import open_shard
-        from pipelines import storage
+        from pipelines.common import storage
 
         boto3.client("s3").create_bucket(Bucket="bench")
         shard = work / "train-000000.tar"

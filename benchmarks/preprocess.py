@@ -39,8 +39,8 @@ sys.path.insert(0, str(REPO))
 _JOB = r"""
 import json, os, sys, time
 import ray
-from pipelines.ray_env import use_loopback
-from pipelines.preprocess import PreprocessConfig, run_preprocess
+from pipelines.common.ray_setup import use_loopback
+from pipelines.preprocess.driver import PreprocessConfig, run_preprocess
 args = json.loads(sys.argv[1])
 if args.get("nodes", 1) > 1:
     use_loopback()
@@ -143,7 +143,7 @@ def main() -> int:
     trees = {"after": REPO}
     if args.before:
         trees = {"before": checkout(args.before, work / "before"), **trees}
-    from pipelines.shards import parse_size
+    from pipelines.dataset.shards import parse_size
 
     shard_size = parse_size(args.shard_size)
 

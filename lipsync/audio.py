@@ -57,6 +57,8 @@ SAMPLE_RATE = 16000  # Hz, the original's hparams.sample_rate
 HOP = 200  # samples between mel frames (12.5 ms)
 MEL_FPS = SAMPLE_RATE // HOP  # 80 mel frames per second
 MEL_STEP = 16  # mel frames per window (200 ms)
+FPS = 25.0  # the video rate every clip is resampled to (the original's)
+SAMPLES_PER_FRAME = int(SAMPLE_RATE / FPS)  # 640 audio samples per video frame
 
 N_FFT = 800
 WIN_LENGTH = 800

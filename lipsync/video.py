@@ -446,7 +446,7 @@ def align_audio_to_video(path: str | os.PathLike, audio: np.ndarray) -> np.ndarr
     return audio
 
 
-_align_audio_to_video = align_audio_to_video  # old private name, used by pipelines/preprocess_ops.py
+_align_audio_to_video = align_audio_to_video  # old private name, used by pipelines/preprocess/ops.py
 
 
 def read_image(path: str | os.PathLike) -> np.ndarray:

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import pytest
 
-from pipelines.ray_env import free_port
+from pipelines.common.ray_setup import free_port
 
 REPO = Path(__file__).resolve().parent.parent
 VENV_BIN = Path(sys.executable).parent
@@ -67,7 +67,7 @@ def stop_process_group(proc: subprocess.Popen, timeout: float = 30) -> None:
 
 def ray_env(token: str | None = None) -> dict:
     """Environment for Ray subprocesses: loopback only, token auth when a token is given."""
-    from pipelines.ray_env import LOOPBACK_ENV
+    from pipelines.common.ray_setup import LOOPBACK_ENV
     env = {**os.environ, **LOOPBACK_ENV, "PYTHONPATH": str(REPO)}
     env.pop("RAY_ADDRESS", None)
     if token is not None:
@@ -184,7 +184,7 @@ def ray_head():
 @pytest.fixture(scope="session")
 def ray_local():
     import ray
-    from pipelines.ray_env import init_ray
+    from pipelines.common.ray_setup import init_ray
     if ray.is_initialized():
         ray.shutdown()
     init_ray(num_cpus=2, object_store_memory=500 * 1024 * 1024)
@@ -239,7 +239,7 @@ def synth_corpus(tmp_path_factory):
 @pytest.fixture(scope="session")
 def shards(synth_corpus, ray_local, tmp_path_factory):
     """The session corpus through the real Ray Data preprocessing pipeline (small shards)."""
-    from pipelines.preprocess import PreprocessConfig, run_preprocess
+    from pipelines.preprocess.driver import PreprocessConfig, run_preprocess
     out = tmp_path_factory.mktemp("shards")
     summary = run_preprocess(PreprocessConfig(input=str(synth_corpus), output=str(out), layout="lrs2",
                                               num_cpus=2, progress=False))
@@ -263,7 +263,7 @@ def train_tiny_expert(shards_dir, steps: int = EXPERT_FIXTURE_STEPS, width: floa
     import numpy as np
     import torch
 
-    from lipsync.data.shard_stream import fixed_expert_windows, list_shards
+    from lipsync.data.shard_stream import fixed_windows, list_shards
     from lipsync.data.windows import ExpertSampling, collate_expert
     from lipsync.models import SyncNet
     from lipsync.training.expert import expert_loss, sync_scores
@@ -273,7 +273,7 @@ def train_tiny_expert(shards_dir, steps: int = EXPERT_FIXTURE_STEPS, width: floa
     # One thread: a batch of 32 tiny windows gains nothing from two, and on a busy machine
     # the second thread's spin-waits cost more than they give.
     torch.set_num_threads(1)
-    pool = fixed_expert_windows(list_shards(shards_dir, "train"), 256, seed + 1, ExpertSampling(face_size=96))
+    pool = fixed_windows(list_shards(shards_dir, "train"), 256, seed + 1, ExpertSampling(face_size=96))
     model = SyncNet(width=width, face_size=96)
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
     rng = np.random.default_rng(seed)
@@ -302,7 +302,7 @@ def trained_expert(shards, tmp_path_factory):
 
 # ================================================================ object storage (infra, issue 12)
 # A local S3-compatible server (moto) on 127.0.0.1 with one bucket. The session's
-# environment gets the standard AWS variables, so `pipelines.storage`, pyarrow, boto3 and
+# environment gets the standard AWS variables, so `pipelines.common.storage`, pyarrow, boto3 and
 # any subprocess started afterwards (Ray nodes, `ray job submit`) reach it with no flags.
 # Ray clusters started BEFORE this fixture do not see them: pass `s3_server.env` on.
 

@@ -157,7 +157,7 @@ def submit(head: RayHead, runtime_env: dict, *entrypoint: str, timeout: float = 
 @pytest.mark.slow
 def test_autoscaler_adds_the_right_node_types_and_removes_them(s3_server, team_mlflow_server, tmp_path):
     from lipsync.synth import make_corpus
-    from pipelines import storage
+    from pipelines.common import storage
 
     launcher = yaml.safe_load(LAUNCHER_CONFIG.read_text())
     gcs_port = free_port()

@@ -13,8 +13,9 @@ from mlflow import MlflowClient
 
 from lipsync.checkpoints import ModelConfig, save_checkpoint
 from lipsync.models import SyncNet, Wav2Lip
-from pipelines.evaluate import PER_CLIP_ARTIFACT, EvalConfig, run_evaluation
-from pipelines.registry import register_checkpoint
+from pipelines.evaluate.config import PER_CLIP_ARTIFACT, EvalConfig
+from pipelines.evaluate.driver import run_evaluation
+from pipelines.tracking.registry import register_checkpoint
 
 pytestmark = pytest.mark.integration
 

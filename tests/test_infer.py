@@ -261,7 +261,7 @@ def test_mlflow_model_uri(mlflow_server, media, tmp_path, monkeypatch):
     (same frames as the local file they were registered from, not those of another version)."""
     import mlflow
 
-    from pipelines.registry import register_checkpoint
+    from pipelines.tracking.registry import register_checkpoint
 
     monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_server.uri)
     mlflow.set_tracking_uri(mlflow_server.uri)
@@ -311,7 +311,7 @@ def test_registry_lookup_pins_aliases_and_never_creates_a_store(mlflow_server, m
     and aliases pinned to the version they point at (lipsync.model_ref)."""
     from lipsync import model_ref
     from lipsync.errors import ConfigError
-    from pipelines.registry import register_checkpoint
+    from pipelines.tracking.registry import register_checkpoint
 
     import mlflow
 
@@ -454,7 +454,7 @@ def test_bad_options_name_the_flag_and_the_choices(field, value):
     from lipsync.errors import ConfigError
 
     with pytest.raises(ConfigError, match=f"--{field.replace('_', '-')}: '{value}' is not one of"):
-        InferenceOptions(**{field: value}).validate()
+        InferenceOptions(**{field: value}).check()
 
 
 # ------------------------------------------------------------------ untrusted checkpoints

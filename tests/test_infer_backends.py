@@ -158,9 +158,19 @@ def test_still_face_reuses_the_encoder_with_identical_output(pairs, precision):
     passes = gen.encoder_passes
     still = np.concatenate([gen(one, mels[:5]), gen(one, mels[5:])])  # two batches, one encoder pass
     assert gen.encoder_passes == passes + 1
-    assert np.array_equal(still, per_frame)
+    assert same_up_to_rounding(still, per_frame)
     other = faces[1:2]  # a different face is never served the cached encoder output
-    assert np.array_equal(gen(other, mels), gen(np.repeat(other, B, axis=0), mels))
+    assert same_up_to_rounding(gen(other, mels), gen(np.repeat(other, B, axis=0), mels))
+    assert not same_up_to_rounding(gen(other, mels), per_frame)
+
+
+def same_up_to_rounding(a: np.ndarray, b: np.ndarray) -> bool:
+    """Equal but for float rounding: oneDNN's channels-last convolutions are not batch-size
+    invariant on every CPU (one face encoded alone vs in a batch of 8 differ by ~1e-7 on a
+    2-core EPYC), so a pixel sitting on a .5 boundary may round to the next level. A wrong
+    or stale encoder output changes thousands of pixels by far more."""
+    diff = np.abs(a.astype(np.int16) - b.astype(np.int16))
+    return a.shape == b.shape and int(diff.max()) <= 1 and int((diff > 0).sum()) <= diff.size // 10_000
 
 
 def test_torch_runner_split_equals_forward(pairs):

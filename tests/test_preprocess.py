@@ -26,8 +26,8 @@ from lipsync import audio as lsa
 from lipsync import video as lsv
 from lipsync.data.clip_sample import decode_clip_sample
 from lipsync.faces import crop_faces
-from pipelines.manifest import manifest_hash, read_manifest
-from pipelines.preprocess import PreprocessConfig, run_preprocess
+from pipelines.dataset.manifest import manifest_hash, read_manifest
+from pipelines.preprocess.driver import PreprocessConfig, run_preprocess
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from preprocess_inputs import EXPECTED, add_broken_inputs, add_long_input  # noqa: E402
@@ -252,7 +252,7 @@ def test_killed_driver_resumes_without_loss_or_duplicates(corpus, preprocessed, 
 def _kill_own_worker_once(sample, audio):
     """sync_filter that SIGKILLs the Ray worker running it at the clip of one input, the first
     time only; the marker file records which shards were committed at that moment."""
-    from pipelines import storage
+    from pipelines.common import storage
 
     marker = Path(os.environ["LIPSYNC_TEST_KILL_MARKER"])
     if sample.meta["input_id"] == os.environ["LIPSYNC_TEST_KILL_INPUT"] and not marker.exists():
@@ -264,7 +264,7 @@ def _kill_own_worker_once(sample, audio):
 
 def _fetch(uri: str, dest: Path) -> Path:
     """A local copy of an output written to object storage (shards, index, manifest)."""
-    from pipelines import storage
+    from pipelines.common import storage
 
     for sub in ("", "index"):
         (dest / sub).mkdir(parents=True, exist_ok=True)
@@ -290,9 +290,9 @@ def test_killed_worker_task_is_retried_and_every_input_counted_once(corpus, tmp_
     marker = tmp_path / "killed.json"
     script = f"""
 import ray
-from pipelines.ray_env import init_ray
+from pipelines.common.ray_setup import init_ray
 init_ray(num_cpus=1, object_store_memory=300 * 2**20)
-from pipelines.preprocess import PreprocessConfig, run_preprocess
+from pipelines.preprocess.driver import PreprocessConfig, run_preprocess
 from test_preprocess import _kill_own_worker_once
 summary = run_preprocess(PreprocessConfig(input={str(listfile)!r}, output={out!r}, layout="filelist",
     codec="png", shard_size={SHARD_SIZE}, num_cpus=1, progress=False, sync_filter=_kill_own_worker_once))
@@ -349,10 +349,10 @@ def test_detection_runs_on_gpu_actors_when_the_cluster_has_gpus(corpus, preproce
 import sys
 sys.path.insert(0, {str(REPO)!r})
 import ray
-from pipelines.ray_env import use_loopback
+from pipelines.common.ray_setup import use_loopback
 use_loopback()
 ray.init(address="local", num_cpus=2, num_gpus=1, object_store_memory=300 * 2**20, include_dashboard=False)
-from pipelines.preprocess import PreprocessConfig, run_preprocess
+from pipelines.preprocess.driver import PreprocessConfig, run_preprocess
 summary = run_preprocess(PreprocessConfig(input={str(corpus)!r}, output={str(out)!r}, codec="png",
                                           shard_size={SHARD_SIZE}, progress=False, **{PIECE!r}))
 print("GPU_ACTORS", summary["detect_gpu_actors"])

@@ -20,7 +20,7 @@ import webdataset as wds
 from lipsync import video as lsv
 from lipsync.data.clip_sample import decode_clip_sample
 from lipsync.faces import crop_faces
-from pipelines.manifest import read_manifest
+from pipelines.dataset.manifest import read_manifest
 
 REPO = Path(__file__).resolve().parent.parent
 pytestmark = pytest.mark.integration

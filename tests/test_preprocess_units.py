@@ -11,11 +11,11 @@ import pytest
 import webdataset as wds
 
 from lipsync.errors import ConfigError
-from pipelines import shards as sh
-from pipelines.manifest import input_row, manifest_hash, read_manifest, write_manifest
-from pipelines.sources import InputItem, discover_inputs
-from pipelines.splits import assign_splits, parse_fractions, split_counts
-from pipelines.preprocess_ops import _segments
+from pipelines.dataset import shards as sh
+from pipelines.dataset.manifest import input_row, manifest_hash, read_manifest, write_manifest
+from pipelines.preprocess.sources import InputItem, discover_inputs
+from pipelines.preprocess.splits import assign_splits, parse_fractions, split_counts
+from pipelines.preprocess.decode import _segments
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
@@ -138,7 +138,7 @@ def test_task_shard_writer_commits_atomically_recovers_and_retries_clean(tmp_pat
 def test_long_inputs_become_pieces_and_piece_rows_merge_into_one_input_row():
     from types import SimpleNamespace
 
-    from pipelines.pieces import input_rows, piece_frames, plan_pieces, plan_tasks
+    from pipelines.preprocess.pieces import input_rows, piece_frames, plan_pieces, plan_tasks
 
     cfg = SimpleNamespace(segment_seconds=25.0, max_clip_seconds=10.0)
     assert piece_frames(cfg) == 750 and piece_frames(SimpleNamespace(segment_seconds=0)) == 0
@@ -243,7 +243,7 @@ def test_manifest_rows_and_content_hash(tmp_path):
 
 
 def test_inputs_are_grouped_into_tasks_without_starving_cpus():
-    from pipelines.preprocess import PreprocessConfig, input_blocks
+    from pipelines.preprocess.driver import PreprocessConfig, input_blocks
 
     assert input_blocks(64, 2) == 8  # 8 inputs per task, 4 tasks per CPU
     assert input_blocks(16, 2) == 8  # fewer inputs: keep 4 tasks per CPU, 2 inputs each
@@ -252,11 +252,11 @@ def test_inputs_are_grouped_into_tasks_without_starving_cpus():
     assert input_blocks(10**9, 64) == 20_000  # capped
     assert input_blocks(64, 2, inputs_per_task=1) == 64
     with pytest.raises(ConfigError, match="inputs-per-task"):
-        PreprocessConfig(input="in", output="out", inputs_per_task=0).validate()
+        PreprocessConfig(input="in", output="out", inputs_per_task=0).check()
 
 
 def test_small_shards_are_merged_exactly_once_even_when_interrupted(tmp_path):
-    from pipelines.compaction import merge_shards, merged_name, plan_merges
+    from pipelines.dataset.compaction import merge_shards, merged_name, plan_merges
 
     out = sh.Output.of(str(tmp_path))
     for task, keys in enumerate([["a", "b"], ["c"], ["d"], ["e"]]):

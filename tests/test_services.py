@@ -43,7 +43,7 @@ def test_mlflow_server_tracks_and_registers(mlflow_server, tmp_path):
     client = MlflowClient(mlflow_server.uri)
     assert client.get_metric_history(run.info.run_id, "x")[0].value == 1.5
 
-    from pipelines.registry import register_checkpoint
+    from pipelines.tracking.registry import register_checkpoint
     version = register_checkpoint(run.info.run_id, "model", "fixture-model", alias="candidate",
                                   tags={"val_accuracy": "0.9"}, tracking_uri=mlflow_server.uri)
     assert client.get_model_version_by_alias("fixture-model", "candidate").version == version
@@ -52,11 +52,11 @@ def test_mlflow_server_tracks_and_registers(mlflow_server, tmp_path):
     assert (Path(local) / "a.txt").read_text() == "hello"
 
 
-# The project's own local cluster (pipelines.ray_env.init_ray, what every workflow starts
+# The project's own local cluster (pipelines.common.ray_setup.init_ray, what every workflow starts
 # when no RAY_ADDRESS is set), kept up until the test closes its stdin.
 _SERVE = """
 import sys
-from pipelines.ray_env import init_ray
+from pipelines.common.ray_setup import init_ray
 info = init_ray(num_cpus=1, object_store_memory=80 * 2**20)
 print("ADDRESS", info["address"], flush=True)
 sys.stdin.read()
@@ -68,7 +68,7 @@ ray.shutdown()
 _JOIN = """
 import sys
 import ray
-from pipelines.ray_env import use_loopback
+from pipelines.common.ray_setup import use_loopback
 use_loopback()
 try:
     ray.init(address=sys.argv[1], log_to_driver=False)
@@ -109,7 +109,7 @@ def test_project_cluster_requires_the_token(tmp_path):
     import sys
 
     from conftest import REPO, stop_process_group
-    from pipelines.ray_env import LOOPBACK_ENV
+    from pipelines.common.ray_setup import LOOPBACK_ENV
 
     base = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
     base.update(LOOPBACK_ENV, PYTHONPATH=str(REPO), RAY_NUM_REDIS_GET_RETRIES="3")  # refused clients give up fast
@@ -146,7 +146,7 @@ def test_project_cluster_requires_the_token(tmp_path):
 # Train's placement-group cleaner does) how many actors are alive.
 _TRAIN = """
 import os
-from pipelines.ray_env import init_ray, quiet_train_options
+from pipelines.common.ray_setup import init_ray, quiet_train_options
 init_ray(num_cpus=1, object_store_memory=80 * 2**20)
 from ray.train import RunConfig, ScalingConfig
 from ray.train.torch import TorchTrainer

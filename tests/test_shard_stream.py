@@ -7,7 +7,8 @@ import pytest
 import webdataset as wds
 
 from lipsync.data.clip_sample import ClipSample, encode_clip_sample
-from lipsync.data.shard_stream import ExpertBatchStream, fixed_expert_windows, list_shards
+from lipsync.data.shard_stream import WindowBatchStream, fixed_windows, list_shards
+from lipsync.data.windows import ExpertSampling
 from lipsync.errors import ConfigError
 
 
@@ -36,7 +37,7 @@ def test_readers_see_disjoint_parts_covering_every_clip(tmp_path, n_shards):
     paths = list_shards(write_shards(tmp_path / "s", n_shards=n_shards, clips_per_shard=3), "train")
     seen = []
     for rank in range(2):
-        stream = ExpertBatchStream(paths, rank=rank, world_size=2, batch_size=4, windows_per_clip=2,
+        stream = WindowBatchStream(paths, sampling=ExpertSampling(), rank=rank, world_size=2, batch_size=4, windows_per_clip=2,
                                    shuffle_buffer=8, epochs=1)
         keys = {w.key for w in stream.windows()}
         seen.append(keys)
@@ -46,21 +47,21 @@ def test_readers_see_disjoint_parts_covering_every_clip(tmp_path, n_shards):
 
 def test_batches_are_balanced_and_shaped(tmp_path):
     paths = list_shards(write_shards(tmp_path / "s"), "train")
-    batch = next(iter(ExpertBatchStream(paths, batch_size=8, windows_per_clip=4, shuffle_buffer=16)))
+    batch = next(iter(WindowBatchStream(paths, sampling=ExpertSampling(), batch_size=8, windows_per_clip=4, shuffle_buffer=16)))
     assert batch["face"].shape == (8, 15, 8, 16) and batch["mel"].shape == (8, 1, 80, 16)
-    stream = ExpertBatchStream(paths, batch_size=8, windows_per_clip=4, shuffle_buffer=16, epochs=1)
+    stream = WindowBatchStream(paths, sampling=ExpertSampling(), batch_size=8, windows_per_clip=4, shuffle_buffer=16, epochs=1)
     labels = np.concatenate([b["label"].numpy().ravel() for b in stream])
     assert len(labels) == 6 * 4 and labels.sum() == 12
 
 
 def test_validation_set_does_not_depend_on_world_size(tmp_path):
     paths = list_shards(write_shards(tmp_path / "s"), "train")
-    whole = fixed_expert_windows(paths, 4, seed=3)
-    parts = [fixed_expert_windows(paths, 4, seed=3, rank=r, world_size=2) for r in range(2)]
+    whole = fixed_windows(paths, 4, seed=3, sampling=ExpertSampling())
+    parts = [fixed_windows(paths, 4, seed=3, sampling=ExpertSampling(), rank=r, world_size=2) for r in range(2)]
     ident = lambda ws: sorted((w.key, w.start, w.offset) for w in ws)  # noqa: E731
     assert ident(whole) == ident(parts[0] + parts[1])
-    assert ident(whole) == ident(fixed_expert_windows(paths, 4, seed=3))
-    assert ident(whole) != ident(fixed_expert_windows(paths, 4, seed=4))
+    assert ident(whole) == ident(fixed_windows(paths, 4, seed=3, sampling=ExpertSampling()))
+    assert ident(whole) != ident(fixed_windows(paths, 4, seed=4, sampling=ExpertSampling()))
 
 
 def test_silent_clips_are_skipped_with_the_reason(tmp_path):
@@ -69,6 +70,6 @@ def test_silent_clips_are_skipped_with_the_reason(tmp_path):
     with wds.TarWriter(str(root / "train-000000.tar")) as w:
         frames = np.zeros((30, 16, 16, 3), np.uint8)
         w.write(encode_clip_sample(ClipSample("quiet", frames, np.full((80, 97), -4.0, np.float32), {"fps": 25.0}), codec="png"))
-    stream = ExpertBatchStream(list_shards(root, "train"), batch_size=4, epochs=1)
+    stream = WindowBatchStream(list_shards(root, "train"), sampling=ExpertSampling(), batch_size=4, epochs=1)
     with pytest.raises(ConfigError, match="one sound throughout.*min-mel-distance 0.5"):
         next(iter(stream))

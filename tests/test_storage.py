@@ -9,12 +9,12 @@ import pyarrow.parquet as pq
 import pyarrow as pa
 import pytest
 
-from pipelines import storage
+from pipelines.common import storage
 
 
 def test_uri_classification_and_resolve(tmp_path, monkeypatch):
-    assert storage.is_uri("s3://b/k") and storage.is_uri("gs://b/k") and storage.is_uri("GS://b/k")
-    assert not storage.is_uri("/tmp/x") and not storage.is_uri("rel/x") and not storage.is_uri("file:///tmp/x")
+    assert storage.is_object_storage("s3://b/k") and storage.is_object_storage("gs://b/k") and storage.is_object_storage("GS://b/k")
+    assert not storage.is_object_storage("/tmp/x") and not storage.is_object_storage("rel/x") and not storage.is_object_storage("file:///tmp/x")
     monkeypatch.chdir(tmp_path)
     assert storage.resolve("shards") == str(tmp_path / "shards")
     assert storage.resolve("file:///tmp/x") == "/tmp/x"

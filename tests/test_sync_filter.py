@@ -1,4 +1,4 @@
-"""Sync-filtered preprocessing (pipelines/sync_filter.py) on the real Ray Data pipeline, judged by
+"""Sync-filtered preprocessing (pipelines/preprocess/sync_filter.py) on the real Ray Data pipeline, judged by
 the tiny expert trained in-process (conftest ``trained_expert``): a clip whose audio leads by 3
 frames comes out realigned (its metadata and the manifest record the shift, and the expert then
 finds offset 0 on the shard sample); a clip carrying another speaker's audio is rejected for low
@@ -37,9 +37,9 @@ def test_sync_filter_realigns_shifted_clips_and_rejects_other_speakers_audio(tra
                                                                              ray_local, tmp_path):
     from lipsync.data.shard_stream import iter_clips, list_shards
     from lipsync.metrics.sync import ExpertJudge
-    from pipelines.manifest import read_manifest
-    from pipelines.preprocess import PreprocessConfig, run_preprocess
-    from pipelines.sync_filter import make_sync_filter
+    from pipelines.dataset.manifest import read_manifest
+    from pipelines.preprocess.driver import PreprocessConfig, run_preprocess
+    from pipelines.preprocess.sync_filter import make_sync_filter
 
     ckpt, model = trained_expert
     clips = train_clips(synth_corpus, 12)
@@ -102,8 +102,8 @@ def test_sync_filter_flag_errors_are_one_line_before_any_work(tmp_path):
 
 
 def test_sync_filter_keeps_its_settings_in_the_fingerprint(trained_expert):
-    from pipelines.preprocess import PreprocessConfig
-    from pipelines.sync_filter import make_sync_filter
+    from pipelines.preprocess.driver import PreprocessConfig
+    from pipelines.preprocess.sync_filter import make_sync_filter
 
     ckpt, _ = trained_expert
     a = PreprocessConfig(input="x", output="y", sync_filter=make_sync_filter(str(ckpt), fix_offset=True))

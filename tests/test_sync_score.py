@@ -61,8 +61,11 @@ def test_offsets_sign_and_lse_on_shifted_clips(trained_expert, synth_corpus, tmp
     def mean(metric, in_sync):
         return np.mean([results[v][metric] for v in videos if (expected[v] == 0) == in_sync])
 
-    assert mean("lse_d", True) < mean("lse_d", False)
-    assert mean("lse_c", True) > mean("lse_c", False)
+    # LSE-D / LSE-C are read at the offset found, so a shifted copy whose offset is recovered
+    # scores like its in-sync original (only the frames cut at the edges differ); the old
+    # "in sync scores better" comparison hung on that edge effect (0.907 vs 0.904 here).
+    for metric in ("lse_d", "lse_c"):
+        assert abs(mean(metric, True) - mean(metric, False)) < 0.15 * abs(mean(metric, True)), metric
 
     # The table form prints one row per video with the signed offset.
     table = sync_score("--model", str(ckpt), "--crop", "none", videos[1])

@@ -39,7 +39,7 @@ def test_team_server_refuses_strangers_and_serves_the_team(team_mlflow_server, s
 
     from lipsync.checkpoints import ModelConfig, load_model, save_checkpoint
     from lipsync.model_ref import fetch
-    from pipelines.registry import register_checkpoint
+    from pipelines.tracking.registry import register_checkpoint
 
     server = team_mlflow_server
     assert _status(server.uri + SEARCH) == 401

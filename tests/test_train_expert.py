@@ -25,14 +25,16 @@ import torch
 from mlflow import MlflowClient
 
 from lipsync.checkpoints import load_model
-from lipsync.data.shard_stream import fixed_expert_windows, list_shards
+from lipsync.data.shard_stream import fixed_windows, list_shards
 from lipsync.data.windows import ExpertSampling
 from lipsync.errors import ConfigError
 from lipsync.training.expert import evaluate_expert, summarize_evaluation
 from lipsync.model_ref import fetch
 from lipsync.training.schedule import lr_at
-from pipelines.mlflow_setup import ALIAS_CANDIDATE, EXPERT_MODEL_NAME
-from pipelines.train_expert import CHECKPOINT_ARTIFACT_DIR, ExpertTrainConfig, train_expert
+from lipsync.training import ExpertStage
+from pipelines.tracking.registry import ALIAS_CANDIDATE
+from pipelines.train.config import CHECKPOINT_ARTIFACT_DIR, TrainConfig
+from pipelines.train.driver import run_training
 
 pytestmark = pytest.mark.integration
 
@@ -68,10 +70,11 @@ def assert_plain_safetensors_folder(folder: Path) -> None:
 
 def test_expert_learns_sync_and_is_registered(ray_local, mlflow_server, shards, tmp_path):
     # System metrics on here (off elsewhere to keep the other runs light).
-    cfg = ExpertTrainConfig(shards=str(shards), **{**TINY, "system_metrics": True}, max_steps=400,
-                            log_every=25, checkpoint_every=50, num_workers=2, storage_path=str(tmp_path / "ray"),
-                            run_name="learn", tracking_uri=mlflow_server.uri, experiment="test-expert-learn")
-    result = train_expert(cfg)
+    cfg = TrainConfig.from_flat("expert", dict(
+        shards=str(shards), **{**TINY, "system_metrics": True}, max_steps=400, log_every=25, checkpoint_every=50,
+        num_workers=2, storage_path=str(tmp_path / "ray"), run_name="learn", tracking_uri=mlflow_server.uri,
+        experiment="test-expert-learn"))
+    result = run_training(cfg)
     print(result)
     client = MlflowClient(mlflow_server.uri, registry_uri=mlflow_server.uri)
     run = client.get_run(result.run_id)
@@ -90,23 +93,23 @@ def test_expert_learns_sync_and_is_registered(ray_local, mlflow_server, shards, 
     assert "curves/expert_curve.png" in {a.path for a in client.list_artifacts(result.run_id, "curves")}
 
     # Learning, not just running: held-out speakers, well above chance.
-    assert result.best_val_accuracy >= 0.70, f"val accuracy {result.best_val_accuracy:.3f} < 0.70"
+    assert result.best_value >= 0.70, f"val accuracy {result.best_value:.3f} < 0.70"
 
-    version = client.get_model_version_by_alias(EXPERT_MODEL_NAME, ALIAS_CANDIDATE)
+    version = client.get_model_version_by_alias(ExpertStage.registered_model, ALIAS_CANDIDATE)
     assert version.version == result.model_version and version.run_id == result.run_id
-    assert float(version.tags["val_accuracy"]) == pytest.approx(result.best_val_accuracy, abs=1e-4)
+    assert float(version.tags["val_accuracy"]) == pytest.approx(result.best_value, abs=1e-4)
 
     # The registered model loads back through the library (no mlflow in lipsync) and scores
     # held-out pairs as well as during training.
-    path = fetch(f"models:/{EXPERT_MODEL_NAME}@{ALIAS_CANDIDATE}", tmp_path / "dl", mlflow_server.uri)
+    path = fetch(f"models:/{ExpertStage.registered_model}@{ALIAS_CANDIDATE}", tmp_path / "dl", mlflow_server.uri)
     assert_plain_safetensors_folder(tmp_path / "dl")
     model, config = load_model(path, kind="expert")
     assert config.kind == "expert" and config.width == TINY["width"]
-    windows = fixed_expert_windows(list_shards(shards, "val"), 32, 0, ExpertSampling(face_size=96))
+    windows = fixed_windows(list_shards(shards, "val"), 32, 0, ExpertSampling(face_size=96))
     sums = evaluate_expert(model, windows, batch_size=64)
     scored = summarize_evaluation(sums)
     # Same windows, same weights; batching differs, so allow a score on the 0.5 edge to flip.
-    assert scored["val_accuracy"] == pytest.approx(result.best_val_accuracy, abs=0.011)
+    assert scored["val_accuracy"] == pytest.approx(result.best_value, abs=0.011)
     with torch.no_grad():
         from lipsync.data.windows import collate_expert
         from lipsync.training.expert import sync_scores
@@ -228,8 +231,9 @@ def test_worker_failure_restores_from_checkpoint_and_resume_continues(ray_local,
     # A new run under the same name is refused; --resume continues the same MLflow run
     # from its last checkpoint (step 20, optimizer included) on the curve of the new --max-steps.
     with pytest.raises(ConfigError, match="--resume"):
-        train_expert(ExpertTrainConfig(shards=str(shards), run_name="faulty", storage_path=str(tmp_path / "ray"),
-                                       tracking_uri=mlflow_server.uri))
+        run_training(TrainConfig.from_flat("expert", dict(shards=str(shards), run_name="faulty",
+                                                          storage_path=str(tmp_path / "ray"),
+                                                          tracking_uri=mlflow_server.uri)))
     longer = [*common]
     longer[longer.index("--max-steps") + 1] = "30"
     resumed = train_cli(capsys, *longer, "--run-name", "faulty", "--resume", "--max-failures", "0")

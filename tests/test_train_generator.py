@@ -21,14 +21,14 @@ import torch
 from mlflow import MlflowClient
 
 from lipsync.checkpoints import ModelConfig, load_checkpoint, load_model, save_checkpoint
-from lipsync.data.shard_stream import GeneratorBatchStream, list_shards
-from lipsync.data.windows import GeneratorSampling
+from lipsync.data.shard_stream import WindowBatchStream, list_shards
+from lipsync.data.generator_windows import GeneratorSampling
 from lipsync.errors import ConfigError
 from lipsync.models import SyncNet, Wav2Lip
 from lipsync.training import ExpertRecipe, ExpertStage, GeneratorRecipe, GeneratorStage
-from pipelines.registry import register_checkpoint
-from pipelines.train_config import TrainConfig
-from pipelines.train_run import run_training
+from pipelines.tracking.registry import register_checkpoint
+from pipelines.train.config import TrainConfig
+from pipelines.train.driver import run_training
 
 REPO = Path(__file__).resolve().parent.parent
 TINY = 0.0625
@@ -125,7 +125,7 @@ def test_cosine_schedule_scales_both_rates_from_the_step_alone():
     stage.train_step(generator_batch(), step=6)  # a restored stage gets its rate from the step
     assert rates() == [pytest.approx(2e-4 * (0.02 + 0.98 * 0.5)), pytest.approx(1e-3 * (0.02 + 0.98 * 0.5))]
     with pytest.raises(ConfigError, match="lr-schedule"):
-        GeneratorRecipe(expert="tiny", lr_schedule="linear").validate()
+        GeneratorRecipe(expert="tiny", lr_schedule="linear").check()
 
 
 def test_the_generator_channel_floor_is_saved_and_an_init_file_brings_its_own(tmp_path):
@@ -144,13 +144,13 @@ def test_the_generator_channel_floor_is_saved_and_an_init_file_brings_its_own(tm
     assert (fine_tune.width, fine_tune.min_channels) == (TINY, 4)
     assert GeneratorStage(fine_tune, "cpu", loader).generator.min_channels == 4
     with pytest.raises(ConfigError, match="min-channels"):
-        GeneratorRecipe(expert="tiny", min_channels=0).validate()
+        GeneratorRecipe(expert="tiny", min_channels=0).check()
 
 
 def test_bf16_autocast_step_and_evaluation():
     # The GPU recipe (bf16 autocast) exercised on CPU: generator output in bf16 meets the
     # fp32 expert and discriminator, the losses stay float32.
-    from lipsync.data.windows import GeneratorWindow
+    from lipsync.data.generator_windows import GeneratorWindow
 
     stage = GeneratorStage(GeneratorRecipe(expert="tiny", width=TINY), "cpu", loader_of(tiny_expert()))
     stage.amp_dtype = torch.bfloat16
@@ -161,7 +161,7 @@ def test_bf16_autocast_step_and_evaluation():
                              ref=rng.integers(0, 255, (T, S, S, 3), dtype=np.uint8),
                              indiv_mels=rng.uniform(-4, 0, (T, 1, 80, 16)).astype(np.float32),
                              mel=rng.uniform(-4, 0, (1, 80, 16)).astype(np.float32), start=5, ref_start=20, key="c")
-    metrics = stage.eval_metrics(stage.evaluate([window, window], batch_size=2))
+    metrics = stage.validation_metrics(stage.validate([window, window], batch_size=2))
     assert metrics["val_samples"] == 2 and np.isfinite(metrics["val_sync_loss"]) and 0 < metrics["val_l1"] < 1
     grid = stage.sample_images([window])["samples"]
     assert grid.shape == (S, 4 * S, 3) and grid.dtype == np.uint8
@@ -192,8 +192,8 @@ def test_generator_batches_from_shards(tmp_path):
     from test_shard_stream import write_shards
 
     paths = list_shards(write_shards(tmp_path / "s", n_shards=1, clips_per_shard=2, size=16), "train")
-    stream = GeneratorBatchStream(paths, batch_size=3, windows_per_clip=2, shuffle_buffer=4,
-                                  sampling=GeneratorSampling(face_size=16))
+    stream = WindowBatchStream(paths, batch_size=3, windows_per_clip=2, shuffle_buffer=4,
+                               sampling=GeneratorSampling(face_size=16))
     batch = next(iter(stream))
     assert batch["x"].shape == (3, 6, T, 16, 16) and batch["gt"].shape == (3, 3, T, 16, 16)
     assert batch["indiv_mels"].shape == (3, T, 1, 80, 16) and batch["mel"].shape == (3, 1, 80, 16)

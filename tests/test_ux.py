@@ -62,7 +62,7 @@ def test_relative_shards_reach_the_workers_and_a_worker_user_error_is_one_line(
     """One real training run from a relative --shards path: the workers read the shards (no
     FileNotFoundError), then find no clip with audibly different audio for a negative (a
     user error only a worker sees) - which reaches the user as its one line, exit 2."""
-    from pipelines.worker_errors import ERROR_LOG
+    from pipelines.train.worker_errors import ERROR_LOG
 
     work = tmp_path / "project"
     work.mkdir()
@@ -102,7 +102,7 @@ def test_missing_shards_fail_in_one_line_before_ray_and_mlflow(tmp_path, capsys)
 
 
 def test_shard_problems_are_named_up_front(shards, tmp_path, capsys):
-    from pipelines.manifest import read_manifest
+    from pipelines.dataset.manifest import read_manifest
 
     train = load_workflow("train")
     db = tmp_path / "mlruns.db"
@@ -222,7 +222,7 @@ def test_folder_of_one_speaker_warns_and_the_manifest_names_first_causes(
         synth_corpus, ray_local, tmp_path, monkeypatch, capsys):
     import numpy as np
 
-    from pipelines.manifest import read_manifest
+    from pipelines.dataset.manifest import read_manifest
     from preprocess_inputs import mux
 
     videos = tmp_path / "my_videos"

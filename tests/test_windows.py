@@ -8,15 +8,14 @@ import torch
 
 from lipsync.audio import mel_start_index
 from lipsync.data.clip_sample import ClipSample, decode_clip_sample, encode_clip_sample
+from lipsync.data.generator_windows import generator_tensors, sample_generator_window
 from lipsync.data.windows import (
     ExpertSampling,
     augment_window,
     collate_expert,
     expert_face_tensor,
-    generator_tensors,
     mel_window_distance,
     sample_expert_windows,
-    sample_generator_window,
     valid_expert_starts,
 )
 from lipsync.errors import ConfigError

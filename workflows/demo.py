@@ -24,7 +24,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from pipelines.chain import Chain  # noqa: E402
+from pipelines.orchestrate.chain import Chain  # noqa: E402
 
 
 def build_parser() -> argparse.ArgumentParser:

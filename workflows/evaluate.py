@@ -21,8 +21,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from lipsync.errors import ConfigError, LipsyncError  # noqa: E402
-from pipelines.evaluate import EvalConfig, run_evaluation  # noqa: E402
+from lipsync.errors import LipsyncError  # noqa: E402
+from pipelines.evaluate.config import EvalConfig  # noqa: E402
+from pipelines.evaluate.driver import run_evaluation  # noqa: E402
 
 EXIT_KEPT = 3
 

@@ -22,12 +22,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from lipsync.cli import HelpFormatter  # noqa: E402
 from lipsync.errors import LipsyncError  # noqa: E402
-from pipelines.paths import resolve_path_args  # noqa: E402
-from pipelines.preprocess import PreprocessConfig, run_preprocess  # noqa: E402
-from pipelines.shards import parse_size  # noqa: E402
-from pipelines.sources import LAYOUTS  # noqa: E402
-from pipelines.splits import parse_fractions  # noqa: E402
-from pipelines.sync_filter import DEFAULT_MAX_OFFSET, DEFAULT_MIN_CONFIDENCE, make_sync_filter  # noqa: E402
+from pipelines.common.paths import resolve_path_args  # noqa: E402
+from pipelines.preprocess.driver import PreprocessConfig, run_preprocess  # noqa: E402
+from pipelines.dataset.shards import parse_size  # noqa: E402
+from pipelines.preprocess.sources import LAYOUTS  # noqa: E402
+from pipelines.preprocess.splits import parse_fractions  # noqa: E402
+from pipelines.preprocess.sync_filter import DEFAULT_MAX_OFFSET, DEFAULT_MIN_CONFIDENCE, make_sync_filter  # noqa: E402
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -89,7 +89,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help="crop size(s) in px; the first is the primary one (e.g. 96 192)")
     faces.add_argument("--pads", type=int, nargs=4, default=list(d.pads), metavar=("TOP", "BOTTOM", "LEFT", "RIGHT"),
                        help="px added to the face box before cropping (the original's default includes the chin)")
-    sync = p.add_argument_group("sync filter (pipelines/sync_filter.py)")
+    sync = p.add_argument_group("sync filter (pipelines/preprocess/sync_filter.py)")
     sync.add_argument("--sync-filter", default=None, metavar="MODEL",
                       help="measure every clip's AV offset and confidence with this expert (file, models:/…, "
                            "runs:/…) or with 'syncnet-v2' (needs --sync-weights); off by default")

@@ -39,7 +39,7 @@ Metadata keys (``meta.json``): ``source`` (input path as given), ``corpus``, ``s
 of this clip in the 25 fps source), ``boxes`` (per frame ``[x1, y1, x2, y2]`` of the smoothed
 face box in full-frame pixels, before ``pads``), ``detector``, ``crop_size``, ``crop_sizes``,
 ``pads`` (top, bottom, left, right), ``codec``, ``quality``, ``sync_offset`` and
-``sync_confidence`` (``null`` until a sync filter measures them; see pipelines/sync_filter.py),
+``sync_confidence`` (``null`` until a sync filter measures them; see pipelines/preprocess/sync_filter.py),
 ``sync_shift`` (frames the sync filter realigned the audio by: the audio of frame j comes from
 source frame ``start_frame + j - sync_shift``; 0 when not realigned), ``mel_frames``.
 

@@ -28,8 +28,8 @@ import torch
 from webdataset.tariterators import group_by_keys, tar_file_expander
 
 from lipsync.data.clip_sample import decode_clip_sample
-from lipsync.data.windows import ExpertSampling, GeneratorSampling
 from lipsync.errors import ConfigError
+from lipsync.locations import is_object_storage
 
 
 def list_shards(shards_dir: str | Path, split: str) -> list[Path]:
@@ -46,17 +46,11 @@ def list_shards(shards_dir: str | Path, split: str) -> list[Path]:
 READ_BUFFER = 8 << 20  # bytes per object-storage request when streaming a shard
 
 
-def is_remote(location: str | Path) -> bool:
-    """True for an object-storage shard location (``s3://``, ``gs://``), kept as a string:
-    ``Path("s3://b/k")`` would collapse the ``//``."""
-    return "://" in str(location) and not str(location).startswith("file://")
-
-
 def open_shard(location: str | Path):
     """A binary stream of one shard: a local file, or an ``s3://`` / ``gs://`` object read
     through pyarrow, which takes the endpoint and credentials from the standard AWS / Google
-    environment (the same variables ``pipelines/storage.py`` documents)."""
-    if is_remote(location):
+    environment (the same variables ``pipelines/common/storage.py`` documents)."""
+    if is_object_storage(location):
         import pyarrow.fs as pafs
 
         fs, path = pafs.FileSystem.from_uri(str(location))
@@ -117,7 +111,7 @@ class WindowBatchStream(torch.utils.data.IterableDataset):
             raise ConfigError("no shards given to the training batch stream")
         if batch_size < 1 or windows_per_clip < 1:
             raise ConfigError(f"batch size and windows per clip must be >= 1 (got {batch_size}, {windows_per_clip})")
-        self.shard_paths = [str(p) if is_remote(p) else Path(p) for p in shard_paths]
+        self.shard_paths = [str(p) if is_object_storage(p) else Path(p) for p in shard_paths]
         self.rank, self.world_size = rank, world_size
         self.batch_size = batch_size
         self.windows_per_clip = windows_per_clip
@@ -178,20 +172,6 @@ class WindowBatchStream(torch.utils.data.IterableDataset):
             yield self.sampling.collate(batch)
 
 
-class ExpertBatchStream(WindowBatchStream):
-    """Expert pairs (``lipsync.data.windows.collate_expert`` batches)."""
-
-    def __init__(self, shard_paths: list[Path], *, sampling: ExpertSampling = ExpertSampling(), **kwargs):
-        super().__init__(shard_paths, sampling=sampling, **kwargs)
-
-
-class GeneratorBatchStream(WindowBatchStream):
-    """Generator samples (``lipsync.data.windows.collate_generator`` batches)."""
-
-    def __init__(self, shard_paths: list[Path], *, sampling: GeneratorSampling = GeneratorSampling(), **kwargs):
-        super().__init__(shard_paths, sampling=sampling, **kwargs)
-
-
 def fixed_windows(
     shard_paths: list[Path],
     windows_per_clip: int,
@@ -219,16 +199,3 @@ def fixed_windows(
     if n_clips == 0:
         raise ConfigError(f"no evaluation clips in {len(shard_paths)} shard(s)")
     return out
-
-
-def fixed_expert_windows(
-    shard_paths: list[Path],
-    windows_per_clip: int,
-    seed: int,
-    sampling: ExpertSampling = ExpertSampling(),
-    max_clips: int | None = None,
-    rank: int = 0,
-    world_size: int = 1,
-) -> list:
-    """:func:`fixed_windows` of expert pairs (default sampling)."""
-    return fixed_windows(shard_paths, windows_per_clip, seed, sampling, max_clips, rank, world_size)

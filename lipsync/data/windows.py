@@ -9,7 +9,8 @@ Two consumers:
   position of the *same* clip, ``min_offset`` or more frames away, so identity, lighting and
   voice cannot give the answer away — only the lip motion against the audio can.
 * the **generator** (Wav2Lip): the same T ground-truth frames, a reference window from
-  elsewhere in the clip (identity), one mel window per output frame and the sync mel.
+  elsewhere in the clip (identity), one mel window per output frame and the sync mel
+  (lipsync/data/generator_windows.py, over the frame access and geometry here).
 
 Why ``min_offset=2`` by default (the original's negatives can be 1 frame off):
 a 1-frame shift (40 ms) is below the ~45 ms at which viewers start to notice audio
@@ -43,11 +44,10 @@ import cv2
 import numpy as np
 import torch
 
-from lipsync.audio import MEL_STEP, WINDOW_POLICY, mel_start_index, mel_windows
+from lipsync.audio import MEL_STEP, mel_start_index
 from lipsync.errors import ConfigError
-from lipsync.models.wav2lip import generator_input
+from lipsync.models.syncnet import SYNC_FRAMES
 
-EXPERT_T = 5
 DEFAULT_MIN_OFFSET = 2
 DEFAULT_MIN_MEL_DISTANCE = 0.5
 NEGATIVE_TRIES = 64  # redraws before a clip counts as having no usable negative (all one sound)
@@ -57,7 +57,7 @@ NEGATIVE_TRIES = 64  # redraws before a clip counts as having no usable negative
 class ExpertSampling:
     """How expert windows are cut. ``face_size=None`` keeps the shard's crop size."""
 
-    T: int = EXPERT_T
+    T: int = SYNC_FRAMES
     face_size: int | None = None
     min_offset: int = DEFAULT_MIN_OFFSET
     min_mel_distance: float = DEFAULT_MIN_MEL_DISTANCE
@@ -85,39 +85,6 @@ class ExpertSampling:
                 f"e.g. silent, so no negative differs by --min-mel-distance {self.min_mel_distance}")
 
 
-@dataclass(frozen=True)
-class GeneratorSampling:
-    """How generator samples are cut (see :func:`sample_generator_window`)."""
-
-    T: int = EXPERT_T
-    face_size: int | None = None
-    mel_mode: str = WINDOW_POLICY
-    min_ref_distance: int | None = None  # default T: reference and target never overlap
-
-    def __post_init__(self):
-        if self.T < 1:
-            raise ConfigError(f"generator window length T must be >= 1, got {self.T}")
-        if self.face_size is not None and (self.face_size < 4 or self.face_size % 2):
-            raise ConfigError(f"--face-size must be an even number >= 4, got {self.face_size}")
-        _per_frame_mel_starts(1, 1, self.mel_mode)  # names a bad mode here, not in a worker
-
-    def sample(self, clip, n: int, rng: np.random.Generator) -> list["GeneratorWindow"]:
-        out = []
-        for _ in range(n):
-            window = sample_generator_window(clip, rng, self.T, self.face_size, self.mel_mode, self.min_ref_distance)
-            if window is None:
-                return []
-            out.append(window)
-        return out
-
-    def collate(self, windows: list["GeneratorWindow"]) -> dict[str, torch.Tensor]:
-        return collate_generator(windows)
-
-    def why_unusable(self) -> str:
-        dist = self.T if self.min_ref_distance is None else self.min_ref_distance
-        return f"too short for T={self.T} target frames plus a reference window {dist} frames away"
-
-
 @dataclass
 class ExpertWindow:
     """One expert training pair. ``offset`` = audio start frame - video start frame (0 = in sync)."""
@@ -130,33 +97,20 @@ class ExpertWindow:
     key: str
 
 
-@dataclass
-class GeneratorWindow:
-    """One generator training sample (numpy; see :func:`generator_tensors`)."""
-
-    gt: np.ndarray  # uint8 (T, S, S, 3) BGR ground-truth frames
-    ref: np.ndarray  # uint8 (T, S, S, 3) BGR reference (identity) frames from elsewhere in the clip
-    indiv_mels: np.ndarray  # float32 (T, 1, 80, 16): one window per output frame
-    mel: np.ndarray  # float32 (1, 80, 16): sync-loss window aligned with the T frames
-    start: int
-    ref_start: int
-    key: str
-
-
 # ----------------------------------------------------------------------------- frame access
 
 
-def _clip_fps(clip) -> float:
+def clip_fps(clip) -> float:
     return float((clip.meta or {}).get("fps", 25.0))
 
 
-def _n_frames(clip) -> int:
+def clip_frame_count(clip) -> int:
     # ClipSample.n_frames never decodes; reading `.frames` of a shard sample would decode them all.
     n = getattr(clip, "n_frames", None)
     return int(n) if n is not None else len(clip.frames)
 
 
-class _FrameCache:
+class FrameCache:
     """Decodes each needed frame of a clip once (several windows per clip share frames)."""
 
     def __init__(self, clip, face_size: int | None):
@@ -182,7 +136,7 @@ class _FrameCache:
 # ----------------------------------------------------------------------------- geometry
 
 
-def valid_expert_starts(n_frames: int, mel_frames: int, fps: float = 25.0, T: int = EXPERT_T) -> int:
+def valid_expert_starts(n_frames: int, mel_frames: int, fps: float = 25.0, T: int = SYNC_FRAMES) -> int:
     """Number of frame starts k (0..n-1) whose T frames and 16-step mel window both fit."""
     if n_frames < T:
         return 0
@@ -203,7 +157,7 @@ def expert_face_tensor(frames: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(expert_face_array(frames)).float().div_(255.0)
 
 
-def _mel_window(mel: np.ndarray, frame_start: int, fps: float) -> np.ndarray:
+def mel_window_at(mel: np.ndarray, frame_start: int, fps: float) -> np.ndarray:
     s = int(mel_start_index(np.array([frame_start]), fps)[0])
     return mel[:, s : s + MEL_STEP]
 
@@ -266,7 +220,7 @@ def _audible_negative(clip, n_valid: int, sampling: ExpertSampling, fps: float, 
         return _negative_pair(n_valid, sampling.min_offset, rng)
     for _ in range(NEGATIVE_TRIES):
         k, j = _negative_pair(n_valid, sampling.min_offset, rng)
-        if mel_window_distance(_mel_window(clip.mel, k, fps), _mel_window(clip.mel, j, fps)) >= sampling.min_mel_distance:
+        if mel_window_distance(mel_window_at(clip.mel, k, fps), mel_window_at(clip.mel, j, fps)) >= sampling.min_mel_distance:
             return k, j
     return None
 
@@ -281,12 +235,12 @@ def sample_expert_windows(
     for even ``n``; the first is positive or negative at random). Returns [] when the clip is
     too short for a negative ``min_offset`` frames away, or has no audibly different audio
     to make one (caller counts and skips it)."""
-    fps = _clip_fps(clip)
+    fps = clip_fps(clip)
     T = sampling.T
-    n_valid = valid_expert_starts(_n_frames(clip), clip.mel.shape[1], fps, T)
+    n_valid = valid_expert_starts(clip_frame_count(clip), clip.mel.shape[1], fps, T)
     if n_valid <= sampling.min_offset or n <= 0:
         return []
-    cache = _FrameCache(clip, sampling.face_size)
+    cache = FrameCache(clip, sampling.face_size)
     first_positive = bool(rng.integers(2))
     windows = []
     for i in range(n):
@@ -304,7 +258,7 @@ def sample_expert_windows(
         windows.append(
             ExpertWindow(
                 face=expert_face_array(frames),
-                mel=_mel_window(clip.mel, j, fps)[None].astype(np.float32, copy=False),
+                mel=mel_window_at(clip.mel, j, fps)[None].astype(np.float32, copy=False),
                 label=1.0 if positive else 0.0,
                 offset=j - k,
                 start=k,
@@ -321,89 +275,3 @@ def collate_expert(windows: list[ExpertWindow]) -> dict[str, torch.Tensor]:
     label = torch.tensor([[w.label] for w in windows], dtype=torch.float32)
     offset = torch.tensor([w.offset for w in windows], dtype=torch.int64)
     return {"face": face, "mel": mel, "label": label, "offset": offset}
-
-
-# ----------------------------------------------------------------------------- generator windows
-
-
-def _per_frame_mel_starts(start: int, T: int, mode: str) -> np.ndarray:
-    if mode == "inference":  # output frame k <- window starting at frame k (inference.py)
-        return np.arange(start, start + T)
-    if mode == "training":  # the original's get_segmented_mels: window starts at frame k-1
-        return np.arange(start - 1, start + T - 1)
-    raise ConfigError(f"per-frame mel mode must be 'inference' or 'training', got {mode!r}")
-
-
-def sample_generator_window(
-    clip,
-    rng: np.random.Generator,
-    T: int = EXPERT_T,
-    face_size: int | None = None,
-    mel_mode: str = WINDOW_POLICY,
-    min_ref_distance: int | None = None,
-) -> GeneratorWindow | None:
-    """One generator sample from a clip (the original's wav2lip_train Dataset, from shards).
-
-    * ``gt``: T consecutive frames starting at a random k.
-    * ``ref``: T consecutive frames starting at a random r with |r - k| >= ``min_ref_distance``
-      (default T, so reference and target never overlap: the reference gives identity and
-      pose, never the answer).
-    * ``indiv_mels``: one 16-step window per output frame, aligned as
-      ``lipsync.audio.frame_mel_windows`` does for the same ``mel_mode`` (default: the library's
-      policy ``WINDOW_POLICY``, so training and inference see the same alignment):
-      ``"training"`` = window starting at frame k-1, ``"inference"`` = starting at frame k.
-    * ``mel``: the sync-loss window starting at k (as the expert is trained).
-
-    Returns None when the clip is too short for a non-overlapping reference.
-    """
-    fps = _clip_fps(clip)
-    n = _n_frames(clip)
-    mel_frames = clip.mel.shape[1]
-    dist = T if min_ref_distance is None else min_ref_distance
-    first = 1 if mel_mode == "training" else 0
-    ks = np.arange(first, max(first, n - T + 1))
-    if len(ks) == 0:
-        return None
-    last_mel_frame = ks + T - 1 - (1 if mel_mode == "training" else 0)
-    fits = (mel_start_index(last_mel_frame, fps) + MEL_STEP <= mel_frames) & (
-        mel_start_index(ks, fps) + MEL_STEP <= mel_frames
-    )
-    ks = ks[fits]
-    refs_all = np.arange(0, max(0, n - T + 1))
-    candidates = [(int(k), refs_all[np.abs(refs_all - k) >= dist]) for k in ks]
-    candidates = [(k, r) for k, r in candidates if len(r)]
-    if not candidates:
-        return None
-    k, refs = candidates[int(rng.integers(len(candidates)))]
-    r = int(refs[rng.integers(len(refs))])
-    cache = _FrameCache(clip, face_size)
-    per_frame = mel_windows(clip.mel, _per_frame_mel_starts(k, T, mel_mode), fps=fps, step=MEL_STEP)
-    return GeneratorWindow(
-        gt=cache.window(k, T),
-        ref=cache.window(r, T),
-        indiv_mels=np.asarray(per_frame, dtype=np.float32)[:, None],
-        mel=_mel_window(clip.mel, k, fps)[None].astype(np.float32, copy=False),
-        start=k,
-        ref_start=r,
-        key=str(clip.key),
-    )
-
-
-def generator_tensors(window: GeneratorWindow) -> dict[str, torch.Tensor]:
-    """The original's generator tensors: x (6,T,S,S) = [GT with lower half zeroed ; reference],
-    gt (3,T,S,S), indiv_mels (T,1,80,16), mel (1,80,16); BGR in [0, 1]."""
-    gt = torch.from_numpy(np.ascontiguousarray(window.gt.transpose(3, 0, 1, 2))).float().div_(255.0)
-    ref = torch.from_numpy(np.ascontiguousarray(window.ref.transpose(3, 0, 1, 2))).float().div_(255.0)
-    return {
-        "x": generator_input(gt[None], ref[None])[0],
-        "gt": gt,
-        "indiv_mels": torch.from_numpy(window.indiv_mels),
-        "mel": torch.from_numpy(window.mel),
-    }
-
-
-def collate_generator(windows: list[GeneratorWindow]) -> dict[str, torch.Tensor]:
-    """Batch of generator windows -> x (B,6,T,S,S), gt (B,3,T,S,S), indiv_mels (B,T,1,80,16),
-    mel (B,1,80,16), as the original's DataLoader stacks them."""
-    tensors = [generator_tensors(w) for w in windows]
-    return {k: torch.stack([t[k] for t in tensors]) for k in ("x", "gt", "indiv_mels", "mel")}

@@ -116,7 +116,7 @@ def options_from_args(args: argparse.Namespace) -> InferenceOptions:
         precision=args.precision,
         channels_last=args.channels_last, mel_mode=args.mel_mode, trust_checkpoint=args.trust_checkpoint,
         crf=args.crf, preset=args.preset, queue_frames=args.queue_frames, progress=args.progress,
-    ).validate()
+    ).check()
 
 
 def run(args: argparse.Namespace) -> int:

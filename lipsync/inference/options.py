@@ -97,7 +97,7 @@ class InferenceOptions:
     """Show a tqdm progress bar with fps."""
     extra: dict = field(default_factory=dict)
 
-    def validate(self) -> "InferenceOptions":
+    def check(self) -> "InferenceOptions":
         """Raise ConfigError for values that cannot work; returns self for chaining."""
         def choice(name, allowed):
             value = getattr(self, name)

@@ -92,7 +92,7 @@ class LipSyncer:
     def __init__(self, model, options: InferenceOptions | None = None, *, tracking_uri: str | None = None):
         import torch
 
-        self.options = (options or InferenceOptions()).validate()
+        self.options = (options or InferenceOptions()).check()
         if isinstance(model, torch.nn.Module):
             module, face_size = model, int(getattr(model, "face_size", 96))
             self.model_config = None

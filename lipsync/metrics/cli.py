@@ -11,7 +11,8 @@ import argparse
 import json
 import sys
 
-from lipsync.metrics.sync_score import CROPS, DEFAULT_EXPERT, JUDGES, make_judge, score_videos
+from lipsync.metrics.sync_score import CROPS, JUDGES, make_judge, score_videos
+from lipsync.training.expert import DEFAULT_EXPERT
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:

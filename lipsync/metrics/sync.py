@@ -36,14 +36,13 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from lipsync.audio import melspectrogram, mel_windows
+from lipsync.audio import SAMPLES_PER_FRAME, melspectrogram, mel_windows
 from lipsync.data.windows import expert_face_array, valid_expert_starts
 from lipsync.errors import MediaError
+from lipsync.models.syncnet import SYNC_FRAMES
 from lipsync.metrics import syncnet_v2 as sn2
 
 VSHIFT = 15
-WINDOW_FRAMES = 5
-SAMPLES_PER_FRAME = 640  # 16 kHz / 25 fps
 BATCH_SIZE = 20  # the reference's default
 
 
@@ -67,7 +66,7 @@ class SyncScore:
 
 def n_windows(n_frames: int, n_samples: int) -> int:
     """Number of windows the reference scores (``lastframe``): min(frames, samples//640) - 5."""
-    return min(n_frames, n_samples // SAMPLES_PER_FRAME) - WINDOW_FRAMES
+    return min(n_frames, n_samples // SAMPLES_PER_FRAME) - SYNC_FRAMES
 
 
 def offset_distances(video_emb: torch.Tensor, audio_emb: torch.Tensor, vshift: int = VSHIFT) -> torch.Tensor:
@@ -104,7 +103,7 @@ class SyncJudge:
         if n < 1:
             raise MediaError(
                 f"{source}: too short to score ({len(frames)} frames, {len(audio) / 16000:.2f} s of audio; "
-                f"need at least {WINDOW_FRAMES + 1} frames of both)")
+                f"need at least {SYNC_FRAMES + 1} frames of both)")
         with torch.no_grad():
             video_emb, audio_emb = self.embed(frames, audio, n)
         return score_embeddings(video_emb.cpu(), audio_emb.cpu(), self.name, vshift)
@@ -132,7 +131,7 @@ class SyncNetV2Judge(SyncJudge):
         lip, aud = [], []
         for start in range(0, n, self.batch_size):
             vs = range(start, min(start + self.batch_size, n))
-            lip_batch = torch.stack([video[:, v : v + WINDOW_FRAMES] for v in vs]).to(self.device).float()
+            lip_batch = torch.stack([video[:, v : v + SYNC_FRAMES] for v in vs]).to(self.device).float()
             cc_batch = torch.stack([mfcc[None, :, sn2.MFCC_PER_FRAME * v : sn2.MFCC_PER_FRAME * v + sn2.MFCC_WINDOW]
                                     for v in vs]).to(self.device)
             lip.append(self.model.forward_lip(lip_batch).cpu())
@@ -162,7 +161,7 @@ class ExpertJudge(SyncJudge):
         lip, aud = [], []
         for i in range(0, len(starts), self.batch_size):
             vs = starts[i : i + self.batch_size]
-            face = torch.from_numpy(np.stack([expert_face_array(faces[v : v + WINDOW_FRAMES]) for v in vs]))
+            face = torch.from_numpy(np.stack([expert_face_array(faces[v : v + SYNC_FRAMES]) for v in vs]))
             mels = torch.from_numpy(mel_windows(mel, vs, fps=fps))[:, None]
             audio_emb, face_emb = self.model(mels.to(self.device), face.to(self.device).float().div_(255.0))
             lip.append(face_emb.float().cpu())
@@ -174,7 +173,7 @@ class ExpertJudge(SyncJudge):
         """Score a preprocessed clip (shard face crops + its mel) without re-deriving audio.
         ``shift`` frames > 0 makes the audio lead by ``shift`` (audio window v+shift paired with
         lip window v), < 0 lag; the scored windows are those where both exist."""
-        n = valid_expert_starts(len(faces), mel.shape[1], fps=25.0, T=WINDOW_FRAMES)
+        n = valid_expert_starts(len(faces), mel.shape[1], fps=25.0, T=SYNC_FRAMES)
         lo, hi = max(0, -shift), n - max(0, shift)
         if hi - lo < 1:
             raise MediaError(f"{source}: too short to score at a shift of {shift} frames ({len(faces)} frames)")

@@ -30,10 +30,10 @@ from scipy.signal import medfilt
 
 from lipsync.errors import LipsyncError, NoFaceError
 from lipsync.metrics.sync import ExpertJudge, SyncJudge, SyncNetV2Judge, SyncScore
+from lipsync.training.expert import DEFAULT_EXPERT
 
 CROPS = ("none", "face")
 JUDGES = ("expert", "syncnet-v2")
-DEFAULT_EXPERT = "models:/lipsync-expert@champion"
 REFERENCE_CROP_SCALE = 0.4
 REFERENCE_SMOOTH = 13
 REFERENCE_PAD_VALUE = 110

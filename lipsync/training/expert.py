@@ -8,7 +8,7 @@ A pair counts as correct when P > 0.5 matches the label.
 Evaluation reports accuracy and loss overall and per |audio offset| bucket: the offsets
 close to 0 are the hard ones and the ones a generator's sync loss depends on.
 ``ExpertStage`` is the expert as a training stage (lipsync/training/stage.py). Ray-free:
-the one Ray Train loop (pipelines/train_loop.py) all-reduces the counts.
+the one Ray Train loop (pipelines/train/loop.py) all-reduces the counts.
 """
 
 from __future__ import annotations
@@ -17,7 +17,6 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from lipsync.checkpoints import ModelConfig
 from lipsync.data.windows import (
@@ -28,10 +27,13 @@ from lipsync.data.windows import (
     collate_expert,
 )
 from lipsync.errors import ConfigError
-from lipsync.models import SyncNet, sync_probability
-from lipsync.training.schedule import check_schedule, lr_at, set_lr
+from lipsync.models import SYNC_FRAMES, SyncNet, sync_probability
+from lipsync.training.schedule import LR_SCHEDULES, check_schedule, lr_at, set_lr
+from lipsync.training.losses import bce
+from lipsync.training.recipe import option
 from lipsync.training.stage import (
     CurvePanel,
+    ModelFile,
     ModelLoader,
     SavedModel,
     TrainingStage,
@@ -44,7 +46,8 @@ OFFSET_BUCKETS: tuple[tuple[str, int, int], ...] = (
     ("0", 0, 0), ("1", 1, 1), ("2", 2, 2), ("3", 3, 3), ("4", 4, 4), ("5", 5, 5),
     ("6-10", 6, 10), ("11-20", 11, 20), ("21plus", 21, 1 << 30),
 )
-_EPS = 1e-6
+REGISTERED_MODEL = "lipsync-expert"  # the registry name of a trained expert
+DEFAULT_EXPERT = f"models:/{REGISTERED_MODEL}@champion"  # the judge every stage and metric takes by default
 
 
 def offset_bucket_index(offsets: np.ndarray | torch.Tensor) -> np.ndarray:
@@ -63,8 +66,8 @@ def sync_scores(model: torch.nn.Module, mel: torch.Tensor, face: torch.Tensor) -
 
 
 def expert_loss(scores: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Mean BCE of P(in sync) against 0/1 labels (computed in float32, clamped away from 0/1)."""
-    return F.binary_cross_entropy(scores.float().clamp(_EPS, 1 - _EPS), labels.float())
+    """Mean BCE of P(in sync) against 0/1 labels (lipsync/training/losses.py)."""
+    return bce(scores, labels)
 
 
 def correct(scores: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -94,13 +97,11 @@ def evaluate_expert(
             with torch.autocast(device.type, dtype=autocast_dtype or torch.bfloat16, enabled=autocast_dtype is not None):
                 scores = sync_scores(model, mel, face)
             ok = correct(scores, label).double().cpu()
-            bce = F.binary_cross_entropy(
-                scores.float().clamp(_EPS, 1 - _EPS), label, reduction="none"
-            ).reshape(-1).double().cpu()
+            pair_bce = bce(scores, label, reduction="none").reshape(-1).double().cpu()
             idx = torch.from_numpy(offset_bucket_index(batch["offset"].numpy()))
             sums[:, 0].index_add_(0, idx, ok)
             sums[:, 1].index_add_(0, idx, torch.ones_like(ok))
-            sums[:, 2].index_add_(0, idx, bce)
+            sums[:, 2].index_add_(0, idx, pair_bce)
     finally:
         model.train(was_training)
     return sums
@@ -127,22 +128,27 @@ def summarize_evaluation(sums: torch.Tensor, prefix: str = "val") -> dict[str, f
 
 @dataclass
 class ExpertRecipe:
-    """The expert's recipe (paper defaults); flags map 1:1 (workflows/train.py)."""
+    """The expert's recipe (paper defaults); each field is a flag (lipsync/training/recipe.py)."""
 
-    width: float = 1.0
-    face_size: int = 96
-    batch_size: int = 64  # global batch per step, split across workers
-    lr: float = 1e-4
-    lr_schedule: str = "constant"  # or "cosine" (lipsync/training/schedule.py)
-    warmup_steps: int = 0
-    T: int = 5
-    min_offset: int = DEFAULT_MIN_OFFSET
-    min_mel_distance: float = DEFAULT_MIN_MEL_DISTANCE  # negatives must sound different (lipsync/data/windows.py)
-    augment: bool = False
-    stop_at_val_accuracy: float | None = None  # end early once validation reaches this
-    init: str | None = None  # start from these weights (ours or the official lipsync_expert.pth)
+    width: float = option(1.0, "channel multiplier (1 = official)")
+    face_size: int = option(96, "face crop size (96 = official; shards must match)")
+    batch_size: int = option(64, "global batch, split over workers")
+    lr: float = option(1e-4, "learning rate")
+    lr_schedule: str = option("constant", "constant (paper) or cosine decay to 2%% of --lr (and --disc-lr) at "
+                              "--max-steps", choices=LR_SCHEDULES)
+    warmup_steps: int = option(0, "linear warm-up steps")
+    T: int = option(SYNC_FRAMES, "frames per window")
+    min_offset: int = option(DEFAULT_MIN_OFFSET, "negatives take audio at least this many frames away "
+                             "(original: 1)")
+    min_mel_distance: float = option(DEFAULT_MIN_MEL_DISTANCE, "negatives' audio must differ from the true "
+                                     "window by this mean |mel| difference (skips silence-vs-silence pairs; "
+                                     "0 = original)")
+    augment: bool = option(False, "sync-preserving augmentation (off = paper parity)")
+    stop_at_val_accuracy: float | None = option(None, "end training once validation accuracy reaches this")
+    init: str | None = option(None, "start from these weights: our checkpoint, the official lipsync_expert.pth / "
+                              "wav2lip.pth / wav2lip_gan.pth, or models:/NAME@ALIAS (fine-tuning)", model=True)
 
-    def validate(self) -> None:
+    def check(self) -> None:
         if self.lr <= 0:
             raise ConfigError(f"--lr must be > 0, got {self.lr}")
         if self.T < 1:
@@ -160,6 +166,9 @@ class ExpertStage(TrainingStage):
     """SyncNet trained with BCE on the cosine score, Adam, one optimizer (the original's recipe)."""
 
     name = "expert"
+    recipe_type = ExpertRecipe
+    registered_model = REGISTERED_MODEL
+    experiment = "lipsync-expert"
     model_kind = "expert"
     best_metric = "val_accuracy"
     higher_is_better = True
@@ -168,7 +177,7 @@ class ExpertStage(TrainingStage):
         CurvePanel("accuracy (threshold 0.5)", ("train_accuracy", "val_accuracy"), (0.5, "chance")),
     )
     progress_keys = ("train_loss", "train_accuracy")
-    MODEL_FILE = "expert.safetensors"
+    MODEL_FILE = ModelFile("expert.safetensors", registered=True)
 
     def __init__(self, recipe: ExpertRecipe, device="cpu", load_model: ModelLoader | None = None,
                  initialise: bool = True, max_steps: int = 1):
@@ -203,23 +212,27 @@ class ExpertStage(TrainingStage):
         return {"train_loss": float(sums["loss"]) / n, "train_accuracy": float(sums["correct"]) / n,
                 "lr": self.optimizers["expert"].param_groups[0]["lr"]}
 
-    def evaluate(self, windows, batch_size):
+    def validate(self, windows, batch_size):
         return {"buckets": evaluate_expert(self.bare("expert"), windows, batch_size, self.device, self.amp_dtype)}
 
-    def eval_metrics(self, sums):
+    def validation_metrics(self, sums):
         return summarize_evaluation(sums["buckets"], prefix="val")
 
     def should_stop(self, metrics):
         target, acc = self.recipe.stop_at_val_accuracy, metrics.get("val_accuracy")
         return target is not None and acc is not None and acc >= target
 
+    @classmethod
+    def model_files(cls, recipe):
+        return (cls.MODEL_FILE,)
+
     def saved_models(self):
         config = ModelConfig(kind="expert", width=self.recipe.width, face_size=self.recipe.face_size)
-        return [SavedModel(self.MODEL_FILE, self.bare("expert"), config, "checkpoints", registered=True)]
+        return [SavedModel(self.MODEL_FILE, self.bare("expert"), config)]
 
     @classmethod
     def preflight(cls, recipe, load_model, shard_face_size):
-        recipe.validate()
+        recipe.check()
         tags = check_init_architecture(recipe.init, "expert", "--init", recipe, "width", load_model)
         return {**super().preflight(recipe, load_model, shard_face_size), **tags}
 

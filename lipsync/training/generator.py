@@ -29,15 +29,18 @@ import torch.nn.functional as F
 
 from lipsync.audio import WINDOW_POLICY
 from lipsync.checkpoints import ModelConfig
-from lipsync.data.windows import EXPERT_T, GeneratorSampling, collate_generator
+from lipsync.data.generator_windows import GeneratorSampling, collate_generator
 from lipsync.errors import ConfigError
-from lipsync.models import VisualQualityDiscriminator, Wav2Lip, syncnet_face_input
+from lipsync.models import SYNC_FRAMES, VisualQualityDiscriminator, Wav2Lip, syncnet_face_input
 from lipsync.models.blocks import check_min_channels, fold_time
 from lipsync.models.discriminator import bce_with_logits
-from lipsync.training.expert import sync_scores
-from lipsync.training.schedule import check_schedule, lr_at, set_lr
+from lipsync.training.expert import DEFAULT_EXPERT, sync_scores
+from lipsync.training.losses import bce
+from lipsync.training.recipe import option
+from lipsync.training.schedule import LR_SCHEDULES, check_schedule, lr_at, set_lr
 from lipsync.training.stage import (
     CurvePanel,
+    ModelFile,
     ModelLoader,
     SavedModel,
     TrainingStage,
@@ -45,43 +48,46 @@ from lipsync.training.stage import (
     init_weights,
 )
 
-DEFAULT_EXPERT = "models:/lipsync-expert@champion"
 EXPERT_BN_MODES = ("eval", "batch")
 SAMPLE_GRID_CLIPS = 4  # held-out clips shown in each validation's sample grid
-_EPS = 1e-6
 
 
 @dataclass
 class GeneratorRecipe:
-    """The generator's recipe (paper defaults); flags map 1:1 (workflows/train.py)."""
+    """The generator's recipe (paper defaults); each field is a flag (lipsync/training/recipe.py)."""
 
-    expert: str = DEFAULT_EXPERT  # file, runs:/ or models:/ (an alias is pinned once per run)
-    expert_bn: str = "eval"  # "batch": the original's batch-statistics BatchNorm in the frozen expert
-    init: str | None = None  # fine-tune from these generator weights (ours, wav2lip.pth, wav2lip_gan.pth)
-    init_disc: str | None = None  # … and these discriminator weights
-    width: float = 1.0
+    expert: str = option(DEFAULT_EXPERT, "the frozen lip-sync expert: file, runs:/ or models:/ URI; an alias is "
+                         "pinned to its version at the start of the run", model=True)
+    expert_bn: str = option("eval", "eval: frozen BatchNorm statistics; batch: the original's batch statistics",
+                            choices=EXPERT_BN_MODES)
+    init: str | None = option(None, "start from these weights: our checkpoint, the official lipsync_expert.pth / "
+                              "wav2lip.pth / wav2lip_gan.pth, or models:/NAME@ALIAS (fine-tuning)", model=True)
+    init_disc: str | None = option(None, "start the discriminator from these weights (fine-tuning)", model=True)
+    width: float = option(1.0, "channel multiplier (1 = official)")
     # Narrowest generator layer below width 1. Not the models' default 4: the full-resolution
     # input and output layers carry the picture itself, and at 4 channels a narrow generator
     # stays blurred (width 0.125, L1 only, 600 steps: held-out lower-face L1 0.075 at 4, 0.064
     # at 8, for 7% more time per step). Width 1 (the official model) is unaffected.
-    min_channels: int = 8
-    disc_width: float | None = None  # default: --width
-    face_size: int = 96
-    batch_size: int = 16  # global batch per step, split across workers
-    T: int = EXPERT_T
-    lr: float = 1e-4
-    disc_lr: float = 1e-4
-    lr_schedule: str = "constant"  # the paper's; "cosine" decays both rates (lipsync/training/schedule.py)
-    warmup_steps: int = 0
-    beta1: float | None = None  # default 0.5 (GAN recipe), 0.9 with --no-gan (the original's)
-    beta2: float = 0.999
-    gan: bool = True
-    disc_weight: float = 0.07
-    sync_weight: float | None = None  # after the switch; default 0.03, 0.01 with --no-gan
-    sync_threshold: float = 0.75  # the switch happens when validation sync loss < this
-    mel_mode: str = WINDOW_POLICY  # per-frame mel alignment (lipsync/audio.py)
+    min_channels: int = option(8, "narrowest generator layer below --width 1 (an --init file brings its own)")
+    disc_width: float | None = option(None, "discriminator channel multiplier (default --width)")
+    face_size: int = option(96, "face crop size (96 = official; shards must match)")
+    batch_size: int = option(16, "global batch, split over workers")
+    T: int = option(SYNC_FRAMES, "frames per window")
+    lr: float = option(1e-4, "learning rate")
+    disc_lr: float = option(1e-4, "discriminator learning rate")
+    lr_schedule: str = option("constant", "constant (paper) or cosine decay to 2%% of --lr (and --disc-lr) at "
+                              "--max-steps", choices=LR_SCHEDULES)
+    warmup_steps: int = option(0, "linear warm-up steps")
+    beta1: float | None = option(None, "Adam beta1 (default 0.5; 0.9 with --no-gan)")
+    beta2: float = option(0.999, "Adam beta2")
+    gan: bool = option(True, "plain Wav2Lip: no visual-quality discriminator")
+    disc_weight: float = option(0.07, "adversarial loss weight")
+    sync_weight: float | None = option(None, "expert sync loss weight once switched on (default 0.03; 0.01 with "
+                                       "--no-gan)")
+    sync_threshold: float = option(0.75, "switch the sync loss on once validation sync loss < this")
+    mel_mode: str = option(WINDOW_POLICY, "per-frame mel alignment (lipsync/audio.py)", flag=None)
 
-    def validate(self) -> None:
+    def check(self) -> None:
         if self.expert_bn not in EXPERT_BN_MODES:
             raise ConfigError(f"--expert-bn must be one of {', '.join(EXPERT_BN_MODES)}, got {self.expert_bn!r}")
         for flag, value in (("--lr", self.lr), ("--disc-lr", self.disc_lr)):
@@ -111,13 +117,6 @@ class GeneratorRecipe:
         return GeneratorSampling(T=self.T, face_size=self.face_size, mel_mode=self.mel_mode)
 
 
-def bce(pred: torch.Tensor, target: float) -> torch.Tensor:
-    """BCE of probabilities against a constant label, in float32 outside autocast (unsafe in bf16)."""
-    with torch.autocast(pred.device.type, enabled=False):
-        pred = pred.float().clamp(_EPS, 1 - _EPS)
-        return F.binary_cross_entropy(pred, torch.full_like(pred, target))
-
-
 def expert_sync_loss(expert: torch.nn.Module, mel: torch.Tensor, frames: torch.Tensor) -> torch.Tensor:
     """The original's get_sync_loss: the expert's BCE of generated (B,3,T,S,S) frames against 'in sync'."""
     return bce(sync_scores(expert, mel, syncnet_face_input(frames)), 1.0)
@@ -141,6 +140,9 @@ class GeneratorStage(TrainingStage):
     """Wav2Lip + visual-quality discriminator, judged by a frozen expert."""
 
     name = "generator"
+    recipe_type = GeneratorRecipe
+    registered_model = "wav2lip"
+    experiment = "lipsync-generator"
     model_kind = "wav2lip"
     best_metric = "val_sync_loss"
     higher_is_better = False
@@ -151,8 +153,8 @@ class GeneratorStage(TrainingStage):
         CurvePanel("GAN", ("train_adv", "train_disc_real", "train_disc_fake")),
     )
     progress_keys = ("train_l1", "train_sync", "train_adv", "sync_weight")
-    MODEL_FILE = "wav2lip.safetensors"
-    DISC_FILE = "disc.safetensors"
+    MODEL_FILE = ModelFile("wav2lip.safetensors", registered=True)
+    DISC_FILE = ModelFile("disc.safetensors", "discriminators", version_tag="discriminator")
 
     def __init__(self, recipe: GeneratorRecipe, device="cpu", load_model: ModelLoader | None = None,
                  initialise: bool = True, max_steps: int = 1):
@@ -237,7 +239,7 @@ class GeneratorStage(TrainingStage):
         return out
 
     @torch.no_grad()
-    def evaluate(self, windows, batch_size):
+    def validate(self, windows, batch_size):
         generator = self.bare("generator")
         disc = self.bare("disc") if self.recipe.gan else None
         modes = [(m, m.training) for m in (generator, disc) if m is not None]
@@ -263,7 +265,7 @@ class GeneratorStage(TrainingStage):
                 m.train(was_training)
         return sums
 
-    def eval_metrics(self, sums):
+    def validation_metrics(self, sums):
         n = float(sums["samples"])
         out = {"val_samples": n}
         if n:
@@ -304,16 +306,18 @@ class GeneratorStage(TrainingStage):
             generator.train(was_training)
         return {"samples": sample_grid(x, g, gt)}
 
+    @classmethod
+    def model_files(cls, recipe):
+        return (cls.MODEL_FILE, cls.DISC_FILE) if recipe.gan else (cls.MODEL_FILE,)
+
     def saved_models(self):
         r = self.recipe
         out = [SavedModel(self.MODEL_FILE, self.bare("generator"),
                           ModelConfig(kind="wav2lip", width=r.width, face_size=r.face_size,
-                                      min_channels=r.min_channels), "checkpoints",
-                          registered=True)]
+                                      min_channels=r.min_channels))]
         if r.gan:
             out.append(SavedModel(self.DISC_FILE, self.bare("disc"),
-                                  ModelConfig(kind="disc", width=r.disc_width or r.width, face_size=r.face_size),
-                                  "discriminators"))
+                                  ModelConfig(kind="disc", width=r.disc_width or r.width, face_size=r.face_size)))
         return out
 
     def state_dict(self):
@@ -325,7 +329,7 @@ class GeneratorStage(TrainingStage):
 
     @classmethod
     def preflight(cls, recipe, load_model, shard_face_size):
-        recipe.validate()
+        recipe.check()
         tags = super().preflight(recipe, load_model, shard_face_size)
         _, expert_config = load_model(recipe.expert, "expert")
         check_expert_face_size(expert_config, recipe)
@@ -339,10 +343,6 @@ class GeneratorStage(TrainingStage):
     @classmethod
     def registration_tags(cls, recipe):
         return {"expert": recipe.expert, "gan": str(recipe.gan), "face_size": str(recipe.face_size)}
-
-    @classmethod
-    def companion_artifacts(cls, recipe):
-        return {"discriminator": "discriminators"} if recipe.gan else {}
 
 
 def check_expert_face_size(expert_config: ModelConfig, recipe: GeneratorRecipe) -> None:

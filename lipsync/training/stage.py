@@ -1,7 +1,7 @@
 """What a training stage is: the per-step logic of one model, separate from the loop that runs it.
 
 A stage (the expert, the generator, …) owns its modules, optimizers and recipe; one Ray
-Train loop (pipelines/train_loop.py) runs any stage: it restores checkpoints, wraps every
+Train loop (pipelines/train/loop.py) runs any stage: it restores checkpoints, wraps every
 ``trained`` module for DDP, streams batches cut by the stage's ``sampling``, calls
 ``train_step`` and all-reduces the metric *sums* it returns, validates with ``evaluate``
 at the checkpoint cadence, and saves the stage's ``saved_models`` plus its ``state_dict``.
@@ -34,16 +34,40 @@ ModelLoader = Callable[[str, str], tuple[nn.Module, ModelConfig]]
 MetricSums = dict[str, "float | torch.Tensor"]
 
 
-@dataclass
-class SavedModel:
+CHECKPOINT_ARTIFACT_DIR = "checkpoints"  # MLflow artifact folder of a stage's registered model file
+
+
+@dataclass(frozen=True)
+class ModelFile:
     """One model file of a checkpoint. The ``registered`` one is the stage's product (its
-    MLflow checkpoint folder is what gets registered); the others are kept beside it."""
+    MLflow folder ``<artifact_dir>/step-NNNNNNN`` is what gets registered); the others are kept
+    beside it, and ``version_tag`` names the registered version's tag that points at them."""
 
     filename: str
+    artifact_dir: str = CHECKPOINT_ARTIFACT_DIR
+    registered: bool = False
+    version_tag: str | None = None
+
+
+@dataclass
+class SavedModel:
+    """A model file with the module that goes into it."""
+
+    file: ModelFile
     module: nn.Module  # the bare module (not a DDP wrapper)
     config: ModelConfig
-    artifact_dir: str  # MLflow artifact folder: <artifact_dir>/step-NNNNNNN/<filename>
-    registered: bool = False
+
+    @property
+    def filename(self) -> str:
+        return self.file.filename
+
+    @property
+    def artifact_dir(self) -> str:
+        return self.file.artifact_dir
+
+    @property
+    def registered(self) -> bool:
+        return self.file.registered
 
 
 @dataclass(frozen=True)
@@ -59,6 +83,9 @@ class TrainingStage:
     """Base class of the stages; see the module docstring for who calls what."""
 
     name: ClassVar[str]
+    recipe_type: ClassVar[type]  # its dataclass of hyper-parameters; the fields are the stage's flags
+    registered_model: ClassVar[str]  # MLflow registered model of the stage's product
+    experiment: ClassVar[str]  # MLflow experiment its runs go to by default
     model_kind: ClassVar[str]  # kind of the registered checkpoint (lipsync.checkpoints)
     best_metric: ClassVar[str]  # validation metric that picks the checkpoint to register
     higher_is_better: ClassVar[bool]
@@ -97,10 +124,11 @@ class TrainingStage:
     def train_metrics(self, sums: MetricSums) -> dict[str, float]:
         raise NotImplementedError
 
-    def evaluate(self, windows: list, batch_size: int) -> MetricSums:
+    def validate(self, windows: list, batch_size: int) -> MetricSums:
+        """Metric sums over (this rank's share of) the fixed validation windows."""
         raise NotImplementedError
 
-    def eval_metrics(self, sums: MetricSums) -> dict[str, float]:
+    def validation_metrics(self, sums: MetricSums) -> dict[str, float]:
         raise NotImplementedError
 
     def after_validation(self, metrics: dict[str, float], step: int) -> str | None:
@@ -114,7 +142,13 @@ class TrainingStage:
         """Images (H, W, 3 uint8 RGB) to log at a validation, by artifact name."""
         return {}
 
+    @classmethod
+    def model_files(cls, recipe) -> tuple[ModelFile, ...]:
+        """The files a checkpoint holds (exactly one ``registered``)."""
+        raise NotImplementedError
+
     def saved_models(self) -> list[SavedModel]:
+        """``model_files`` with their modules and configs, in the same order."""
         raise NotImplementedError
 
     def state_dict(self) -> dict:
@@ -147,11 +181,6 @@ class TrainingStage:
 
     @classmethod
     def registration_tags(cls, recipe) -> dict[str, str]:
-        return {}
-
-    @classmethod
-    def companion_artifacts(cls, recipe) -> dict[str, str]:
-        """Artifact folders of the non-registered saved models, by tag name (tagged on the version)."""
         return {}
 
 
