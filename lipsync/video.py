@@ -446,9 +446,6 @@ def align_audio_to_video(path: str | os.PathLike, audio: np.ndarray) -> np.ndarr
     return audio
 
 
-_align_audio_to_video = align_audio_to_video  # old private name, used by pipelines/preprocess_ops.py
-
-
 def read_image(path: str | os.PathLike) -> np.ndarray:
     """Read a still image as a BGR uint8 (H, W, 3) frame; MediaError if missing or not an image."""
     path = os.fspath(path)
