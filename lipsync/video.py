@@ -179,6 +179,18 @@ def _to_bgr(frame: av.VideoFrame, rotate: bool) -> np.ndarray:
     return np.ascontiguousarray(image)
 
 
+def _video_stream(path: str, container, threads: int | None):
+    """The container's first video stream, set up for threaded decoding (``threads`` caps the
+    decoder's threads; default: FFmpeg's choice). MediaError when there is no video stream."""
+    if not container.streams.video:
+        raise MediaError(f"{path}: has no video stream")
+    stream = container.streams.video[0]
+    stream.thread_type = "AUTO"
+    if threads:
+        stream.thread_count = int(threads)
+    return stream
+
+
 def _timed_frames(path: str, container, stream) -> Iterator[tuple[av.VideoFrame, float]]:
     """(frame, presentation time in s) in presentation order, times forced increasing."""
     nominal = 1.0 / (_stream_fps(stream) or 25.0)
@@ -219,12 +231,7 @@ def iter_frames(
     if fps is not None and fps <= 0:
         raise ValueError(f"fps must be positive, got {fps}")
     with _open(path) as container:
-        if not container.streams.video:
-            raise MediaError(f"{path}: has no video stream")
-        stream = container.streams.video[0]
-        stream.thread_type = "AUTO"
-        if threads:
-            stream.thread_count = int(threads)
+        stream = _video_stream(path, container, threads)
         timed = _timed_frames(path, container, stream)
         if fps is None:
             for frame, _ in timed:
@@ -258,12 +265,7 @@ def iter_frame_range(
         yield from _stop_after(iter_frames(path, fps=fps, rotate=rotate, threads=threads), stop)
         return
     with _open(path) as container:
-        if not container.streams.video:
-            raise MediaError(f"{path}: has no video stream")
-        stream = container.streams.video[0]
-        stream.thread_type = "AUTO"
-        if threads:
-            stream.thread_count = int(threads)
+        stream = _video_stream(path, container, threads)
         first = next(_timed_frames(path, container, stream), None)
         if first is None:
             return
