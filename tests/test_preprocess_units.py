@@ -198,6 +198,7 @@ def test_frame_range_seeks_to_the_keyframe_at_its_start(tmp_path, monkeypatch):
     from preprocess_inputs import mux
 
     from lipsync import video as lsv
+    from lipsync.video import decode
 
     frames = np.zeros((100, 48, 64, 3), np.uint8)
     for i in range(100):
@@ -206,14 +207,14 @@ def test_frame_range_seeks_to_the_keyframe_at_its_start(tmp_path, monkeypatch):
                options={"g": "25", "keyint_min": "25", "sc_threshold": "0", "bf": "0"})
     full = list(lsv.iter_frames(path, fps=25))
     decoded = []
-    timed = lsv._timed_frames
+    timed = decode._timed_frames
 
     def counting(*args):
         for frame, t in timed(*args):
             decoded.append(t)
             yield frame, t
 
-    monkeypatch.setattr(lsv, "_timed_frames", counting)
+    monkeypatch.setattr(decode, "_timed_frames", counting)
     part = list(lsv.iter_frame_range(path, 25, 50, 75))
     assert all(np.array_equal(a, b) for a, b in zip(part, full[50:75])) and len(part) == 25
     after_seek = [t for t in decoded[1:]]  # decoded[0]: the first frame, read for t0
