@@ -17,9 +17,7 @@ from torch import nn
 from lipsync.models.blocks import (
     MIN_CHANNELS,
     NoNormConvBlock,
-    check_face_size,
-    check_min_channels,
-    check_width,
+    check_architecture,
     fold_time,
     lower_half,
     scaled,
@@ -30,9 +28,7 @@ from lipsync.models.blocks import (
 class VisualQualityDiscriminator(nn.Module):
     def __init__(self, width: float = 1.0, face_size: int = 96, min_channels: int = MIN_CHANNELS):
         super().__init__()
-        self.width = check_width(width)
-        self.face_size = check_face_size(face_size)
-        self.min_channels = check_min_channels(min_channels)
+        self.width, self.face_size, self.min_channels = check_architecture(width, face_size, min_channels)
         c = lambda n: scaled(n, self.width, self.min_channels)  # noqa: E731
         block = lambda cin, cout, k, s, p: NoNormConvBlock(c(cin), c(cout), k, s, p)  # noqa: E731
 

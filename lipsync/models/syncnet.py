@@ -20,9 +20,7 @@ from torch import nn
 from lipsync.models.blocks import (
     MIN_CHANNELS,
     ConvBlock,
-    check_face_size,
-    check_min_channels,
-    check_width,
+    check_architecture,
     conv_out_size,
     lower_half,
     make_audio_encoder,
@@ -36,9 +34,7 @@ SYNC_FRAMES = 5  # syncnet_T: frames per window
 class SyncNet(nn.Module):
     def __init__(self, width: float = 1.0, face_size: int = 96, min_channels: int = MIN_CHANNELS):
         super().__init__()
-        self.width = check_width(width)
-        self.face_size = check_face_size(face_size)
-        self.min_channels = check_min_channels(min_channels)
+        self.width, self.face_size, self.min_channels = check_architecture(width, face_size, min_channels)
         c, res, down = width_layers(self.width, self.min_channels)
 
         # Map size after the 7x7 block and the (1,2)-strided 5x5 block (96 px: 46x47).

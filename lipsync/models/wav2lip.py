@@ -24,9 +24,7 @@ from lipsync.models.blocks import (
     MIN_CHANNELS,
     ConvBlock,
     ConvTransposeBlock,
-    check_face_size,
-    check_min_channels,
-    check_width,
+    check_architecture,
     fold_time,
     make_audio_encoder,
     stages_to_bottleneck,
@@ -38,9 +36,7 @@ from lipsync.models.blocks import (
 class Wav2Lip(nn.Module):
     def __init__(self, width: float = 1.0, face_size: int = 96, min_channels: int = MIN_CHANNELS):
         super().__init__()
-        self.width = check_width(width)
-        self.face_size = check_face_size(face_size)
-        self.min_channels = check_min_channels(min_channels)
+        self.width, self.face_size, self.min_channels = check_architecture(width, face_size, min_channels)
         c, res, down = width_layers(self.width, self.min_channels)
 
         # 96 px halves 5 times to 3x3; larger faces get extra 16-channel halvings right
