@@ -23,6 +23,7 @@ from lipsync.models.blocks import (
     scaled,
     stages_to_bottleneck,
 )
+from lipsync.models.kind import ModelKind
 
 
 class VisualQualityDiscriminator(nn.Module):
@@ -67,6 +68,17 @@ class VisualQualityDiscriminator(nn.Module):
     def perceptual_loss(self, fake: torch.Tensor) -> torch.Tensor:
         """The generator's adversarial loss BCE(D(fake), 1), on whatever device `fake` is."""
         return bce_with_logits(self(fake, logits=True), 1.0)
+
+
+DISCRIMINATOR_KIND = ModelKind(
+    name="disc",
+    display_name="visual-quality discriminator",
+    model_class=VisualQualityDiscriminator,
+    signature_keys=("binary_pred.0.weight",),
+    signature_prefixes=(),
+    bottleneck_key="binary_pred.0.weight",  # in channels
+    bottleneck_dim=1,
+)
 
 
 def bce_with_logits(score: torch.Tensor, target: float) -> torch.Tensor:

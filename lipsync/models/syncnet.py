@@ -27,6 +27,7 @@ from lipsync.models.blocks import (
     stages_to_bottleneck,
     width_layers,
 )
+from lipsync.models.kind import ModelKind
 
 SYNC_FRAMES = 5  # syncnet_T: frames per window
 
@@ -75,6 +76,17 @@ class SyncNet(nn.Module):
         face_emb = self.face_encoder(face).flatten(1)
         audio_emb = self.audio_encoder(audio).flatten(1)
         return F.normalize(audio_emb, p=2, dim=1), F.normalize(face_emb, p=2, dim=1)
+
+
+SYNCNET_KIND = ModelKind(
+    name="expert",
+    display_name="lip-sync expert (SyncNet)",
+    model_class=SyncNet,
+    signature_keys=(),
+    signature_prefixes=("face_encoder.", "audio_encoder."),
+    bottleneck_key="audio_encoder.13.conv_block.0.weight",  # out channels
+    bottleneck_dim=0,
+)
 
 
 def sync_probability(audio_emb: torch.Tensor, face_emb: torch.Tensor) -> torch.Tensor:

@@ -31,6 +31,7 @@ from lipsync.models.blocks import (
     width_layers,
     unfold_time,
 )
+from lipsync.models.kind import ModelKind
 
 
 class Wav2Lip(nn.Module):
@@ -112,6 +113,17 @@ class Wav2Lip(nn.Module):
             skip = skips.pop()
             x = torch.cat((y, skip.expand(y.shape[0], *skip.shape[1:])), dim=1)
         return self.output_block(x)
+
+
+WAV2LIP_KIND = ModelKind(
+    name="wav2lip",
+    display_name="Wav2Lip generator",
+    model_class=Wav2Lip,
+    signature_keys=("output_block.1.weight",),
+    signature_prefixes=("face_decoder_blocks.",),
+    bottleneck_key="audio_encoder.12.conv_block.0.weight",  # out channels
+    bottleneck_dim=0,
+)
 
 
 def mask_lower_half(faces: torch.Tensor) -> torch.Tensor:
