@@ -11,7 +11,8 @@
   trust gate: `torch.load` always runs with `weights_only=True` unless `trust=True`;
 - `lipsync_format`: our one-file safetensors format;
 - `saving`: `save_checkpoint` and its two layouts;
-- `state_dicts`: wrapper prefixes, strict loading with its mismatch report.
+- `state_dicts`: wrapper prefixes, strict loading with its mismatch report, and third-party
+  weight files (`load_weights_file`, used by lipsync.metrics).
 """
 
 from lipsync.checkpoints.config import KIND_NAMES, KIND_TABLE, KINDS, MODEL_CLASSES, Checkpoint, ModelConfig
@@ -19,7 +20,7 @@ from lipsync.checkpoints.lipsync_format import FORMAT_NAME, FORMAT_VERSION, Lips
 from lipsync.checkpoints.loading import load_checkpoint, load_model
 from lipsync.checkpoints.recognition import CANDIDATE_FACE_SIZES, detect_kind, infer_config
 from lipsync.checkpoints.saving import save_checkpoint
-from lipsync.checkpoints.state_dicts import WRAPPER_PREFIXES, describe_mismatch, load_weights
+from lipsync.checkpoints.state_dicts import WRAPPER_PREFIXES, describe_mismatch, load_weights, load_weights_file
 
 __all__ = [
     "CANDIDATE_FACE_SIZES",
@@ -39,5 +40,6 @@ __all__ = [
     "load_checkpoint",
     "load_model",
     "load_weights",
+    "load_weights_file",
     "save_checkpoint",
 ]
