@@ -27,6 +27,16 @@ class ConfigError(LipsyncError):
     """Flags or configuration values that cannot work together."""
 
 
+def first_line(error: BaseException, limit: int | None = None) -> str:
+    """The first line of an error's message, for a one-line report: its ``message`` attribute
+    where it has one (MLflow's exceptions), else ``str(error)``; the type's name if that is
+    empty. ``limit`` cuts the line to that many characters."""
+    text = str(getattr(error, "message", None) or error).strip()
+    if not text:
+        return type(error).__name__
+    return text.splitlines()[0][:limit]
+
+
 def check_media_file(path: str) -> None:
     """Fail early, naming the file, when a media path is missing, a folder or empty."""
     if not os.path.exists(path):

@@ -28,7 +28,7 @@ import re
 import tempfile
 from pathlib import Path
 
-from lipsync.errors import CheckpointError, ConfigError
+from lipsync.errors import CheckpointError, ConfigError, first_line
 
 MLFLOW_SCHEMES = ("models:/", "runs:/", "mlflow-artifacts:/")
 CHECKPOINT_SUFFIXES = (".safetensors", ".pt", ".pth", ".ckpt", ".bin")
@@ -73,11 +73,6 @@ def _mlflow(ref: str):
     for name in ("mlflow", "alembic"):
         logging.getLogger(name).setLevel(logging.WARNING)
     return mlflow
-
-
-def _first_line(e: Exception) -> str:
-    text = str(getattr(e, "message", None) or e).strip()
-    return text.splitlines()[0] if text else type(e).__name__
 
 
 def pin(ref: str | os.PathLike, tracking_uri: str | None = None) -> str:
@@ -128,7 +123,7 @@ def fetch(ref: str | os.PathLike, dst_dir: str | os.PathLike | None = None,
     try:
         local = Path(mlflow.artifacts.download_artifacts(artifact_uri=ref, dst_path=str(dst)))
     except Exception as e:  # noqa: BLE001 - MLflow raises many types; all mean "cannot resolve"
-        raise CheckpointError(f"{ref}: cannot fetch the model from MLflow at {tracking_uri} ({_first_line(e)})") from e
+        raise CheckpointError(f"{ref}: cannot fetch the model from MLflow at {tracking_uri} ({first_line(e)})") from e
     finally:
         mlflow.set_tracking_uri(previous[0])
         mlflow.set_registry_uri(previous[1])

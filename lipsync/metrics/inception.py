@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lipsync.errors import CheckpointError
+from lipsync.checkpoints.state_dicts import load_weights_file
 
 FID_WEIGHTS_NAME = "pt_inception-2015-12-05-6726825d.pth"
 FID_NUM_CLASSES = 1008
@@ -189,35 +189,6 @@ def load_fid_inception(path: str | os.PathLike, map_location="cpu") -> FIDIncept
     weights_only=True), strictly: every key of the network present with its shape, nothing
     else (``num_batches_tracked`` may be absent: the file predates it). CheckpointError names
     the file otherwise."""
-    path = os.fspath(path)
-    if not os.path.isfile(path):
-        raise CheckpointError(f"{path}: no such FID Inception weight file")
-    try:
-        state = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as e:  # noqa: BLE001 - any unpickling/format failure means "not this file"
-        raise CheckpointError(f"{path}: not a PyTorch weight file ({type(e).__name__}: {e})") from e
-    model = FIDInceptionV3()
-    check_state_dict(state, model.state_dict(), path, "the FID Inception-v3 (pytorch-fid's "
-                     f"{FID_WEIGHTS_NAME})", optional_suffix="num_batches_tracked")
-    model.load_state_dict(state, strict=False)
-    return model.eval()
-
-
-def check_state_dict(state, expected: dict, path: str, what: str, optional_suffix: str | None = None) -> None:
-    """CheckpointError naming ``path`` unless ``state`` is a name→tensor mapping with exactly
-    ``expected``'s keys and shapes (keys ending in ``optional_suffix`` may be absent)."""
-    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise CheckpointError(f"{path}: not a weight file for {what} (expected a plain name -> tensor mapping)")
-    missing = [k for k in expected if k not in state and not (optional_suffix and k.endswith(optional_suffix))]
-    unexpected = [k for k in state if k not in expected]
-    wrong = [k for k in expected if k in state and tuple(state[k].shape) != tuple(expected[k].shape)]
-    if missing or unexpected or wrong:
-        parts = []
-        if missing:
-            parts.append(f"{len(missing)} missing keys (e.g. {missing[0]})")
-        if unexpected:
-            parts.append(f"{len(unexpected)} unexpected keys (e.g. {unexpected[0]})")
-        if wrong:
-            k = wrong[0]
-            parts.append(f"{len(wrong)} wrong shapes (e.g. {k}: {tuple(state[k].shape)} vs {tuple(expected[k].shape)})")
-        raise CheckpointError(f"{path}: not a weight file for {what}: {'; '.join(parts)}")
+    return load_weights_file(path, FIDInceptionV3, label="FID Inception",
+                             what=f"the FID Inception-v3 (pytorch-fid's {FID_WEIGHTS_NAME})",
+                             unreadable="not a PyTorch weight file ({error_type}: {error})", map_location=map_location)

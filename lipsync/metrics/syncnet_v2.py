@@ -21,8 +21,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from lipsync.errors import CheckpointError, ConfigError
-from lipsync.metrics.inception import check_state_dict
+from lipsync.checkpoints.state_dicts import load_weights_file
+from lipsync.errors import ConfigError
 
 EMBED_DIM = 1024
 FRAMES = 5  # video frames per window
@@ -75,19 +75,9 @@ class SyncNetV2(nn.Module):
 def load_syncnet_v2(path: str | os.PathLike, map_location="cpu") -> SyncNetV2:
     """``syncnet_v2.model`` as distributed (a plain name→tensor mapping, no prefix), loaded with
     weights_only=True and checked strictly; anything else → CheckpointError naming the file."""
-    path = os.fspath(path)
-    if not os.path.isfile(path):
-        raise CheckpointError(f"{path}: no such SyncNet v2 weight file")
-    try:
-        state = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as e:  # noqa: BLE001 - any unpickling/format failure means "not this file"
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise CheckpointError(f"{path}: not a SyncNet v2 weight file (cannot read it as PyTorch weights: {first})") from e
-    model = SyncNetV2()
-    check_state_dict(state, model.state_dict(), path, "SyncNet v2 (syncnet_v2.model)",
-                     optional_suffix="num_batches_tracked")
-    model.load_state_dict(state, strict=False)
-    return model.eval()
+    return load_weights_file(path, SyncNetV2, label="SyncNet v2", what="SyncNet v2 (syncnet_v2.model)",
+                             unreadable="not a SyncNet v2 weight file (cannot read it as PyTorch weights: {first_line})",
+                             map_location=map_location)
 
 
 def mfcc_features(audio: np.ndarray) -> np.ndarray:

@@ -85,6 +85,12 @@ def check_face_size(face_size: int) -> int:
     return face_size
 
 
+def check_architecture(width: float, face_size: int, min_channels: int) -> tuple[float, int, int]:
+    """The three size knobs every network takes, validated in this order → (width, face_size,
+    min_channels); each network stores them as attributes of the same names."""
+    return check_width(width), check_face_size(face_size), check_min_channels(min_channels)
+
+
 def conv_out_size(size: int, kernel: int, stride: int, padding: int) -> int:
     return (size + 2 * padding - kernel) // stride + 1
 

@@ -17,22 +17,19 @@ from torch import nn
 from lipsync.models.blocks import (
     MIN_CHANNELS,
     NoNormConvBlock,
-    check_face_size,
-    check_min_channels,
-    check_width,
+    check_architecture,
     fold_time,
     lower_half,
     scaled,
     stages_to_bottleneck,
 )
+from lipsync.models.kind import ModelKind
 
 
 class VisualQualityDiscriminator(nn.Module):
     def __init__(self, width: float = 1.0, face_size: int = 96, min_channels: int = MIN_CHANNELS):
         super().__init__()
-        self.width = check_width(width)
-        self.face_size = check_face_size(face_size)
-        self.min_channels = check_min_channels(min_channels)
+        self.width, self.face_size, self.min_channels = check_architecture(width, face_size, min_channels)
         c = lambda n: scaled(n, self.width, self.min_channels)  # noqa: E731
         block = lambda cin, cout, k, s, p: NoNormConvBlock(c(cin), c(cout), k, s, p)  # noqa: E731
 
@@ -71,6 +68,17 @@ class VisualQualityDiscriminator(nn.Module):
     def perceptual_loss(self, fake: torch.Tensor) -> torch.Tensor:
         """The generator's adversarial loss BCE(D(fake), 1), on whatever device `fake` is."""
         return bce_with_logits(self(fake, logits=True), 1.0)
+
+
+DISCRIMINATOR_KIND = ModelKind(
+    name="disc",
+    display_name="visual-quality discriminator",
+    model_class=VisualQualityDiscriminator,
+    signature_keys=("binary_pred.0.weight",),
+    signature_prefixes=(),
+    bottleneck_key="binary_pred.0.weight",  # in channels
+    bottleneck_dim=1,
+)
 
 
 def bce_with_logits(score: torch.Tensor, target: float) -> torch.Tensor:

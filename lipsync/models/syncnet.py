@@ -20,15 +20,14 @@ from torch import nn
 from lipsync.models.blocks import (
     MIN_CHANNELS,
     ConvBlock,
-    check_face_size,
-    check_min_channels,
-    check_width,
+    check_architecture,
     conv_out_size,
     lower_half,
     make_audio_encoder,
     stages_to_bottleneck,
     width_layers,
 )
+from lipsync.models.kind import ModelKind
 
 SYNC_FRAMES = 5  # syncnet_T: frames per window
 
@@ -36,9 +35,7 @@ SYNC_FRAMES = 5  # syncnet_T: frames per window
 class SyncNet(nn.Module):
     def __init__(self, width: float = 1.0, face_size: int = 96, min_channels: int = MIN_CHANNELS):
         super().__init__()
-        self.width = check_width(width)
-        self.face_size = check_face_size(face_size)
-        self.min_channels = check_min_channels(min_channels)
+        self.width, self.face_size, self.min_channels = check_architecture(width, face_size, min_channels)
         c, res, down = width_layers(self.width, self.min_channels)
 
         # Map size after the 7x7 block and the (1,2)-strided 5x5 block (96 px: 46x47).
@@ -79,6 +76,17 @@ class SyncNet(nn.Module):
         face_emb = self.face_encoder(face).flatten(1)
         audio_emb = self.audio_encoder(audio).flatten(1)
         return F.normalize(audio_emb, p=2, dim=1), F.normalize(face_emb, p=2, dim=1)
+
+
+SYNCNET_KIND = ModelKind(
+    name="expert",
+    display_name="lip-sync expert (SyncNet)",
+    model_class=SyncNet,
+    signature_keys=(),
+    signature_prefixes=("face_encoder.", "audio_encoder."),
+    bottleneck_key="audio_encoder.13.conv_block.0.weight",  # out channels
+    bottleneck_dim=0,
+)
 
 
 def sync_probability(audio_emb: torch.Tensor, face_emb: torch.Tensor) -> torch.Tensor:

@@ -24,23 +24,20 @@ from lipsync.models.blocks import (
     MIN_CHANNELS,
     ConvBlock,
     ConvTransposeBlock,
-    check_face_size,
-    check_min_channels,
-    check_width,
+    check_architecture,
     fold_time,
     make_audio_encoder,
     stages_to_bottleneck,
     width_layers,
     unfold_time,
 )
+from lipsync.models.kind import ModelKind
 
 
 class Wav2Lip(nn.Module):
     def __init__(self, width: float = 1.0, face_size: int = 96, min_channels: int = MIN_CHANNELS):
         super().__init__()
-        self.width = check_width(width)
-        self.face_size = check_face_size(face_size)
-        self.min_channels = check_min_channels(min_channels)
+        self.width, self.face_size, self.min_channels = check_architecture(width, face_size, min_channels)
         c, res, down = width_layers(self.width, self.min_channels)
 
         # 96 px halves 5 times to 3x3; larger faces get extra 16-channel halvings right
@@ -116,6 +113,17 @@ class Wav2Lip(nn.Module):
             skip = skips.pop()
             x = torch.cat((y, skip.expand(y.shape[0], *skip.shape[1:])), dim=1)
         return self.output_block(x)
+
+
+WAV2LIP_KIND = ModelKind(
+    name="wav2lip",
+    display_name="Wav2Lip generator",
+    model_class=Wav2Lip,
+    signature_keys=("output_block.1.weight",),
+    signature_prefixes=("face_decoder_blocks.",),
+    bottleneck_key="audio_encoder.12.conv_block.0.weight",  # out channels
+    bottleneck_dim=0,
+)
 
 
 def mask_lower_half(faces: torch.Tensor) -> torch.Tensor:

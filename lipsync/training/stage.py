@@ -24,6 +24,7 @@ from torch import nn
 
 from lipsync.checkpoints import ModelConfig
 from lipsync.errors import ConfigError
+from lipsync.models.wrappers import unwrap
 
 # (reference, kind) -> (module in eval mode, its ModelConfig); the reference is a file, a
 # run or a registry URI, resolved by the caller (lipsync.model_ref.load).
@@ -108,7 +109,7 @@ class TrainingStage:
     def bare(self, name: str) -> nn.Module:
         """A trained module without its DDP wrapper (for evaluation and saving)."""
         module = self.trained[name]
-        return module.module if hasattr(module, "module") else module
+        return unwrap(module)
 
     def autocast(self):
         return torch.autocast(self.device.type, dtype=self.amp_dtype or torch.bfloat16,
