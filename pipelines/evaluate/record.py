@@ -49,7 +49,7 @@ def evaluate_version(evaluator, ref: ModelRef, cfg: EvalConfig, tracking_uri: st
         ckpt = model_ref.fetch(ref.uri, Path(tmp) / "model", tracking_uri)
         evaluation = evaluator.evaluate(ckpt, cfg.shards)
         mlflow_setup.configure(tracking_uri, cfg.experiment)
-        tags = {**mlflow_setup.run_tags(Path(cfg.shards) / "manifest.parquet"), "lipsync.stage": "evaluation",
+        tags = {**mlflow_setup.run_tags(Path(cfg.shards) / "manifest.parquet"), "lipsync.job": "evaluation",
                 "lipsync.evaluated_model": ref.name or "", "lipsync.evaluated_version": ref.version or "",
                 "lipsync.evaluated_uri": ref.uri, "lipsync.test_set": test_set}
         if ref.training_run_id:

@@ -339,7 +339,7 @@ def _log_mlflow(cfg: PreprocessConfig, summary: dict, manifest_path: Path) -> st
     with mlflow.start_run(run_name="preprocess") as run:
         mlflow.set_tags({**mlflow_setup.run_tags(manifest_path),
                          "lipsync.manifest_hash": summary["manifest_sha256"],
-                         "lipsync.stage": "preprocess"})
+                         "lipsync.job": "preprocess"})
         params = {k: (",".join(map(str, v)) if isinstance(v, list) else v)
                   for k, v in summary["config"].items()}
         mlflow.log_params({"input": cfg.input, "output": cfg.output, **params})

@@ -111,7 +111,7 @@ def _open_mlflow_run(cfg: TrainConfig, tracking_uri: str, n_train: int, n_val: i
     stage_tags = preflight()
     mlflow_setup.configure(tracking_uri, cfg.experiment)
     manifest = cfg.data.manifest or storage.join(storage.resolve(cfg.data.shards), "manifest.parquet")
-    tags = {**mlflow_setup.run_tags(manifest), **stage_tags, "lipsync.stage": cfg.stage, "lipsync.ray_run_dir": str(run_dir)}
+    tags = {**mlflow_setup.run_tags(manifest), **stage_tags, "lipsync.job": "training", "lipsync.stage": cfg.stage, "lipsync.ray_run_dir": str(run_dir)}
     tags.update({f"lipsync.{k}": v for k, v in pinned.items()})
     experiment = mlflow.get_experiment_by_name(cfg.experiment)
     run = client.create_run(experiment.experiment_id, run_name=cfg.tracking.run_name, tags=tags)
