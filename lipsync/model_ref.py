@@ -46,7 +46,8 @@ def default_tracking_uri() -> str:
     return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path.cwd() / DEFAULT_STORE}"
 
 
-def tracking_uri_or_default(tracking_uri: str | None) -> str:
+def resolve_tracking_uri(tracking_uri: str | None = None) -> str:
+    """The tracking URI to use: the argument, else the embedded-store rule (module docstring)."""
     return tracking_uri or default_tracking_uri()
 
 
@@ -85,7 +86,7 @@ def pin(ref: str | os.PathLike, tracking_uri: str | None = None) -> str:
     m = _ALIAS_URI.match(ref)
     if not m:
         return ref
-    tracking_uri = _existing_store(tracking_uri_or_default(tracking_uri), ref)
+    tracking_uri = _existing_store(resolve_tracking_uri(tracking_uri), ref)
     mlflow = _mlflow(ref)
     client = mlflow.MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
     name, alias = m["name"], m["alias"]
@@ -112,7 +113,7 @@ def fetch(ref: str | os.PathLike, dst_dir: str | os.PathLike | None = None,
         if not path.exists():
             raise CheckpointError(f"{ref}: no such checkpoint file")
         return find_checkpoint_file(path, ref) if path.is_dir() else path
-    tracking_uri = _existing_store(tracking_uri_or_default(tracking_uri), ref)
+    tracking_uri = _existing_store(resolve_tracking_uri(tracking_uri), ref)
     mlflow = _mlflow(ref)
     dst = Path(dst_dir) if dst_dir is not None else Path(tempfile.mkdtemp(prefix="lipsync-model-"))
     # MLflow resolves models:/ and runs:/ through its process-wide URIs: point them at this

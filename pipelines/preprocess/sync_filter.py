@@ -122,7 +122,7 @@ def make_sync_filter(model: str, *, weights: str | None = None, min_confidence: 
         judge = "expert"
         ref = model_ref.pin(model, tracking_uri)
         if model_ref.is_mlflow_uri(ref):
-            tracking_uri = model_ref.tracking_uri_or_default(tracking_uri)
+            tracking_uri = model_ref.resolve_tracking_uri(tracking_uri)
     if min_confidence is None:
         min_confidence = DEFAULT_MIN_CONFIDENCE[judge]
     if max_offset < 0:

@@ -14,17 +14,11 @@ from pathlib import Path
 
 import mlflow
 
-from lipsync.model_ref import DEFAULT_ARTIFACTS, default_tracking_uri
+from lipsync.model_ref import DEFAULT_ARTIFACTS, resolve_tracking_uri  # noqa: F401 - the one rule, re-exported
 from pipelines.common import storage
 
 EXPERT_MODEL_NAME = "lipsync-expert"
 GENERATOR_MODEL_NAME = "wav2lip"
-
-
-def resolve_tracking_uri(uri: str | None = None) -> str:
-    """The tracking URI to use: the argument, else the one embedded-store rule of
-    ``lipsync.model_ref`` (MLFLOW_TRACKING_URI, else ./mlruns.db)."""
-    return uri or default_tracking_uri()
 
 
 def configure(uri: str | None = None, experiment: str | None = None) -> str:
