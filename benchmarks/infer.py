@@ -149,8 +149,9 @@ def bench_generator(model_path: Path, batch: int = 16, rounds: int = 3) -> None:
 
     from lipsync.checkpoints import load_model
     from lipsync.inference.cpu_features import cpu_features
-    from lipsync.inference.generator import FaceGenerator, OrtRunner, network_inputs
+    from lipsync.inference.generator import FaceGenerator, network_inputs
     from lipsync.inference.onnx_backend import CalibrationSet, GeneratorCache, OrtGenerator, psnr
+    from lipsync.inference.runners import OrtRunner
 
     model, _ = load_model(str(model_path), kind="wav2lip")
     faces = face_crops(batch)

@@ -2,7 +2,8 @@
 
 * BatchNorm folded into the preceding (transposed) convolution: in eval mode it is an affine
   map per channel, so folding it is exact up to float rounding and removes ~50 memory passes.
-* Backends (``lipsync.inference.precision`` chooses one per CPU, or ``--precision`` forces it):
+* Backends (runners in ``lipsync.inference.runners``; ``lipsync.inference.precision`` chooses
+  one per CPU, or ``--precision`` forces it):
   ``fp32`` PyTorch fp32 (channels-last); ``bf16`` PyTorch bfloat16 -- ~2x fp32 on CPUs with
   AVX-512 BF16/AMX, and the usual choice on CUDA; ``ort-fp32`` ONNX Runtime fp32 (same output
   within float tolerance); ``int8`` ONNX Runtime static int8 (lipsync.inference.onnx_backend).
@@ -22,6 +23,7 @@ from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 from lipsync.errors import ConfigError
+from lipsync.inference.runners import TorchRunner
 from lipsync.models.wav2lip import generator_input
 
 
@@ -44,38 +46,6 @@ def fuse_batchnorm(model: nn.Module) -> nn.Module:
                 module[i] = fuse_conv_bn_eval(conv, bn, transpose=isinstance(conv, nn.ConvTranspose2d))
                 module[i + 1] = nn.Identity()
     return model
-
-
-class TorchRunner:
-    """The fused model in PyTorch at one dtype and memory format."""
-
-    def __init__(self, model: nn.Module, device: torch.device, dtype: torch.dtype, channels_last: bool,
-                 copy_model: bool = True):
-        self.device, self.dtype = device, dtype
-        self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
-        model = copy.deepcopy(model) if copy_model else model  # no copy: converted in place (less memory)
-        self.model = model.to(device, dtype).to(memory_format=self.memory_format)
-
-    @torch.inference_mode()
-    def encode_face(self, face: torch.Tensor) -> list:
-        return self.model.encode_face(face.to(self.device, self.dtype).contiguous(memory_format=self.memory_format))
-
-    @torch.inference_mode()
-    def decode(self, audio: torch.Tensor, skips: list) -> torch.Tensor:
-        return self.model.decode(audio.to(self.device, self.dtype), skips).float()
-
-
-class OrtRunner:
-    """ONNX Runtime sessions (fp32 or int8) behind the same encode/decode calls."""
-
-    def __init__(self, ort_generator):
-        self.ort = ort_generator
-
-    def encode_face(self, face: torch.Tensor) -> list:
-        return self.ort.encode_face(face.numpy())
-
-    def decode(self, audio: torch.Tensor, skips: list) -> torch.Tensor:
-        return torch.from_numpy(self.ort.decode(audio.numpy(), skips))
 
 
 def network_inputs(faces: np.ndarray, mels: np.ndarray, face_size: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -29,6 +29,7 @@ import torch
 from lipsync.errors import ConfigError
 from lipsync.inference.cpu_features import cpu_features
 from lipsync.inference.options import PRECISIONS
+from lipsync.inference.runners import OrtRunner
 
 INT8_MIN_PSNR_DB = 30.0
 PROBE_REPS = 2  # timed batches per candidate, after one warm-up batch
@@ -104,8 +105,6 @@ def _time_runner(runner, face_in, audio) -> float:
 
 def choose_backend(gen, face_in: torch.Tensor, audio: torch.Tensor, log=None):
     """(Choice, runner) for ``gen`` (a FaceGenerator) on these network inputs."""
-    from lipsync.inference.generator import OrtRunner
-
     requested = gen.requested
     if requested not in PRECISIONS:
         raise ConfigError(f"--precision: {requested!r} is not one of {', '.join(PRECISIONS)}")
