@@ -46,7 +46,7 @@ class ExpertEvaluator:
         from lipsync.data.windows import ExpertSampling
         from lipsync.metrics.sync import ExpertJudge
         from lipsync.training.expert import evaluate_expert, summarize_evaluation
-        from pipelines.evaluate.driver import Evaluation
+        from pipelines.evaluate.config import Evaluation
 
         cfg = self.cfg
         model, config = load_model(str(checkpoint), kind="expert")

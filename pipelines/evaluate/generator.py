@@ -50,7 +50,7 @@ class GeneratorEvaluator:
         import ray
 
         from pipelines.common.storage import list_shards  # local folders and s3:// / gs:// alike
-        from pipelines.evaluate.driver import Evaluation
+        from pipelines.evaluate.config import Evaluation
         from pipelines.common.ray_setup import init_ray
         from lipsync.model_ref import fetch
         from lipsync.training.expert import DEFAULT_EXPERT
