@@ -81,8 +81,8 @@ DISCRIMINATOR_KIND = ModelKind(
 )
 
 
-def bce_with_logits(score: torch.Tensor, target: float) -> torch.Tensor:
-    """BCE of sigmoid(score) against a constant label, in float32 outside autocast.
+def bce_with_logits(score: torch.Tensor, target: torch.Tensor | float) -> torch.Tensor:
+    """BCE of sigmoid(score) against labels (a 0/1 tensor or one constant), in float32 outside autocast.
 
     The original takes BCE of the sigmoid's output; equal in value, but once the sigmoid
     saturates (p rounds to 0 or 1) that gradient is exactly 0 and the discriminator can never
@@ -90,4 +90,5 @@ def bce_with_logits(score: torch.Tensor, target: float) -> torch.Tensor:
     gradient is p - target, which never vanishes on a wrong answer."""
     with torch.autocast(score.device.type, enabled=False):
         score = score.float()
-        return F.binary_cross_entropy_with_logits(score, torch.full_like(score, target))
+        labels = target.float() if torch.is_tensor(target) else torch.full_like(score, float(target))
+        return F.binary_cross_entropy_with_logits(score, labels)
