@@ -139,9 +139,9 @@ def infer():
         LipSyncer(str(model), InferenceOptions(**opts)).sync(warm, warm, work / "out.mp4")
         r = LipSyncer(str(model), InferenceOptions(**opts)).sync(clip, clip, work / "out.mp4").to_dict()
         results[f"infer_cuda_{precision}"] = {k: r.get(k) for k in ("fps_end_to_end", "seconds", "n_frames",
-                                                                   "stage_seconds", "generator")}
+                                                                   "step_seconds", "generator")}
         print(f"  infer cuda --precision {precision} (fixed box): {r['fps_end_to_end']:.1f} fps end to end, "
-              f"{r['n_frames']} frames in {r['seconds']:.1f}s; stages {r.get('stage_seconds')}; "
+              f"{r['n_frames']} frames in {r['seconds']:.1f}s; steps {r.get('step_seconds')}; "
               f"generator {r.get('generator')}", flush=True)
 
 

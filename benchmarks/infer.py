@@ -218,7 +218,7 @@ def run_once(face: Path, audio: Path, out: Path, model=None, **overrides) -> dic
     result = syncer.sync(face, audio, out)
     cpu = cpu_seconds() - cpu0
     return {**result.to_dict(), "cpu_seconds": cpu, "load_seconds": load_s,
-            # What 2 idle cores would sustain if the stages overlapped perfectly: a bound that
+            # What 2 idle cores would sustain if the steps overlapped perfectly: a bound that
             # does not depend on how many other jobs share the machine.
             "cpu_bound_fps_2_cores": 2 * result.n_frames / cpu}
 
@@ -272,11 +272,11 @@ def bench_end_to_end(clip: Path, work: Path, model: Path, precisions: list[str],
     for name, face, overrides in cases:
         r = child(["--child-e2e", str(face), str(clip), str(work / "out.mp4"), str(model),
                    json.dumps({**overrides, "warm_up": str(warm)})], env=env)
-        stages = ", ".join(f"{k} {v:.1f}s" for k, v in r["stage_seconds"].items())
+        steps = ", ".join(f"{k} {v:.1f}s" for k, v in r["step_seconds"].items())
         gen = r["generator"]
         print(f"  {name:44s} {r['fps_end_to_end']:6.1f} fps wall ({r['n_frames']} frames in {r['seconds']:.1f} s; "
               f"model load {r['load_seconds']:.1f} s), CPU-bound {r['cpu_bound_fps_2_cores']:5.1f} fps on 2 idle "
-              f"cores, peak RSS {r['peak_rss'] / 2**20:6.0f} MiB; stages: {stages}; face-encoder passes "
+              f"cores, peak RSS {r['peak_rss'] / 2**20:6.0f} MiB; steps: {steps}; face-encoder passes "
               f"{gen.get('face_encoder_passes')}; load {load()}", flush=True)
         print(f"      {gen.get('precision')}: {gen.get('reason', '')}", flush=True)
 

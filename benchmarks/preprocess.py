@@ -60,7 +60,7 @@ wall, cpu = time.perf_counter() - t0, time.process_time() - cpu0
 meta = sum(p.stat().st_size for p in (__import__("pathlib").Path(args["out"]) / "index").glob("*.json"))
 meta += os.path.getsize(os.path.join(args["out"], "manifest.parquet"))
 print("RESULT " + json.dumps({"wall": wall, "driver_cpu": cpu, "bytes": s["bytes"], "frames": s["frames"],
-      "clips": s["clips"], "shards": s["shards"], "stages": s["stage_seconds"], "meta_bytes": meta,
+      "clips": s["clips"], "shards": s["shards"], "steps": s["step_seconds"], "meta_bytes": meta,
       "tasks": s.get("tasks"), "pieces": s.get("pieces"), "writer_nodes": s.get("writer_nodes"),
       "shard_bytes": s.get("shard_bytes")}))
 ray.shutdown()
@@ -185,8 +185,8 @@ def main() -> int:
                 print(f"{label}: marginal driver CPU {slope:.2f} s per extra GB of shards "
                       f"({big['driver_cpu'] - small['driver_cpu']:+.2f} CPU-s for "
                       f"{(big['bytes'] - small['bytes']) / 1e6:+.0f} MB)", flush=True)
-        total = sum(after["stages"].values())
-        split = ", ".join(f"{k} {v / total:.0%}" for k, v in sorted(after["stages"].items(), key=lambda kv: -kv[1]))
+        total = sum(after["steps"].values())
+        split = ", ".join(f"{k} {v / total:.0%}" for k, v in sorted(after["steps"].items(), key=lambda kv: -kv[1]))
         print(f"cost split by stage (summed worker time, {total:.1f}s): {split}")
 
     if args.long_seconds:
@@ -204,8 +204,8 @@ def main() -> int:
                         out=str(work / f"long_{seg}"), cfg={"segment_seconds": seg})
             walls[label] = r["wall"]
             print(f"long input, {label}, {top} CPU: {r['wall']:.1f}s wall, {r['pieces']} pieces in "
-                  f"{r['tasks']} tasks, {r['clips']} clips, stage time {sum(r['stages'].values()):.1f}s "
-                  f"({', '.join(f'{k} {v:.1f}s' for k, v in sorted(r['stages'].items()))})", flush=True)
+                  f"{r['tasks']} tasks, {r['clips']} clips, step time {sum(r['steps'].values()):.1f}s "
+                  f"({', '.join(f'{k} {v:.1f}s' for k, v in sorted(r['steps'].items()))})", flush=True)
         one, cut = walls.values()
         print(f"long input: {one / cut:.2f}x faster cut into pieces (ideal {top}x on {top} CPUs)")
 

@@ -1,5 +1,5 @@
 """`make demo`'s chain end to end at tiny scale: the same command (workflows/demo.py) with
-smaller numbers, every stage's output checked, and a re-run that reuses every stage."""
+smaller numbers, every step's output checked, and a re-run that reuses every step."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ TINY = ["--speakers", "4", "--clips-per-speaker", "2", "--expert-steps", "20", "
         "--expert-gate", "0", "--generator-steps", "6", "--generator-width", "0.0625",
         "--generator-batch-size", "4", "--min-sync-confidence", "0", "--max-sync-offset", "15"]
 # A 20-step expert is no sync judge: the tiny chain keeps every clip (the filter itself is
-# tested in test_sync_filter.py); the stage still runs, measures and writes its shards.
+# tested in test_sync_filter.py); the step still runs, measures and writes its shards.
 
 
 def _demo(work: Path, tracking: str) -> subprocess.CompletedProcess:
@@ -28,7 +28,7 @@ def _demo(work: Path, tracking: str) -> subprocess.CompletedProcess:
 
 
 @pytest.mark.integration
-def test_demo_runs_the_whole_chain_and_reuses_finished_stages(tmp_path):
+def test_demo_runs_the_whole_chain_and_reuses_finished_steps(tmp_path):
     from mlflow import MlflowClient
 
     from lipsync.video import probe, read_video
@@ -72,10 +72,10 @@ def test_demo_runs_the_whole_chain_and_reuses_finished_stages(tmp_path):
                  "sync filter"):
         assert line in first.stdout, line
 
-    # A second run changes nothing: every stage is reused, and the output is the same file.
+    # A second run changes nothing: every step is reused, and the output is the same file.
     before = out.read_bytes()
     second = _demo(work, tracking)
     assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
     reused = [line for line in second.stdout.splitlines() if line.rstrip().endswith("--fresh runs it again)")]
-    assert len(reused) == 10, second.stdout  # every stage of the chain
+    assert len(reused) == 10, second.stdout  # every step of the chain
     assert np.array_equal(np.frombuffer(out.read_bytes(), np.uint8), np.frombuffer(before, np.uint8))

@@ -6,9 +6,9 @@
     → lipsync infer on a held-out speaker's video with another speaker's audio
 
 Local Ray on 127.0.0.1 and the embedded SQLite MLflow store (./mlruns.db, the store every
-lipsync command reads by default). Each stage prints one line with a progress bar; the
+lipsync command reads by default). Each step prints one line with a progress bar; the
 commands' own output (Ray's and MLflow's included) goes to <workdir>/demo.log unless
---verbose. A re-run reuses every stage whose command and inputs are unchanged (--fresh
+--verbose. A re-run reuses every step whose command and inputs are unchanged (--fresh
 starts over). Sizes are chosen so the whole chain takes minutes on 2 CPU cores; the same
 commands scale up by their flags.
 """
@@ -50,7 +50,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--num-workers", type=int, default=2, help="Ray Train workers (default: 2)")
     p.add_argument("--tracking-uri", default=None,
                    help="MLflow store (default: $MLFLOW_TRACKING_URI, else ./mlruns.db)")
-    p.add_argument("--fresh", action="store_true", help="run every stage again instead of reusing finished ones")
+    p.add_argument("--fresh", action="store_true", help="run every step again instead of reusing finished ones")
     p.add_argument("--verbose", action="store_true", help="show every command's own output instead of the log file")
     return p
 

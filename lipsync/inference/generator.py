@@ -10,7 +10,9 @@
 * Still faces. The face encoder never sees the audio (``Wav2Lip.encode_face`` / ``decode``),
   so when the same face is passed again (an image, ``--static``) its output is reused and
   only the audio encoder + decoder run: 0.62 of 7.93 GFLOP per frame saved at full size, and
-  the output is identical (the decoder gets the same skips; tests/test_infer_backends.py).
+  the output is the same up to float rounding (the decoder gets the same skips; batch
+  shapes differ, so BLAS may round differently: at most 1 in 255 per pixel,
+  tests/test_infer_backends.py).
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """ONNX Runtime backend for the generator (and the expert): export once, cache, run; static int8.
 
 Export. The generator goes out as two graphs, split where ``Wav2Lip.encode_face`` /
-``Wav2Lip.decode`` split it: ``encoder`` (face (B,6,S,S) → every stage's skip) and
+``Wav2Lip.decode`` split it: ``encoder`` (face (B,6,S,S) → every encoder level's skip) and
 ``decoder`` (mel (B,1,80,16) + skips → face (B,3,S,S)), so a still face runs the encoder
 once (``FaceGenerator``). BatchNorm is folded first (as for PyTorch). The batch axis is
 dynamic. Files are cached under ``$LIPSYNC_CACHE_DIR`` (default ``~/.cache/lipsync``)

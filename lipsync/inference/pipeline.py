@@ -60,7 +60,7 @@ class InferenceResult:
     frames_detected: int  # full-frame detector calls
     frames_searched_near: int  # detector calls on a region around the last face
     seconds: float
-    stage_seconds: dict = field(default_factory=dict)
+    step_seconds: dict = field(default_factory=dict)
     generator: dict = field(default_factory=dict)
 
     @property
@@ -138,9 +138,9 @@ class LipSyncer:
         counts = {"with_face": 0, "first_without": None}
         width, height = source.info.width, source.info.height
 
-        from lipsync.inference.threads import StageGroup
+        from lipsync.inference.threads import StepGroup
 
-        group = StageGroup()
+        group = StepGroup()
         q = opts.queue_frames
         progress = _progress(n_out, opts.progress)
         try:
@@ -192,10 +192,10 @@ class LipSyncer:
             frames_passed_through=n_out - counts["with_face"], first_frame_without_face=counts["first_without"],
             frames_detected=int(stats.pop("frames_detected", 0)),
             frames_searched_near=int(stats.pop("frames_searched_near", 0)), seconds=seconds,
-            stage_seconds={k: round(v, 3) for k, v in stats.items()}, generator=self.generator.describe(),
+            step_seconds={k: round(v, 3) for k, v in stats.items()}, generator=self.generator.describe(),
         )
 
-    # ------------------------------------------------------------------ stages
+    # ------------------------------------------------------------------ steps
 
     @staticmethod
     def _decode_stage(source: FaceSource, n_out: int) -> Iterator[_Item]:

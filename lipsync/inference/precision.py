@@ -26,7 +26,7 @@ from dataclasses import asdict, dataclass, field
 
 import torch
 
-from lipsync.errors import ConfigError
+from lipsync.errors import ConfigError, first_line
 from lipsync.inference.cpu_features import cpu_features
 from lipsync.inference.options import PRECISIONS
 from lipsync.inference.runners import OrtRunner
@@ -168,7 +168,7 @@ def _auto_cpu(gen, face_in, audio, feats, cache, ort_runner, int8_kind):
         try:
             int8_runner, db = ort_runner(True)  # exports the fp32 graphs first
         except Exception as e:  # noqa: BLE001 - any export/quantiser failure: PyTorch still works
-            notes.append(f"ONNX Runtime left out ({type(e).__name__}: {str(e).strip().splitlines()[0][:120]})")
+            notes.append(f"ONNX Runtime left out ({type(e).__name__}: {first_line(e, 120)})")
             cache = None
     if cache is not None:
         candidates["ort-fp32"] = lambda: ort_runner(False)[0]

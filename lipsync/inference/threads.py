@@ -1,12 +1,12 @@
-"""Overlapped pipeline stages: run a generator in a thread behind a bounded queue.
+"""Overlapped pipeline steps: run a generator in a thread behind a bounded queue.
 
 ``threaded(iterable, maxsize)`` moves the iteration of ``iterable`` to a daemon thread and
-yields its items through a queue holding at most ``maxsize`` items, so a stage never runs
-more than that far ahead (bounded memory) while the next stage works. The heavy work in
-every stage (PyAV decode/encode, dlib, OpenCV, PyTorch) releases the GIL, so the stages
+yields its items through a queue holding at most ``maxsize`` items, so a step never runs
+more than that far ahead (bounded memory) while the next step works. The heavy work in
+every step (PyAV decode/encode, dlib, OpenCV, PyTorch) releases the GIL, so the steps
 really do overlap on several cores.
 
-An exception in a stage is re-raised in the consumer. When the consumer stops early (an
+An exception in a step is re-raised in the consumer. When the consumer stops early (an
 error downstream, or ``close()``), the shared ``stop`` event makes every upstream thread
 give up at its next queue operation, and ``close()`` joins them.
 """
@@ -25,7 +25,7 @@ class _Failure:
         self.exc = exc
 
 
-class StageGroup:
+class StepGroup:
     """Owns the stop event and the threads of one pipeline run."""
 
     def __init__(self):
@@ -73,7 +73,7 @@ class StageGroup:
                     if stop.is_set():
                         return
                     if not thread.is_alive() and q.empty():
-                        raise RuntimeError(f"pipeline stage {name} ended without a result")
+                        raise RuntimeError(f"pipeline step {name} ended without a result")
                     continue
                 if item is _END:
                     return

@@ -1,14 +1,14 @@
-"""A chain of real commands for a person to watch: one line and a progress bar per stage,
-the commands' own output in a log file, and stages reused when nothing they depend on changed.
+"""A chain of real commands for a person to watch: one line and a progress bar per step,
+the commands' own output in a log file, and steps reused when nothing they depend on changed.
 
-Each stage is a command line. Its *fingerprint* is a hash of that command and of the
-fingerprints of the stages it runs after, so changing a flag re-runs the stage and every
-stage downstream of it, and nothing else. A finished stage is recorded in
+Each step is a command line. Its *fingerprint* is a hash of that command and of the
+fingerprints of the steps it runs after, so changing a flag re-runs the step and every
+step downstream of it, and nothing else. A finished step is recorded in
 ``<workdir>/chain_state.json`` with its fingerprint, its time and what it printed as a JSON
 result (training prints where its model was registered); on the next run it is reused when
 the fingerprint matches, its output files exist and its registered model version is still
-in the MLflow store. The progress bar follows the ``N/M`` counter a stage's command prints,
-matched by that stage's pattern (training's ``step N/M`` lines, the tqdm bar of synthesis or
+in the MLflow store. The progress bar follows the ``N/M`` counter a step's command prints,
+matched by that step's pattern (training's ``step N/M`` lines, the tqdm bar of synthesis or
 preprocessing; Ray Data's own operator bars are left out).
 """
 
@@ -26,12 +26,12 @@ from pathlib import Path
 
 STATE_FILE = "chain_state.json"
 LOG_FILE = "demo.log"
-# What a stage's progress looks like in its output: training's "step N/M" lines by default.
+# What a step's progress looks like in its output: training's "step N/M" lines by default.
 TRAINING_PROGRESS = r"step (\d+)/(\d+)"
 
 
 @dataclass
-class StageRecord:
+class StepRecord:
     fingerprint: str
     seconds: float
     result: dict | None = None  # the last JSON object the command printed
@@ -75,7 +75,7 @@ class Chain:
     cwd: Path
     fresh: bool = False
     verbose: bool = False
-    records: dict[str, StageRecord] = field(default_factory=dict)
+    records: dict[str, StepRecord] = field(default_factory=dict)
     titles: dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self):
@@ -87,7 +87,7 @@ class Chain:
         self.log_path.write_text("")
         self._index = 0
 
-    # ------------------------------------------------------------------ stages
+    # ------------------------------------------------------------------ steps
 
     def fingerprint(self, cmd: list[str], after: list[str]) -> str:
         digest = hashlib.sha256(json.dumps(cmd).encode())
@@ -121,8 +121,8 @@ class Chain:
 
     def run(self, key: str, title: str, cmd: list[str], *, outputs: list[Path] = (), after: list[str] = (),
             registers: str | None = None, progress: str = TRAINING_PROGRESS,
-            ok_codes: tuple[int, ...] = (0,)) -> StageRecord:
-        """Run (or reuse) one stage; its record holds the JSON the command printed. An exit
+            ok_codes: tuple[int, ...] = (0,)) -> StepRecord:
+        """Run (or reuse) one step; its record holds the JSON the command printed. An exit
         code outside ``ok_codes`` stops the chain with the end of the command's output."""
         self._index += 1
         self.titles[key] = title
@@ -130,7 +130,7 @@ class Chain:
         saved = self._reusable(key, fingerprint, list(outputs), registers)
         label = f"[{self._index}] {title}"
         if saved is not None:
-            record = StageRecord(fingerprint, saved["seconds"], saved.get("result"), saved.get("objects", []),
+            record = StepRecord(fingerprint, saved["seconds"], saved.get("result"), saved.get("objects", []),
                                  reused=True)
             self.records[key] = record
             print(f"{label}: reused (unchanged since the last run; --fresh runs it again)", flush=True)
@@ -143,7 +143,7 @@ class Chain:
             print(f"{label}: FAILED (exit {returncode}) after {seconds:.0f}s; the last lines of {self.log_path}:\n{tail}",
                   file=sys.stderr, flush=True)
             sys.exit(returncode or 1)
-        record = StageRecord(fingerprint, seconds, _last_json_object(lines), _json_lines(lines))
+        record = StepRecord(fingerprint, seconds, _last_json_object(lines), _json_lines(lines))
         self.records[key] = record
         self._state[key] = {"fingerprint": fingerprint, "seconds": seconds, "result": record.result,
                             "objects": record.objects}
@@ -192,7 +192,7 @@ class Chain:
                 for k, r in self.records.items()]
 
     def finish(self, work: Path, tracking: str, rows: list[tuple[str, str]] = (), paths: list[tuple[str, Path]] = ()):
-        """Print the closing table (figures, then time per stage) and where everything is."""
+        """Print the closing table (figures, then time per step) and where everything is."""
         table = [*rows, *self.timings()]
         width = max(len(k) for k, _ in table) if table else 0
         print("\n" + "\n".join(f"  {k.ljust(width)}  {v}" for k, v in table))

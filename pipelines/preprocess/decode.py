@@ -151,7 +151,7 @@ def _any_face(frames: list[np.ndarray], cfg: Any) -> bool:
     "no face" is not claimed, and the length is reported as before)."""
     try:
         return any(face_detector(cfg).detect(frames))
-    except Exception:  # noqa: BLE001 - a detector that cannot load is reported by stage 2
+    except Exception:  # noqa: BLE001 - a detector that cannot load is reported by step 2
         return True
 
 

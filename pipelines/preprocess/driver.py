@@ -28,7 +28,7 @@ is what is left (smaller). Tasks hold several inputs (``inputs_per_task``) so mo
 the target on a real corpus; the loaders read any size.
 
 ``sync_filter``: measures each clip's sync (``pipelines/preprocess/sync_filter.py``: ``--sync-filter``
-with a registered expert or SyncNet v2). Called in the finish stage with the ``ClipSample``
+with a registered expert or SyncNet v2). Called in the finish step with the ``ClipSample``
 about to be written (frames = primary crops, mel, meta) and the clip's 16 kHz waveform; returns
 None to keep the clip unchanged, or a dict: ``keep`` (False rejects the clip with ``reason`` and
 ``detail``), ``offset`` / ``confidence`` (stored in meta sync_offset / sync_confidence and in the
@@ -256,8 +256,8 @@ def _drain(ds, n_pieces: int, timings: dict, cfg: PreprocessConfig) -> set[str]:
     nodes = set()
     bar = tqdm(total=n_pieces, desc="pieces", unit="piece", disable=not cfg.progress, mininterval=2.0)
     for row in ds.iter_rows():
-        for stage, seconds in json.loads(row["timings"]).items():
-            timings[stage] = timings.get(stage, 0.0) + float(seconds)
+        for step, seconds in json.loads(row["timings"]).items():
+            timings[step] = timings.get(step, 0.0) + float(seconds)
         nodes.add(row["node"])
         bar.update(1)
     bar.close()
@@ -296,7 +296,7 @@ def _summary(rows, state: sh.ShardState, out: sh.Output, manifest_path: Path, re
         "resumed_inputs": resumed,
         "processed_inputs": processed,
         "wall_seconds": wall,
-        "stage_seconds": timings,
+        "step_seconds": timings,
         "manifest": out.path(mf.MANIFEST_NAME),
         "manifest_sha256": mf.manifest_hash(manifest_path),
         "config": cfg.fingerprint(),

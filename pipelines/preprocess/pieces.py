@@ -48,7 +48,7 @@ def probe_frames(batch: dict) -> dict:
         try:
             info = lsv.probe(str(path))
             counts.append(int(info.duration * FPS) if info.has_video else 0)
-        except Exception:  # noqa: BLE001 - the processing stage reports why, per input
+        except Exception:  # noqa: BLE001 - the processing step reports why, per input
             counts.append(0)
     return {"input_id": batch["input_id"], "frames": counts}
 

@@ -4,7 +4,7 @@ The Ray Data job (pipelines/preprocess/driver.py) maps :func:`process_and_write`
 (``{"task", "pieces"}``, planned by pipelines/preprocess/pieces.py). The crops are made, encoded and
 written to shards here (pipelines/dataset/shards.py ``TaskShardWriter``, one per split), straight to
 the output filesystem; what goes back to the driver is one small row per piece (status,
-counts, stage timings). Detection runs in this task on CPU, or on GPU actors when the job
+counts, step timings). Detection runs in this task on CPU, or on GPU actors when the job
 gives their handles (the frames go to the actor, the boxes come back).
 """
 
@@ -76,8 +76,8 @@ def run_task(task: str, pieces: list[dict], cfg: Any, out: Output,
             writer.add_piece(samples, row)
             timings: dict[str, float] = {}
             for p in payloads:
-                for stage, seconds in p.get("timings", {}).items():
-                    timings[stage] = timings.get(stage, 0.0) + float(seconds)
+                for step, seconds in p.get("timings", {}).items():
+                    timings[step] = timings.get(step, 0.0) + float(seconds)
             results.append({"task": task, "input_id": piece["input_id"], "piece": int(piece["piece"]),
                             "status": row["status"], "n_clips": row["n_clips"], "pid": os.getpid(), "node": _node_id(),
                             "seconds": time.perf_counter() - t0, "timings": json.dumps(timings)})
