@@ -8,7 +8,9 @@ Rules, all of which must hold for the evaluated version to become champion:
    from its version tags when it was evaluated on the same test set (same fingerprint), otherwise
    it is evaluated now with the same evaluator and shards (pipelines/evaluate/record.py, before
    the gate is asked).
-No champion yet → rule 2 holds trivially. The version evaluated is already champion → nothing moves.
+No champion yet → rule 2 holds once the compared metrics were measured. The version evaluated is already champion → nothing moves.
+A metric the gate thresholds or compares must be a measurement on both sides: missing or not
+finite (NaN, inf) fails the gate with that reason, never passes it by default.
 
 The decision is recorded on the evaluated version as tags: ``gate.decision`` (promoted / kept),
 ``gate.reason``, ``gate.compared`` (JSON: metric → candidate, champion, margin, ok),
@@ -18,6 +20,7 @@ The decision is recorded on the evaluated version as tags: ``gate.decision`` (pr
 from __future__ import annotations
 
 import json
+import math
 
 from mlflow.exceptions import MlflowException
 
@@ -33,11 +36,10 @@ def check_thresholds(metrics: dict, thresholds: dict, directions: dict) -> list[
     for metric, bound in thresholds.items():
         if metric not in directions:
             raise ConfigError(f"--threshold {metric}: not a gated metric (choose from {', '.join(sorted(directions))})")
-        if metric not in metrics:
-            failures.append(f"{metric} was not measured")
-            continue
-        value, higher = float(metrics[metric]), directions[metric]
-        if (value < bound) if higher else (value > bound):
+        value, higher = measured(metrics, metric), directions[metric]
+        if value is None:
+            failures.append(f"{metric} was not measured" + (f" ({metrics[metric]})" if metric in metrics else ""))
+        elif (value < bound) if higher else (value > bound):
             failures.append(f"{metric} {value:.4g} {'<' if higher else '>'} threshold {bound:g}")
     return failures
 
@@ -46,14 +48,24 @@ def compare_with_champion(candidate: dict, champion: dict, compare, directions: 
     """(figures, reasons): per metric the two values and whether the candidate is within margin."""
     figures, failures = {}, []
     for metric in compare:
-        if metric not in candidate or metric not in champion:
-            continue
-        c, ch = float(candidate[metric]), float(champion[metric])
-        ok = c >= ch - margin if directions[metric] else c <= ch + margin
+        c, ch = measured(candidate, metric), measured(champion, metric)
+        unmeasured = [side for side, v in (("candidate", c), ("champion", ch)) if v is None]
+        ok = not unmeasured and (c >= ch - margin if directions[metric] else c <= ch + margin)
         figures[metric] = {"candidate": c, "champion": ch, "margin": margin, "ok": ok}
-        if not ok:
+        if unmeasured:
+            failures.append(f"{metric} was not measured on the {' nor the '.join(unmeasured)}")
+        elif not ok:
             failures.append(f"{metric} {c:.4g} is worse than the champion's {ch:.4g} by more than {margin:g}")
     return figures, failures
+
+
+def measured(metrics: dict, metric: str) -> float | None:
+    """The metric's value when it is a finite number, else None (missing, NaN, inf, not a number)."""
+    try:
+        value = float(metrics[metric])
+    except (KeyError, TypeError, ValueError):
+        return None
+    return value if math.isfinite(value) else None
 
 
 def current_champion(client, name: str):
@@ -90,6 +102,8 @@ def gate(client, evaluator, ref, metrics: dict, champion, champion_metrics: dict
         if champion is not None:
             figures, worse = compare_with_champion(metrics, champion_metrics, compare, directions, cfg.margin)
             failures += worse
+        else:  # a first champion must hold what its successors will be compared on
+            failures += [f"{m} was not measured" for m in compare if measured(metrics, m) is None]
         if failures:
             decision, reason = KEPT, "; ".join(failures)
         else:

@@ -50,7 +50,6 @@ class GeneratorEvaluator:
         import ray
 
         from pipelines.common.storage import list_shards  # local folders and s3:// / gs:// alike
-        from pipelines.evaluate.config import Evaluation
         from pipelines.common.ray_setup import init_ray
         from lipsync.model_ref import fetch
         from lipsync.training.expert import DEFAULT_EXPERT
@@ -70,12 +69,23 @@ class GeneratorEvaluator:
                 generator=str(checkpoint), judge=str(judge_path), fid_weights=cfg.fid_weights, seed=cfg.seed,
                 device="cuda" if gpus else "cpu"))
         results = sorted(ds.take_all(), key=lambda r: r["order"])
+        return self.summarize(results, f"{shards}: '{cfg.split}'")
+
+    def summarize(self, results: list[dict], source: str):
+        """The per-clip rows and the aggregates of the actors' results; an error when no clip
+        was scored (the gate must never see an evaluation that measured nothing)."""
+        from pipelines.evaluate.config import Evaluation
+
         rows, gen_feats, gt_feats = [], [], []
         for r in results:
             if r.get("gen_features") is not None and len(r["gen_features"]):
                 gen_feats.append(np.asarray(r["gen_features"]).reshape(-1, 2048))
                 gt_feats.append(np.asarray(r["gt_features"]).reshape(-1, 2048))
             rows.append({k: v for k, v in r.items() if k not in ("gen_features", "gt_features")})
+        scored = sum(1 for r in rows if not r.get("error"))
+        if not scored:
+            first = next((r["error"] for r in rows if r.get("error")), "no result")
+            raise LipsyncError(f"{source}: none of the {len(rows)} clips could be scored (first: {first})")
         metrics = {}
         for key in self.metric_directions:
             vals = [r[key] for r in rows if isinstance(r.get(key), (float, int)) and np.isfinite(r[key])]
@@ -88,7 +98,7 @@ class GeneratorEvaluator:
         if gen_feats:
             from lipsync.metrics.fid import frechet_distance_of_features
             metrics["fid"] = frechet_distance_of_features(np.concatenate(gen_feats), np.concatenate(gt_feats))
-        metrics["test_clips"] = float(sum(1 for r in rows if not r.get("error")))
+        metrics["test_clips"] = float(scored)
         return Evaluation(rows=rows, metrics=metrics)
 
 
