@@ -68,6 +68,36 @@ def test_folder_layout_with_speaker_regex_and_filelist(tmp_path):
         discover_inputs(tmp_path / "nothing", "lrs2")
 
 
+def test_files_that_differ_only_by_extension_are_two_inputs_in_every_layout(tmp_path):
+    _touch(tmp_path / "main" / "111" / "00001.mp4")
+    _touch(tmp_path / "main" / "111" / "00001.mov")
+    _touch(tmp_path / "main" / "111" / "00002.mp4")
+    for layout in ("lrs2", "folder"):
+        ids = [it.input_id for it in discover_inputs(tmp_path, layout)]
+        prefix = "" if layout == "lrs2" else "main/"
+        assert ids == [f"{prefix}111/00001.mov", f"{prefix}111/00001.mp4", f"{prefix}111/00002"], (layout, ids)
+    listfile = tmp_path / "list.txt"
+    listfile.write_text("main/111/00001.mp4\nmain/111/00001.mov\n")
+    assert len({it.input_id for it in discover_inputs(listfile, "filelist")}) == 2
+    listfile.write_text("main/111/00001.mp4\n./main/111/00001.mp4\n")
+    with pytest.raises(ConfigError, match="listed twice"):
+        discover_inputs(listfile, "filelist")
+
+
+def test_an_invalid_speaker_regex_is_one_line_naming_the_flag(tmp_path, capsys, monkeypatch):
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parent.parent / "workflows"))
+    from preprocess import main
+
+    _touch(tmp_path / "a" / "alice_01.mp4")
+    with pytest.raises(ConfigError, match=r"^--speaker-regex '\(a': not a regular expression \(missing \)"):
+        discover_inputs(tmp_path, "folder", speaker_regex="(a")
+    assert main(["--input", str(tmp_path), "--layout", "folder", "--output", str(tmp_path / "out"),
+                 "--speaker-regex", "(a"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: --speaker-regex '(a': not a regular expression"), err
+    assert len(err.strip().splitlines()) == 1 and not (tmp_path / "out").exists()
+
+
 def test_speaker_splits_are_disjoint_deterministic_and_fill_every_split():
     items = [InputItem(f"s{s}/{c}", "/x", "folder", f"s{s}", str(c)) for s in range(10) for c in range(3)]
     a = assign_splits(items, (0.8, 0.1, 0.1))

@@ -11,6 +11,7 @@ from typing import Callable, Optional
 
 from lipsync.errors import ConfigError
 from pipelines.dataset import shards as sh
+from pipelines.preprocess.sources import speaker_pattern
 from pipelines.preprocess.splits import parse_fractions
 
 
@@ -84,6 +85,8 @@ class PreprocessConfig:
             raise ConfigError(f"--segment-seconds must be >= 0 (0: never cut), got {self.segment_seconds}")
         if self.inputs_per_task < 1:
             raise ConfigError(f"--inputs-per-task must be >= 1, got {self.inputs_per_task}")
+        if self.speaker_regex:
+            speaker_pattern(self.speaker_regex)
 
     def fingerprint(self) -> dict:
         """Settings that change what goes into the shards (resume refuses a mismatch)."""

@@ -18,13 +18,14 @@ Layouts (``--layout``):
 Media are video files and audio files (an audio-only input is kept and rejected as
 ``no_video_stream`` in the manifest); other files where inputs are looked for are counted by
 :func:`count_skipped` for the summary. Every input gets a stable ``input_id`` (its path
-relative to the root, without extension), the unit the manifest accounts for.
+relative to the root, without extension; with it where two files differ only by extension,
+``a.mp4`` and ``a.mov``), the unit the manifest accounts for.
 """
 
 from __future__ import annotations
 
 import re
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Optional
 
@@ -123,8 +124,16 @@ def discover_voxceleb2(root: Path) -> list[InputItem]:
     return items
 
 
+def speaker_pattern(speaker_regex: str) -> re.Pattern:
+    """``--speaker-regex`` compiled, or a one-line error naming the flag and what is wrong."""
+    try:
+        return re.compile(speaker_regex)
+    except re.error as e:
+        raise ConfigError(f"--speaker-regex {speaker_regex!r}: not a regular expression ({e})") from None
+
+
 def discover_folder(root: Path, speaker_regex: Optional[str] = None) -> list[InputItem]:
-    pattern = re.compile(speaker_regex) if speaker_regex else None
+    pattern = speaker_pattern(speaker_regex) if speaker_regex else None
     items = []
     for path in sorted(p for p in root.rglob("*") if _is_media(p)):
         rel = path.relative_to(root)
@@ -153,9 +162,9 @@ def discover_filelist(listfile: Path) -> list[InputItem]:
         if split is not None and split not in SPLITS:
             raise ConfigError(f"{listfile}:{n}: split {split!r} is not one of {SPLITS}")
         input_id = path.with_suffix("").as_posix().lstrip("/")
-        if input_id in seen:
+        if path.resolve() in seen:
             raise ConfigError(f"{listfile}:{n}: {path} is listed twice")
-        seen.add(input_id)
+        seen.add(path.resolve())
         # A missing file is still an input: it is reported as an error in the manifest.
         items.append(InputItem(input_id=input_id, path=str(path.resolve()), corpus="filelist",
                                speaker=speaker, clip_id=path.stem, official_split=split))
@@ -181,6 +190,16 @@ def count_skipped(root: str | Path, layout: str) -> int:
                if _is_skipped(path) and not any(part.startswith(".") for part in path.relative_to(root).parts))
 
 
+def distinct_ids(items: list[InputItem]) -> list[InputItem]:
+    """Files that share an id (``a.mp4`` and ``a.mov``) keep their extension in it: two inputs,
+    two ids, each accounted for once (the others' ids do not change)."""
+    counts: dict[str, int] = {}
+    for it in items:
+        counts[it.input_id] = counts.get(it.input_id, 0) + 1
+    return [replace(it, input_id=it.input_id + Path(it.path).suffix) if counts[it.input_id] > 1 else it
+            for it in items]
+
+
 def discover_inputs(root: str | Path, layout: str, *, speaker_regex: Optional[str] = None,
                     filelists_dir: Optional[str | Path] = None) -> list[InputItem]:
     """All inputs of a corpus, sorted by input_id (the processing order, hence shard order)."""
@@ -200,6 +219,7 @@ def discover_inputs(root: str | Path, layout: str, *, speaker_regex: Optional[st
             items = discover_voxceleb2(root)
         else:
             items = discover_folder(root, speaker_regex)
+    items = distinct_ids(items)
     if not items:
         skipped = count_skipped(root, layout)
         raise ConfigError(f"--input {root}: no video files found for layout {layout!r}"
