@@ -12,10 +12,10 @@ import argparse
 import importlib
 import signal
 import sys
-import threading
 
 from lipsync import __version__
 from lipsync.errors import LipsyncError
+from lipsync.terminate import Terminated, sigterm_raises
 
 
 class HelpFormatter(argparse.RawDescriptionHelpFormatter):
@@ -68,28 +68,10 @@ def build_parser(selected: str | None = None) -> argparse.ArgumentParser:
     return parser
 
 
-class Terminated(SystemExit):
-    """SIGTERM, raised in the main thread so ``with``/``finally`` blocks run: writers delete
-    their partial output exactly as on Ctrl-C (the default SIGTERM action kills the process
-    where it stands and leaves the hidden temporary file behind)."""
-
-    def __init__(self) -> None:
-        super().__init__(128 + signal.SIGTERM)
-
-
-def _raise_terminated(signum, frame) -> None:
-    raise Terminated()
-
-
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    if threading.current_thread() is not threading.main_thread():  # signals go to the main thread only
+    with sigterm_raises():
         return _run(argv)
-    previous = signal.signal(signal.SIGTERM, _raise_terminated)
-    try:
-        return _run(argv)
-    finally:
-        signal.signal(signal.SIGTERM, previous)  # main() called from Python leaves no trace
 
 
 def _run(argv: list[str]) -> int:

@@ -167,10 +167,28 @@ def start_ray_head(num_cpus: int = 2, resources: str | None = None) -> RayHead:
     return head
 
 
+def stop_ray_node(proc: subprocess.Popen, timeout: float = 20) -> None:
+    """Stop a `ray start --block` node: SIGTERM to `ray start` alone (it stops its node in
+    ~4 s), then SIGKILL to what is left of its process group. A SIGTERM to the whole group
+    made the node's processes wait on one another until the 30 s timeout, per node."""
+    if proc.poll() is None:
+        try:
+            os.kill(proc.pid, signal.SIGTERM)
+            proc.wait(timeout=timeout)
+        except (ProcessLookupError, subprocess.TimeoutExpired):
+            pass
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    if proc.poll() is None:
+        proc.wait(timeout=10)
+
+
 def stop_ray_head(head: RayHead) -> None:
     # Stop workers first, then the head; `ray stop` would also kill unrelated clusters.
     for proc in reversed(head.procs):
-        stop_process_group(proc)
+        stop_ray_node(proc)
     shutil.rmtree(head.temp_dir, ignore_errors=True)
 
 

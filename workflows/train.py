@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import signal
 import sys
 from dataclasses import asdict
 from pathlib import Path
@@ -31,6 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from lipsync.cli import HelpFormatter  # noqa: E402
 from lipsync.errors import ConfigError, LipsyncError  # noqa: E402
+from lipsync import terminate  # noqa: E402
 from pipelines.common.paths import resolve_path_args  # noqa: E402
 from pipelines.train.config import TrainConfig  # noqa: E402
 from pipelines.train.driver import run_training  # noqa: E402
@@ -52,10 +54,18 @@ def main(argv: list[str] | None = None) -> int:
         check_stage_flags(parser, args)
         if args.resume and not args.run_name:
             raise ConfigError("--resume needs --run-name of the run to continue")
-        result = run_training(TrainConfig.from_flat(args.stage, vars(args)))
+        with terminate.sigterm_raises():  # SIGTERM ends the MLflow run KILLED, as Ctrl-C does
+            result = run_training(TrainConfig.from_flat(args.stage, vars(args)))
     except LipsyncError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except (KeyboardInterrupt, SystemExit) as exc:
+        sigterm = terminate.received()
+        if not (sigterm or isinstance(exc, KeyboardInterrupt)):
+            raise  # an argparse exit, not a stop
+        print(f"{'terminated' if sigterm else 'interrupted'}: the MLflow run is marked KILLED "
+              "(--resume with its --run-name continues it)", file=sys.stderr)
+        return 128 + (signal.SIGTERM if sigterm else signal.SIGINT)
     print(json.dumps(asdict(result), indent=2))
     return 0
 

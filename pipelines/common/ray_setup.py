@@ -14,7 +14,9 @@ import contextlib
 import logging
 import os
 import secrets
+import signal
 import socket
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -81,7 +83,19 @@ def environment(values: dict[str, str]):
                 os.environ[k] = v
 
 
-def init_ray(address: str | None = None, num_cpus: int | None = None,
+def init_ray(address: str | None = None, num_cpus: int | None = None, **kwargs) -> dict:
+    """Connect to (or start) the Ray cluster; see ``_init_ray``. A SIGTERM handler the command
+    installed (lipsync.terminate) survives: ray.init puts its own in place, which aborts the
+    driver (exit -6) before any ``finally`` runs, leaving MLflow runs RUNNING."""
+    previous = signal.getsignal(signal.SIGTERM)
+    try:
+        return _init_ray(address, num_cpus, **kwargs)
+    finally:
+        if callable(previous) and threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _init_ray(address: str | None = None, num_cpus: int | None = None,
              object_store_memory: int | None = None, **kwargs: Any) -> dict:
     """Connect to `address` (or RAY_ADDRESS), else start a local cluster on 127.0.0.1 with token auth.
 

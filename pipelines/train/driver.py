@@ -10,17 +10,20 @@ then picks the best validated step from the run's history (the stage's ``best_me
 logs the curves, and registers that step's checkpoint folder under the stage's registered
 model name with alias ``candidate``. ``--resume`` (same ``--run-name`` and
 ``--storage-path``) continues the Ray run from its latest checkpoint and the same MLflow run.
+Every exit path ends the MLflow run: FINISHED, FAILED (any error, in Ray's start and in the
+registration too) or KILLED (Ctrl-C, SIGTERM under ``lipsync.terminate.sigterm_raises``, any exit).
 """
 
 from __future__ import annotations
 
 import json
+import sys
 import tempfile
 import time
 from functools import partial
 from pathlib import Path
 
-from lipsync.errors import ConfigError, LipsyncError
+from lipsync.errors import ConfigError, LipsyncError, first_line
 from pipelines.common import storage
 from lipsync.training.recipe import model_fields
 from pipelines.train.config import RUN_STATE_FILE, TrainConfig, TrainResult, WorkerPlan
@@ -104,9 +107,8 @@ def _open_mlflow_run(cfg: TrainConfig, tracking_uri: str, n_train: int, n_val: i
         client.set_tag(run_id, f"lipsync.resume_{resumed}.lr", str(cfg.recipe.lr))
         return run_id
     if storage.exists(run_dir):
-        raise ConfigError(
-            f"{run_dir}: a run named {cfg.tracking.run_name!r} exists; pass --resume to continue it or choose another --run-name"
-        )
+        raise ConfigError(f"{run_dir}: a run named {cfg.tracking.run_name!r} exists{_status_of(client, state_path)}; "
+                          f"continue it with --resume --run-name {cfg.tracking.run_name} or choose another --run-name")
     pinned = _pin_references(cfg, tracking_uri)
     stage_tags = preflight()
     mlflow_setup.configure(tracking_uri, cfg.experiment)
@@ -114,12 +116,39 @@ def _open_mlflow_run(cfg: TrainConfig, tracking_uri: str, n_train: int, n_val: i
     tags = {**mlflow_setup.run_tags(manifest), **stage_tags, "lipsync.job": "training", "lipsync.stage": cfg.stage, "lipsync.ray_run_dir": str(run_dir)}
     tags.update({f"lipsync.{k}": v for k, v in pinned.items()})
     experiment = mlflow.get_experiment_by_name(cfg.experiment)
-    run = client.create_run(experiment.experiment_id, run_name=cfg.tracking.run_name, tags=tags)
-    params = {**cfg.params(), "train_shards": n_train, "val_shards": n_val}
-    client.log_batch(run.info.run_id, params=[mlflow.entities.Param(k, str(v)) for k, v in params.items()])
-    storage.put_bytes(state_path, json.dumps({"mlflow_run_id": run.info.run_id, "tracking_uri": tracking_uri,
-                                              "stage": cfg.stage, "pinned": pinned}).encode())
-    return run.info.run_id
+    run_id = client.create_run(experiment.experiment_id, run_name=cfg.tracking.run_name, tags=tags).info.run_id
+    try:
+        params = {**cfg.params(), "train_shards": n_train, "val_shards": n_val}
+        client.log_batch(run_id, params=[mlflow.entities.Param(k, str(v)) for k, v in params.items()])
+        storage.put_bytes(state_path, json.dumps({"mlflow_run_id": run_id, "tracking_uri": tracking_uri,
+                                                  "stage": cfg.stage, "pinned": pinned}).encode())
+    except BaseException as e:
+        end_run(client, run_id, e)
+        raise
+    return run_id
+
+
+def _status_of(client, state_path: str) -> str:
+    """' (MLflow run ID, STATUS)' of an earlier run with this name, when it can be read."""
+    try:
+        run_id = json.loads(storage.get_bytes(state_path))["mlflow_run_id"]
+        return f" (MLflow run {run_id}, {client.get_run(run_id).info.status})"
+    except Exception:  # noqa: BLE001 - only a detail of the message
+        return ""
+
+
+def end_run(client, run_id: str, error: BaseException | None) -> str:
+    """End the MLflow run FINISHED, FAILED (an error) or KILLED (Ctrl-C, SIGTERM): no exit
+    path leaves it RUNNING. A tracking server that cannot be reached is said in one line."""
+    # SystemExit: SIGTERM (lipsync.terminate; through ray.get it arrives as SystemExit(1)) or an exit.
+    status = "FINISHED" if error is None else "KILLED" if isinstance(error, (KeyboardInterrupt, SystemExit)) \
+        else "FAILED"
+    try:
+        client.set_terminated(run_id, status=status)
+    except Exception as e:  # noqa: BLE001 - the run's own outcome is what the caller reports
+        print(f"warning: MLflow run {run_id} could not be marked {status}: {first_line(e, 200)}",
+              file=sys.stderr, flush=True)
+    return status
 
 
 def _curve_figure(client, run_id: str, panels):
@@ -159,15 +188,9 @@ def best_validated_step(client, run_id: str, metric: str, higher_is_better: bool
 def run_training(cfg: TrainConfig) -> TrainResult:
     """Run (or resume) one training of ``cfg.stage``; returns where everything went."""
     from mlflow import MlflowClient
-    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
-    from ray.train.torch import TorchConfig, TorchTrainer
 
-    from pipelines.tracking import setup as mlflow_setup
     from lipsync import model_ref
-    from pipelines.common.ray_setup import init_ray, quiet_train_options
-    from pipelines.tracking.registry import ALIAS_CANDIDATE, register_checkpoint
-    from pipelines.train.loop import train_loop_per_worker
-    from pipelines.train.worker_errors import fit
+    from pipelines.tracking import setup as mlflow_setup
 
     cfg.check()
     stage_cls = cfg.stage_type
@@ -179,7 +202,25 @@ def run_training(cfg: TrainConfig) -> TrainResult:
     preflight = partial(stage_cls.preflight, cfg.recipe, loader, shard_face_size(train_shards))
     run_id = _open_mlflow_run(cfg, tracking_uri, len(train_shards), len(val_shards), preflight)
     client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+    try:
+        result = _train_and_register(cfg, run_id, client, tracking_uri, train_shards, val_shards)
+    except BaseException as e:
+        end_run(client, run_id, e)
+        raise
+    end_run(client, run_id, None)
+    return result
 
+
+def _train_and_register(cfg: TrainConfig, run_id: str, client, tracking_uri: str, train_shards, val_shards):
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchConfig, TorchTrainer
+
+    from pipelines.common.ray_setup import init_ray, quiet_train_options
+    from pipelines.tracking.registry import ALIAS_CANDIDATE, register_checkpoint
+    from pipelines.train.loop import train_loop_per_worker
+    from pipelines.train.worker_errors import fit
+
+    stage_cls = cfg.stage_type
     init_ray()
     w = cfg.workers
     plan = WorkerPlan(config=cfg, train_shards=train_shards, val_shards=val_shards, mlflow_run_id=run_id,
@@ -203,11 +244,7 @@ def run_training(cfg: TrainConfig) -> TrainResult:
     )
     # A worker's user error comes back as its one line; the full trace goes to a local log.
     log_dir = tempfile.gettempdir() if storage.is_object_storage(_run_dir(cfg)) else _run_dir(cfg)
-    try:
-        result = fit(trainer, log_dir)
-    except BaseException:
-        client.set_terminated(run_id, status="FAILED")
-        raise
+    result = fit(trainer, log_dir)
     final_step = int(result.metrics.get("step", 0)) if result.metrics else 0
 
     best_step, best_value = best_validated_step(client, run_id, stage_cls.best_metric, stage_cls.higher_is_better)
@@ -230,7 +267,6 @@ def run_training(cfg: TrainConfig) -> TrainResult:
         client.set_tag(run_id, "lipsync.registered_version", version)
     client.log_metric(run_id, f"best_{stage_cls.best_metric}", best_value if best_value is not None else float("nan"),
                       step=final_step)
-    client.set_terminated(run_id, status="FINISHED")
     return TrainResult(run_id=run_id, stage=cfg.stage, final_step=final_step, best_step=best_step,
                        best_metric=stage_cls.best_metric, best_value=best_value, model_version=version,
                        tracking_uri=tracking_uri, run_dir=_run_dir(cfg))
