@@ -83,19 +83,20 @@ def environment(values: dict[str, str]):
                 os.environ[k] = v
 
 
-def init_ray(address: str | None = None, num_cpus: int | None = None, **kwargs) -> dict:
-    """Connect to (or start) the Ray cluster; see ``_init_ray``. A SIGTERM handler the command
-    installed (lipsync.terminate) survives: ray.init puts its own in place, which aborts the
-    driver (exit -6) before any ``finally`` runs, leaving MLflow runs RUNNING."""
+@contextlib.contextmanager
+def sigterm_handler_kept():
+    """ray.init installs its own SIGTERM handler, which exits the driver before any ``finally``
+    runs (MLflow runs were left RUNNING); a Python handler the command put in place
+    (lipsync.terminate) is restored after it."""
     previous = signal.getsignal(signal.SIGTERM)
     try:
-        return _init_ray(address, num_cpus, **kwargs)
+        yield
     finally:
         if callable(previous) and threading.current_thread() is threading.main_thread():
             signal.signal(signal.SIGTERM, previous)
 
 
-def _init_ray(address: str | None = None, num_cpus: int | None = None,
+def init_ray(address: str | None = None, num_cpus: int | None = None,
              object_store_memory: int | None = None, **kwargs: Any) -> dict:
     """Connect to `address` (or RAY_ADDRESS), else start a local cluster on 127.0.0.1 with token auth.
 
@@ -107,7 +108,8 @@ def _init_ray(address: str | None = None, num_cpus: int | None = None,
     address = address or os.environ.get("RAY_ADDRESS") or None
     options: dict[str, Any] = {"log_to_driver": True, **kwargs}
     if address:
-        ctx = ray.init(address=address, **options)
+        with sigterm_handler_kept():
+            ctx = ray.init(address=address, **options)
     else:
         options.setdefault("logging_level", logging.WARNING)  # no "Started a local Ray instance" chatter
         use_loopback()
@@ -124,7 +126,7 @@ def _init_ray(address: str | None = None, num_cpus: int | None = None,
             dashboard_env[API_SERVER_ENV] = f"http://{options['dashboard_host']}:{port}"
         # "local": always a new private cluster. With no address Ray would join whatever cluster
         # /tmp/ray/ray_current_cluster names (another user's, or a dead one left by a killed run).
-        with environment(dashboard_env):
+        with environment(dashboard_env), sigterm_handler_kept():
             ctx = ray.init(address="local", num_cpus=num_cpus, object_store_memory=object_store_memory, **options)
     return {"address": ctx.address_info.get("gcs_address") or ctx.address_info.get("address")}
 

@@ -8,7 +8,8 @@ Rules, all of which must hold for the evaluated version to become champion:
    from its version tags when it was evaluated on the same test set (same fingerprint), otherwise
    it is evaluated now with the same evaluator and shards (pipelines/evaluate/record.py, before
    the gate is asked).
-No champion yet → rule 2 holds once the compared metrics were measured. The version evaluated is already champion → nothing moves.
+No champion yet → rule 2 holds once the compared metrics were measured. The version evaluated
+is already champion → nothing moves.
 A metric the gate thresholds or compares must be a measurement on both sides: missing or not
 finite (NaN, inf) fails the gate with that reason, never passes it by default.
 

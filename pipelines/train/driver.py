@@ -137,7 +137,7 @@ def _status_of(client, state_path: str) -> str:
         return ""
 
 
-def end_run(client, run_id: str, error: BaseException | None) -> str:
+def end_run(client, run_id: str, error: BaseException | None) -> None:
     """End the MLflow run FINISHED, FAILED (an error) or KILLED (Ctrl-C, SIGTERM): no exit
     path leaves it RUNNING. A tracking server that cannot be reached is said in one line."""
     # SystemExit: SIGTERM (lipsync.terminate; through ray.get it arrives as SystemExit(1)) or an exit.
@@ -148,7 +148,6 @@ def end_run(client, run_id: str, error: BaseException | None) -> str:
     except Exception as e:  # noqa: BLE001 - the run's own outcome is what the caller reports
         print(f"warning: MLflow run {run_id} could not be marked {status}: {first_line(e, 200)}",
               file=sys.stderr, flush=True)
-    return status
 
 
 def _curve_figure(client, run_id: str, panels):
