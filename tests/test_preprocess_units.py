@@ -165,6 +165,40 @@ def test_task_shard_writer_commits_atomically_recovers_and_retries_clean(tmp_pat
     assert sh.parse_size("1.5MB") == 1_500_000 and sh.parse_size("64k") == 64_000
 
 
+def test_overwrite_deletes_only_what_preprocessing_wrote_and_refuses_other_folders(tmp_path):
+    from pipelines.dataset.compaction import merge_shards, merged_name
+    from pipelines.preprocess.driver import PreprocessConfig, _prepare_output
+
+    folder = tmp_path / "shards"
+    out = _prepare_output(PreprocessConfig(input="in", output=str(folder)))  # the index fingerprint
+    for task in range(3):
+        w = sh.TaskShardWriter(out, "train", sh.task_name(1, task), target_bytes=10**6)
+        w.add_piece([_sample(f"k{task}")], _row(f"k{task}"))
+        w.finish()
+    merge_shards(out, ["train-r1t00000-0000.tar", "train-r1t00001-0000.tar"], merged_name("train", 1, 0))
+    w = sh.TaskShardWriter(out, "val", sh.task_name(2, 0), target_bytes=10**6)
+    w.add_piece([_sample("v")], _row("v"))            # never closed: val-r2t00000-0000.tar.partial
+    out.put_json({"ok": 4}, "summary.json")
+    (folder / "manifest.parquet").write_bytes(b"rows")
+    (folder / "summary.json.tmp").write_text("{}")    # a summary being written when the run died
+    theirs = ["notes.tar", "backup.tmp", "draft.partial", "train-final.tar", "index/README.md", "keep/x.tar"]
+    for name in theirs:
+        (folder / name).parent.mkdir(exist_ok=True)
+        (folder / name).write_text(name)
+    sh.recover(out)                                   # a resume keeps their .tmp / .partial too
+    assert all((folder / name).exists() for name in theirs)
+    _prepare_output(PreprocessConfig(input="in", output=str(folder), overwrite=True))
+    left = sorted(str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file())
+    assert left == sorted(theirs + ["index/config.json"]), left   # the fingerprint is the new run's
+    # A folder preprocessing never wrote: refused, one line naming it, nothing deleted.
+    other = tmp_path / "photos"
+    other.mkdir()
+    (other / "holiday.tar").write_text("mine")
+    with pytest.raises(ConfigError, match=f"--output {other}: not a shard folder"):
+        _prepare_output(PreprocessConfig(input="in", output=str(other), overwrite=True))
+    assert sorted(p.name for p in other.iterdir()) == ["holiday.tar"]
+
+
 def test_long_inputs_become_pieces_and_piece_rows_merge_into_one_input_row():
     from types import SimpleNamespace
 

@@ -53,7 +53,7 @@ def build_parser() -> argparse.ArgumentParser:
     io.add_argument("--codec", choices=("jpeg", "png"), default=d.codec,
                     help="face crop encoding in shards (png is lossless)")
     io.add_argument("--jpeg-quality", type=int, default=d.jpeg_quality, help="JPEG quality of the crops (1-100)")
-    io.add_argument("--overwrite", action="store_true", help="discard earlier output instead of resuming")
+    io.add_argument("--overwrite", action="store_true", help="delete what earlier runs wrote in --output (only that; a folder that is not a shard folder is refused) instead of resuming")
     clips = p.add_argument_group("clips")
     clips.add_argument("--max-clip-seconds", type=float, default=d.max_clip_seconds,
                        help="split longer videos into clips of at most this long (0: never)")

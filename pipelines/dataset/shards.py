@@ -150,6 +150,57 @@ def shard_name(split: str, task: str, index: int) -> str:
     return f"{split}-{task}-{index:04d}.tar"
 
 
+# Names preprocessing writes: task shards {split}-r{run}t{task}-{n}.tar (shard_name) and merged ones
+# {split}-r{run}m{n}-0000.tar (pipelines/dataset/compaction.py); the index's fingerprint; and the
+# suffixes of a file still being written (Output.put_bytes / put_file, TaskShardWriter).
+SHARD_RE = re.compile(r"^[A-Za-z0-9_]+-r\d+[tm]\d+-\d+\.tar$")
+CONFIG_NAME = "config.json"
+UNCOMMITTED = (".partial", ".tmp")
+
+
+def _uncommitted(name: str, committed) -> bool:
+    """Is ``name`` a file being written whose final name ``committed`` accepts?"""
+    return any(name.endswith(suffix) and committed(name[:-len(suffix)]) for suffix in UNCOMMITTED)
+
+
+def _index_file(name: str) -> bool:
+    return bool(PART_RE.match(name)) or name == CONFIG_NAME
+
+
+def clear(out: Output, files: Iterable[str] = ()) -> int:
+    """Delete what preprocessing wrote in ``out`` (``--overwrite``), and nothing else: the shards
+    its index lists, files being written under its names, the index's own files and ``files`` (the
+    driver's manifest and summary). Returns how many files went. A folder that holds files but no
+    index fingerprint is not a shard folder: refused, nothing deleted."""
+    entries = out.listdir()
+    if not entries:
+        return 0
+    if not out.exists(INDEX_DIR, CONFIG_NAME):
+        raise ConfigError(f"--output {out.root}: not a shard folder (no {INDEX_DIR}/{CONFIG_NAME}); "
+                          "--overwrite deletes only what preprocessing wrote, so it refuses this folder")
+    files = set(files)
+    ours = set(files)  # top-level files
+    index = []
+    for info in out.listdir(INDEX_DIR):
+        name = info.base_name
+        if PART_RE.match(name):
+            shard = out.read_json(INDEX_DIR, name).get("shard")
+            if shard:
+                ours.add(shard)  # every committed tar has its part: the part is written first
+        if _index_file(name) or _uncommitted(name, _index_file):
+            index.append(name)
+    gone = [info.base_name for info in entries if info.type == pafs.FileType.File and (
+        info.base_name in ours
+        or _uncommitted(info.base_name, lambda stem: bool(SHARD_RE.match(stem)) or stem in files))]
+    for name in gone:
+        out.delete(name)
+    for name in index:
+        out.delete(INDEX_DIR, name)
+    if out.exists(INDEX_DIR) and not out.listdir(INDEX_DIR):
+        out.fs.delete_dir(out.path(INDEX_DIR))
+    return len(gone) + len(index)
+
+
 # ------------------------------------------------------------------------------ recovery
 
 
@@ -168,16 +219,17 @@ class ShardState:
 
 
 def recover(out: Output) -> ShardState:
-    """Clean up after killed runs and read what committed parts recorded."""
+    """Clean up after killed runs (the shards and parts they were writing) and read what committed
+    parts recorded."""
     for info in out.listdir():
-        if info.base_name.endswith((".partial", ".tmp")):
+        if _uncommitted(info.base_name, SHARD_RE.match):
             out.delete(info.base_name)
     state = ShardState()
     seen: dict[tuple[str, int], str] = {}
     parts = {}
     for info in sorted(out.listdir(INDEX_DIR), key=lambda i: i.base_name):
         name = info.base_name
-        if name.endswith(".tmp"):
+        if _uncommitted(name, _index_file):
             out.delete(INDEX_DIR, name)
             continue
         m = PART_RE.match(name)

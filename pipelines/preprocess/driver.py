@@ -138,22 +138,20 @@ def _connect(cfg: PreprocessConfig) -> None:
 def _prepare_output(cfg: PreprocessConfig) -> sh.Output:
     out = sh.Output.of(cfg.output)
     if cfg.overwrite:
-        for info in out.listdir():
-            if info.base_name.endswith((".tar", ".partial", ".tmp")) or info.base_name in (
-                    mf.MANIFEST_NAME, SUMMARY_NAME):
-                out.delete(info.base_name)
-        if out.exists(sh.INDEX_DIR):
-            out.fs.delete_dir(out.path(sh.INDEX_DIR))
+        deleted = sh.clear(out, (mf.MANIFEST_NAME, SUMMARY_NAME))
+        if deleted:
+            print(f"preprocess: --overwrite deleted the {deleted} files earlier runs wrote in {cfg.output}",
+                  flush=True)
     out.fs.create_dir(out.path(sh.INDEX_DIR), recursive=True)
     fingerprint = cfg.fingerprint()
-    if out.exists(sh.INDEX_DIR, "config.json"):
-        previous = out.read_json(sh.INDEX_DIR, "config.json")
+    if out.exists(sh.INDEX_DIR, sh.CONFIG_NAME):
+        previous = out.read_json(sh.INDEX_DIR, sh.CONFIG_NAME)
         if previous != fingerprint:
             changed = sorted(k for k in set(previous) | set(fingerprint) if previous.get(k) != fingerprint.get(k))
             raise ConfigError(f"--output {cfg.output}: made with different settings ({', '.join(changed)}); "
                               "use another --output or --overwrite")
     else:
-        out.put_json(fingerprint, sh.INDEX_DIR, "config.json")
+        out.put_json(fingerprint, sh.INDEX_DIR, sh.CONFIG_NAME)
     return out
 
 
