@@ -8,18 +8,20 @@ DEMO ?= demo
 # One torch pin for the local install and the container images (infra/docker/Dockerfile).
 TORCH_VERSION ?= 2.13.0
 TORCH_CUDA_INDEX ?= https://download.pytorch.org/whl/cu128
+TORCH_CPU_INDEX ?= https://download.pytorch.org/whl/cpu
 SUDO ?= $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 IMAGE ?= lipsync
 IMAGE_TAG ?= 0.1.0
 
 .PHONY: install test demo bench clean images
 
-# torch first, pinned to the CPU wheel on local disk: an unpinned torch (asked for by
-# any dependency) would pull a multi-GB CUDA build. Our own range admits 2.13.0.
+# torch first, pinned, the CPU build: PyTorch's CPU index when it answers, else pip's configured
+# index (infra/install_torch.py says which). An unpinned torch (asked for by any dependency)
+# would pull a multi-GB CUDA build. Our own range admits 2.13.0.
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) install --quiet --upgrade pip
-	$(PIP) install --quiet torch==$(TORCH_VERSION)
+	$(PY) infra/install_torch.py $(TORCH_VERSION) --cpu-index $(TORCH_CPU_INDEX)
 	$(PIP) install --quiet -e '.[dev]'
 	@# The team-MLflow tests start a PostgreSQL server (Debian's package; CI runs as root).
 	@ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || command -v initdb >/dev/null || \
