@@ -101,6 +101,26 @@ def test_onnx_generator_matches_torch_and_export_is_cached(pairs):
     assert GeneratorCache(fuse_batchnorm(model), 96).folder != cache.folder  # any weight change: new export
 
 
+def test_int8_psnr_is_measured_again_on_every_input_not_taken_from_the_cache(pairs):
+    from lipsync.inference.onnx_backend import CalibrationSet, run_generator
+
+    faces, mels = pairs
+    cache = GeneratorCache(fuse_batchnorm(sharp_model(faces, mels)), 96)
+
+    def calib(f, m):
+        face_in, audio = network_inputs(f, m, 96)
+        return CalibrationSet(face=face_in.numpy(), audio=audio.numpy())
+
+    first = calib(faces, mels)
+    _, db_first = cache.int8(first, reduce_range=True)           # built and calibrated on this input
+    flat = np.full_like(faces, 128)                               # another video: a flat grey face, silence
+    other = calib(flat, np.full_like(mels, -4.0))
+    paths, db_other = cache.int8(other, reduce_range=True)        # the cached model, checked on this input
+    measured = psnr(run_generator(OrtGenerator(*cache.fp32()), other), run_generator(OrtGenerator(*paths), other))
+    assert db_other == pytest.approx(measured) and abs(db_other - db_first) > 1.0, (db_first, db_other)
+    assert cache.int8(None, reduce_range=True)[1] == pytest.approx(db_first)   # no input: the calibration's
+
+
 def test_onnx_expert_matches_torch():
     torch.manual_seed(0)
     expert = SyncNet(width=0.25).eval()

@@ -7,8 +7,9 @@ within float tolerance), ``int8`` (ONNX Runtime static QDQ int8, lipsync.inferen
 * CUDA: bf16 where supported, else fp32 (ONNX Runtime here is the CPU build).
 * CPU: the features decide what is worth trying -- bf16 only with native bf16 (AVX-512 BF16 /
   AMX; emulated it is ~9x slower), int8 with full-range weights only with VNNI (reduced range
-  otherwise), and int8 only when its calibration check holds: PSNR of the generated faces
-  against fp32 >= ``INT8_MIN_PSNR_DB``. Among those, a short timed probe (a few batches of the
+  otherwise), and int8 only when its check holds on this input: PSNR of the faces it generates
+  from the input's first batch against fp32 >= ``INT8_MIN_PSNR_DB`` (measured for every input,
+  lipsync.inference.onnx_backend.GeneratorCache.int8; later frames are not compared). Among those, a short timed probe (a few batches of the
   first real faces per candidate) picks the fastest; its result is cached per machine (CPU,
   ISA cap, threads, library versions) and model (digest, face size, batch size) in
   ``$LIPSYNC_CACHE_DIR/probe.json``, so it runs once.
