@@ -111,3 +111,33 @@ def test_sync_filter_keeps_its_settings_in_the_fingerprint(trained_expert):
     assert a.fingerprint()["sync_filter"] != b.fingerprint()["sync_filter"]
     assert json.dumps(a.fingerprint())  # stored in index/config.json
     assert a.fingerprint()["sync_filter"]["min_confidence"] == 0.2  # the expert judge's default
+
+
+def test_a_lagging_clip_is_realigned_and_one_off_by_more_than_the_limit_is_rejected(trained_expert, shards):
+    """The negative branch of realign (audio lagging) and the sync_offset_too_large verdict, on a
+    shard sample of the session corpus made to lag by realign's positive branch."""
+    from lipsync.data.shard_stream import iter_clips, list_shards
+    from pipelines.preprocess.sync_filter import make_sync_filter, realign
+
+    ckpt, _ = trained_expert
+    keep = make_sync_filter(str(ckpt), min_confidence=0.0, max_offset=6, fix_offset=True)
+    strict = make_sync_filter(str(ckpt), min_confidence=0.0, max_offset=2, fix_offset=True)
+    for clip in iter_clips(list_shards(shards, "train")):
+        start, n = int(clip.meta["start_frame"]), clip.n_frames
+        audio = read_video(clip.meta["source"], fps=25.0, require_audio=True).audio[start * 640:(start + n) * 640]
+        if keep(clip, audio)["offset"] == 0:          # the tiny judge finds this clip in sync
+            break
+    else:
+        raise AssertionError("the tiny expert finds no train clip in sync")
+    lagging = realign(clip, audio, 3)                 # picture from frame 3, audio 3 frames behind it
+    lag_audio = audio[: (n - 3) * 640]
+    verdict = keep(lagging, lag_audio)
+    assert verdict["keep"] and verdict["offset"] == -3 and verdict["shift"] == -3, verdict
+    fixed = realign(lagging, lag_audio, verdict["shift"])
+    assert fixed.n_frames == n - 6 and fixed.meta["sync_shift"] == -3 and len(fixed.meta["boxes"]) == n - 6
+    assert fixed.meta["start_frame"] == start + 3                # the lagging clip's start: picture cut at the end
+    assert np.array_equal(fixed.frames, clip.frames[3:n - 3])
+    assert keep(fixed, lag_audio[3 * 640:])["offset"] == 0
+    rejected = strict(lagging, lag_audio)
+    assert not rejected["keep"] and rejected["reason"] == "sync_offset_too_large", rejected
+    assert rejected["detail"].startswith(f"{clip.meta['source']}: audio offset -3 frames beyond ±2"), rejected
