@@ -35,6 +35,7 @@ CHECKPOINT_SUFFIXES = (".safetensors", ".pt", ".pth", ".ckpt", ".bin")
 DEFAULT_STORE = "mlruns.db"
 DEFAULT_ARTIFACTS = "mlartifacts"
 _ALIAS_URI = re.compile(r"^models:/(?P<name>[^/@]+)@(?P<alias>[^/]+)$")
+_VERSION_URI = re.compile(r"^models:/(?P<name>[^/@]+)/(?P<version>\d+)$")
 
 
 def is_mlflow_uri(ref: str | os.PathLike) -> bool:
@@ -116,18 +117,25 @@ def fetch(ref: str | os.PathLike, dst_dir: str | os.PathLike | None = None,
     tracking_uri = _existing_store(resolve_tracking_uri(tracking_uri), ref)
     mlflow = _mlflow(ref)
     dst = Path(dst_dir) if dst_dir is not None else Path(tempfile.mkdtemp(prefix="lipsync-model-"))
-    # MLflow resolves models:/ and runs:/ through its process-wide URIs: point them at this
-    # store for the download only, so a lookup leaves the caller's MLflow setup as it was.
-    previous = mlflow.get_tracking_uri(), mlflow.get_registry_uri()
-    mlflow.set_tracking_uri(tracking_uri)
-    mlflow.set_registry_uri(tracking_uri)
+    # Resolved through a client that carries the store, never through MLflow's process-wide URIs:
+    # setting and restoring them pins MLflow 3's default (./mlflow.db in the working directory)
+    # for every later call, and exports it to child processes as MLFLOW_TRACKING_URI.
+    client = mlflow.MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
     try:
-        local = Path(mlflow.artifacts.download_artifacts(artifact_uri=ref, dst_path=str(dst)))
+        source = ref
+        version = _VERSION_URI.match(pin(ref, tracking_uri)) if ref.startswith("models:/") else None
+        if version:
+            source = client.get_model_version_download_uri(version["name"], version["version"])
+        if source.startswith("runs:/"):
+            run_id, _, path = source[len("runs:/"):].partition("/")
+            local = Path(client.download_artifacts(run_id, path, str(dst)))
+        else:
+            local = Path(mlflow.artifacts.download_artifacts(artifact_uri=source, dst_path=str(dst),
+                                                             tracking_uri=tracking_uri))
+    except ConfigError:
+        raise
     except Exception as e:  # noqa: BLE001 - MLflow raises many types; all mean "cannot resolve"
         raise CheckpointError(f"{ref}: cannot fetch the model from MLflow at {tracking_uri} ({first_line(e)})") from e
-    finally:
-        mlflow.set_tracking_uri(previous[0])
-        mlflow.set_registry_uri(previous[1])
     return find_checkpoint_file(local, ref)
 
 

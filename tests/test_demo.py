@@ -36,6 +36,10 @@ def test_demo_runs_the_whole_chain_and_reuses_finished_steps(tmp_path):
     work, tracking = tmp_path / "demo", f"sqlite:///{tmp_path / 'mlruns.db'}"
     first = _demo(work, tracking)
     assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
+    # Every step (every workflow, and lipsync synth / infer / compare / sync-score) ran in this
+    # folder without MLFLOW_TRACKING_URI: it holds what the demo was asked to write, nothing else
+    # (no ./mlflow.db from MLflow's default store, no ./mlruns).
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["demo", "mlartifacts", "mlruns.db"]
     # The console is for a person: the commands' own output is in the log, not on stdout.
     assert "INFO" not in first.stdout and (work / "demo.log").stat().st_size > 10_000
 

@@ -344,6 +344,18 @@ def test_registry_lookup_pins_aliases_and_never_creates_a_store(mlflow_server, m
     assert len(lines) == 1 and "no MLflow store at" in lines[0] and "mlruns.db" in lines[0], proc.stderr
     assert sorted(p.name for p in empty.iterdir()) == [], "a lookup created files"
 
+    # A lookup through a store it is told leaves MLflow's process-wide setup alone: nothing pinned
+    # to MLflow's own default (./mlflow.db here) for later calls, nothing exported to children.
+    script = ("import os, sys; from lipsync import model_ref; "
+              "print(model_ref.fetch(sys.argv[1], sys.argv[2], sys.argv[3]).name); "
+              "print(os.environ.get('MLFLOW_TRACKING_URI'))")
+    proc = subprocess.run([sys.executable, "-c", script, "models:/model-ref-test@candidate", str(tmp_path / "got"),
+                           mlflow_server.uri], capture_output=True, text=True, timeout=300, cwd=empty,
+                          env={**env, "PYTHONPATH": str(REPO)})
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split() == ["model.safetensors", "None"], proc.stdout
+    assert sorted(p.name for p in empty.iterdir()) == [], "a lookup created files"
+
 
 # ------------------------------------------------------------------ bad input
 

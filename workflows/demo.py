@@ -94,9 +94,11 @@ def main(argv: list[str] | None = None) -> int:
     work = Path(args.workdir).resolve()
     work.mkdir(parents=True, exist_ok=True)
     tracking = args.tracking_uri or default_tracking_uri()
-    env = {**os.environ, "MLFLOW_TRACKING_URI": tracking, "PYTHONPATH": str(REPO)}
-    env.pop("RAY_ADDRESS", None)
-    chain = Chain(work, env, REPO, fresh=args.fresh, verbose=args.verbose)
+    # Every step is told its store (--tracking-uri) and runs in the caller's folder: nothing may
+    # lean on MLflow's process-wide default there (tests/test_demo.py checks the folder is left as it was).
+    env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "MLFLOW_TRACKING_URI")}
+    env["PYTHONPATH"] = str(REPO)
+    chain = Chain(work, env, Path.cwd(), tracking, fresh=args.fresh, verbose=args.verbose)
     py = sys.executable
     corpus, shards, synced = work / "corpus", work / "shards", work / "shards_synced"
 
@@ -105,26 +107,26 @@ def main(argv: list[str] | None = None) -> int:
         "--clips-per-speaker", str(args.clips_per_speaker), "--seed", "0", "--layout", "lrs2"],
         outputs=[corpus / "synth.json"], progress=r"synth clips:.*?(\d+)/(\d+)")
     chain.run("preprocess", "preprocess (Ray Data → WebDataset shards)", [
-        py, "workflows/preprocess.py", "--input", str(corpus), "--layout", "lrs2", "--output", str(shards),
+        py, str(REPO / "workflows" / "preprocess.py"), "--input", str(corpus), "--layout", "lrs2", "--output", str(shards),
         "--tracking-uri", tracking], outputs=[shards / "summary.json"], after=["corpus"],
         progress=r"^pieces:.*?(\d+)/(\d+) \[")
     chain.run("expert", "train the lip-sync expert (Ray Train DDP)", [
-        py, "workflows/train.py", "--stage", "expert", "--shards", str(shards), "--width", str(args.expert_width),
+        py, str(REPO / "workflows" / "train.py"), "--stage", "expert", "--shards", str(shards), "--width", str(args.expert_width),
         "--max-steps", str(args.expert_steps), "--lr", "1e-3", "--num-workers", str(args.num_workers),
         "--storage-path", str(work / "ray_results"), "--tracking-uri", tracking], after=["preprocess"],
         registers="lipsync-expert")
     expert_eval = chain.run("expert_eval", "evaluate the expert on held-out speakers; promote it to champion", [
-        py, "workflows/evaluate.py", "--model", "models:/lipsync-expert@candidate", "--shards", str(shards),
+        py, str(REPO / "workflows" / "evaluate.py"), "--model", "models:/lipsync-expert@candidate", "--shards", str(shards),
         "--tracking-uri", tracking, "--promote", "--threshold", f"test_accuracy={args.expert_gate}"],
         after=["expert"])
     confidence = [] if args.min_sync_confidence is None else ["--min-sync-confidence", str(args.min_sync_confidence)]
     chain.run("sync_filter", "sync-filter the clips with the champion expert (reject off-sync, realign shifted)", [
-        py, "workflows/preprocess.py", "--input", str(corpus), "--layout", "lrs2", "--output", str(synced),
+        py, str(REPO / "workflows" / "preprocess.py"), "--input", str(corpus), "--layout", "lrs2", "--output", str(synced),
         "--sync-filter", "models:/lipsync-expert@champion", "--fix-offset", "--max-sync-offset",
         str(args.max_sync_offset), *confidence, "--tracking-uri", tracking], outputs=[synced / "summary.json"],
         after=["expert_eval"], progress=r"^pieces:.*?(\d+)/(\d+) \[")
     chain.run("generator", "train the generator (Wav2Lip + GAN), judged by the champion expert", [
-        py, "workflows/train.py", "--stage", "generator", "--shards", str(synced),
+        py, str(REPO / "workflows" / "train.py"), "--stage", "generator", "--shards", str(synced),
         "--expert", "models:/lipsync-expert@champion", "--width", str(args.generator_width),
         "--max-steps", str(args.generator_steps), "--batch-size", str(args.generator_batch_size),
         "--lr", str(args.generator_lr), "--disc-lr", str(args.generator_lr),
@@ -132,7 +134,7 @@ def main(argv: list[str] | None = None) -> int:
         "--num-workers", str(args.num_workers), "--storage-path", str(work / "ray_results"),
         "--tracking-uri", tracking], after=["sync_filter"], registers="wav2lip")
     chain.run("generator_eval", "evaluate the generator on held-out speakers; promote it to champion", [
-        py, "workflows/evaluate.py", "--model", "models:/wav2lip@candidate", "--shards", str(synced),
+        py, str(REPO / "workflows" / "evaluate.py"), "--model", "models:/wav2lip@candidate", "--shards", str(synced),
         "--judge-model", "models:/lipsync-expert@champion", "--tracking-uri", tracking, "--promote"],
         after=["generator"])
 
@@ -141,14 +143,15 @@ def main(argv: list[str] | None = None) -> int:
     both, strip = work / "side_by_side.mp4", work / "strip.png"
     chain.run("infer", "lip-sync a held-out speaker's video to another speaker's audio", [
         py, "-m", "lipsync", "infer", "--face", str(face), "--audio", str(audio),
-        "--model", "models:/wav2lip@champion", "--out", str(out)], after=["generator_eval"], outputs=[out],
+        "--model", "models:/wav2lip@champion", "--tracking-uri", tracking, "--out", str(out)],
+        after=["generator_eval"], outputs=[out],
         progress=r"(\d+)/(\d+) \[")
     chain.run("compare", "before and after: side-by-side video, PNG strip", [
         py, "-m", "lipsync", "compare", "--input", str(face), "--output", str(out), "--side-by-side", str(both),
         "--strip", str(strip), "--undubbed", str(undubbed)], after=["infer"], outputs=[both, strip, undubbed])
     scores = chain.run("score", "sync scores (our champion expert as the judge)", [
         py, "-m", "lipsync", "sync-score", "--judge", "expert", "--model", "models:/lipsync-expert@champion",
-        "--json", str(out), str(undubbed), str(audio)], after=["compare"])
+        "--tracking-uri", tracking, "--json", str(out), str(undubbed), str(audio)], after=["compare"])
 
     chain.finish(work, tracking, rows=summary_rows(shards, synced, expert_eval, scores), paths=[
         ("output video (held-out face, another speaker's audio)", out), ("side-by-side video", both),

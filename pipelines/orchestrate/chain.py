@@ -73,6 +73,7 @@ class Chain:
     work: Path
     env: dict
     cwd: Path
+    tracking_uri: str
     fresh: bool = False
     verbose: bool = False
     records: dict[str, StepRecord] = field(default_factory=dict)
@@ -110,7 +111,7 @@ class Chain:
             return False
         from mlflow import MlflowClient
 
-        uri = self.env["MLFLOW_TRACKING_URI"]
+        uri = self.tracking_uri
         if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///"):]).exists():
             return False
         try:
