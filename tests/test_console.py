@@ -32,7 +32,7 @@ CHATTER = {name: re.compile(pattern) for name, pattern in {
     "MLflow's download bar": r"Downloading artifacts",
     "colour codes": r"\x1b\[",
 }.items()}
-LOG_NOTICE = re.compile(r"^(preprocess|train): Ray's and MLflow's own output goes to (\S+) ", re.M)
+LOG_NOTICE = re.compile(r"^([\w-]+): Ray's and MLflow's own output goes to (\S+) ", re.M)
 
 
 def run_workflow(script: str, *flags: str, ray_local) -> subprocess.CompletedProcess:
@@ -49,7 +49,7 @@ def chatter_in(text: str) -> list[str]:
 
 def logged(run: subprocess.CompletedProcess) -> str:
     """The log the run named, exactly once; read and removed."""
-    notices = LOG_NOTICE.findall(run.stdout + run.stderr)
+    notices = LOG_NOTICE.findall(run.stdout + (run.stderr or ""))
     assert len(notices) == 1, run.stderr[-3000:]
     path = Path(notices[0][1])
     try:
@@ -75,6 +75,35 @@ def test_lines_are_sorted_into_the_projects_and_the_logs():
     for line in ("preprocess summary: 6 inputs: 6 ok", "error: --shards x: no such folder", '  "final_step": 2,',
                  "Traceback (most recent call last):"):
         assert shown_text(line) == line
+
+
+# A workflow in miniature: a Ray-like log record, a worker's counter lines, the JSON result.
+_FAKE_RUN = """
+import sys, time
+from pipelines.common.console import TRAINING_PROGRESS, quiet_console
+with quiet_console("fake", progress=TRAINING_PROGRESS, label="[x] step"):
+    print("2026-12-03 07:19:14,017\\tINFO streaming_executor.py:215 -- Starting execution", file=sys.stderr, flush=True)
+    for i in (1, 2, 3):
+        print(f"\\x1b[36m(RayTrainWorker pid=1)\\x1b[0m [x] step {i}/4 loss 0.5", flush=True)
+        time.sleep(0.3)
+    print('{\\n  "final_step": 3\\n}', flush=True)
+"""
+
+
+def test_in_a_log_every_shown_line_starts_a_line_of_its_own(tmp_path):
+    """stdout and stderr merged into one pipe (a CI log, `ray job submit`): the bar's last
+    draw ends before a line is shown, so neither the lines nor the JSON result are glued to it."""
+    run = subprocess.run([sys.executable, "-c", _FAKE_RUN], cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)},
+                         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=120)
+    assert run.returncode == 0, run.stdout
+    lines = re.split(r"[\r\n]", run.stdout)
+    for shown in ("[x] step 1/4 loss 0.5", "[x] step 2/4 loss 0.5", "[x] step 3/4 loss 0.5", "{", "}"):
+        assert shown in lines, run.stdout
+    assert json.loads(run.stdout[run.stdout.rindex("{\n"):run.stdout.rindex("}") + 1]) == {"final_step": 3}
+    notice = [line for line in lines if "own output goes to" in line]
+    assert len(notice) == 1 and LOG_NOTICE.match(notice[0]), run.stdout
+    assert re.search(r"\[x\] step: +75%", run.stdout) and chatter_in(run.stdout) == [], run.stdout
+    assert "Ray Data's executor" in chatter_in(logged(run))
 
 
 def test_preprocess_and_train_show_the_projects_lines_and_log_ray_and_mlflow(synth_corpus, shards, ray_local,

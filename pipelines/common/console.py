@@ -10,7 +10,9 @@ goes to the log file, and a line reaches the terminal only when it is the projec
 ``shown_text``). Lines that carry the phase's ``N/M`` counter drive its progress bar, the
 same way the demo chain (pipelines/orchestrate/chain.py) follows each command it runs:
 both use ``CounterBar`` and ``OutputLines``. The log's path is printed once, when the first
-line goes there; a run that hid nothing leaves no log.
+line goes there; a run that hid nothing leaves no log. stdout and stderr stay apart (the
+JSON result on one, errors on the other) through two pipes, so two lines written to the two
+within the same instant can reach the terminal in either order.
 """
 
 from __future__ import annotations
@@ -75,15 +77,16 @@ class CounterBar:
         self.pattern = re.compile(pattern)
         self.label, self.file, self.disable = label, file, disable
         self.close_when_done = not eager
+        self.dangling = False
         self.bar = self._open() if eager else None
 
-    def _open(self, total: int | None = None):
+    def _open(self, total: int | None = None, initial: int = 0):
         from tqdm import tqdm
 
         # position 0: a bar the process draws elsewhere (the driver's own, captured) would
         # otherwise push this one down a line, with cursor moves.
-        return tqdm(total=total, desc=self.label, leave=True, disable=self.disable, dynamic_ncols=True,
-                    file=self.file, position=0)
+        return tqdm(total=total, initial=initial, desc=self.label, leave=True, disable=self.disable,
+                    dynamic_ncols=True, file=self.file, position=0)
 
     def follow(self, line: str) -> bool:
         """Move the bar to the counter in ``line``; True when the line had one."""
@@ -93,10 +96,11 @@ class CounterBar:
         n, total = (int(v) for v in counters[-1])
         if 0 < total and n <= total:
             if self.bar is None:
-                self.bar = self._open(total)
+                self.bar = self._open(total, initial=n)  # its rate counts from here, not from 0
             self.bar.total = total
             self.bar.n = n
             self.bar.refresh()
+            self.dangling = True  # drawn with "\r", no line end yet
             if self.close_when_done and n == total:
                 self.close()  # the phase is over: the lines after it are not drawn around its bar
         return True
@@ -105,10 +109,16 @@ class CounterBar:
     def aside(self):
         """Write a line to the terminal without tearing the bar: clear it, then redraw it.
         Not in a log (a pipe, `ray job submit`): there the redraws would land between the
-        lines, the JSON result's included; the next counter draws the bar again anyway."""
-        redraw = self.bar is not None and not self.disable and _is_terminal(self.bar.fp)
+        lines, the JSON result's included, so the bar's last state only gets its line end;
+        the next counter draws it again."""
+        shown = self.bar is not None and not self.disable
+        redraw = shown and _is_terminal(self.bar.fp)
         if redraw:
             self.bar.clear()
+        elif shown and self.dangling:
+            self.bar.fp.write("\n")
+            self.bar.fp.flush()
+        self.dangling = False
         try:
             yield
         finally:
@@ -117,8 +127,11 @@ class CounterBar:
 
     def close(self) -> None:
         if self.bar is not None:
-            self.bar.close()
+            stream = self.bar.fp
+            self.bar.close()  # ends its line, unflushed
+            stream.flush()
             self.bar = None
+        self.dangling = False
 
 
 def _is_terminal(stream) -> bool:
