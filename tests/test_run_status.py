@@ -18,6 +18,7 @@ from pathlib import Path
 from mlflow import MlflowClient
 
 from lipsync.terminate import Terminated, sigterm_raises
+from test_console import LOG_NOTICE, chatter_in
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -63,6 +64,9 @@ def test_a_terminated_training_ends_its_run_killed_and_a_resubmit_says_how_to_re
             os.killpg(proc.pid, signal.SIGKILL)
     assert proc.returncode == 128 + signal.SIGTERM, err[-3000:]
     assert "terminated: the MLflow run is marked KILLED" in err and "Traceback" not in err, err[-3000:]
+    # Through the quiet console (pipelines/common/console.py) too: Ray's own lines are in its log.
+    assert chatter_in(err) == [] and len(LOG_NOTICE.findall(err)) == 1, err[-3000:]
+    Path(LOG_NOTICE.search(err).group(2)).unlink()
     assert client.get_run(run.info.run_id).info.status == "KILLED"
 
     resubmit = subprocess.run([sys.executable, "workflows/train.py", *flags], cwd=REPO, env=env,

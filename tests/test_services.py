@@ -142,6 +142,29 @@ def test_project_cluster_requires_the_token(tmp_path):
         log.close()
 
 
+def test_a_token_file_others_can_read_is_refused_in_one_line(tmp_path, monkeypatch):
+    """An existing ~/.ray/auth_token with group or other permissions is refused before Ray
+    starts: the error names the file, its mode and the fix; an owner-only one is accepted."""
+    from lipsync.errors import ConfigError
+    from pipelines.common.ray_setup import check_token_mode, use_token_auth
+
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.delenv("RAY_AUTH_TOKEN", raising=False)
+    monkeypatch.delenv("RAY_AUTH_TOKEN_PATH", raising=False)
+    token = tmp_path / ".ray" / "auth_token"
+    token.parent.mkdir()
+    token.write_text("0" * 64)
+    for mode in (0o644, 0o640, 0o602):
+        token.chmod(mode)
+        with pytest.raises(ConfigError) as refused:
+            use_token_auth()
+        message = str(refused.value)
+        assert message == f"{token}: the Ray auth token is readable or writable by others (mode {mode:04o}); " \
+                          f"make it owner-only with: chmod 600 {token}", message
+    token.chmod(0o600)
+    check_token_mode(token)  # accepted: no error
+
+
 # A one-worker Ray Train run on init_ray's cluster; the worker asks Ray's state API (as Ray
 # Train's placement-group cleaner does) how many actors are alive.
 _TRAIN = """

@@ -24,6 +24,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from pipelines.common.console import PIECES_PROGRESS  # noqa: E402
 from pipelines.orchestrate.chain import Chain  # noqa: E402
 
 
@@ -100,6 +101,8 @@ def main(argv: list[str] | None = None) -> int:
     env["PYTHONPATH"] = str(REPO)
     chain = Chain(work, env, Path.cwd(), tracking, fresh=args.fresh, verbose=args.verbose)
     py = sys.executable
+    # The workflows run with --verbose: the chain already keeps every command's whole output
+    # in demo.log and shows one bar per step; their own quiet console would split the log in two.
     corpus, shards, synced = work / "corpus", work / "shards", work / "shards_synced"
 
     chain.run("corpus", "synthetic corpus", [
@@ -107,24 +110,27 @@ def main(argv: list[str] | None = None) -> int:
         "--clips-per-speaker", str(args.clips_per_speaker), "--seed", "0", "--layout", "lrs2"],
         outputs=[corpus / "synth.json"], progress=r"synth clips:.*?(\d+)/(\d+)")
     chain.run("preprocess", "preprocess (Ray Data → WebDataset shards)", [
-        py, str(REPO / "workflows" / "preprocess.py"), "--input", str(corpus), "--layout", "lrs2", "--output", str(shards),
-        "--tracking-uri", tracking], outputs=[shards / "summary.json"], after=["corpus"],
-        progress=r"^pieces:.*?(\d+)/(\d+) \[")
+        py, str(REPO / "workflows" / "preprocess.py"), "--input", str(corpus), "--layout", "lrs2",
+        "--output", str(shards), "--tracking-uri", tracking, "--verbose"], outputs=[shards / "summary.json"],
+        after=["corpus"], progress=PIECES_PROGRESS)
     chain.run("expert", "train the lip-sync expert (Ray Train DDP)", [
-        py, str(REPO / "workflows" / "train.py"), "--stage", "expert", "--shards", str(shards), "--width", str(args.expert_width),
+        py, str(REPO / "workflows" / "train.py"), "--stage", "expert", "--shards", str(shards),
+        "--width", str(args.expert_width),
         "--max-steps", str(args.expert_steps), "--lr", "1e-3", "--num-workers", str(args.num_workers),
-        "--storage-path", str(work / "ray_results"), "--tracking-uri", tracking], after=["preprocess"],
+        "--storage-path", str(work / "ray_results"), "--tracking-uri", tracking, "--verbose"], after=["preprocess"],
         registers="lipsync-expert")
     expert_eval = chain.run("expert_eval", "evaluate the expert on held-out speakers; promote it to champion", [
-        py, str(REPO / "workflows" / "evaluate.py"), "--model", "models:/lipsync-expert@candidate", "--shards", str(shards),
+        py, str(REPO / "workflows" / "evaluate.py"), "--model", "models:/lipsync-expert@candidate",
+        "--shards", str(shards),
         "--tracking-uri", tracking, "--promote", "--threshold", f"test_accuracy={args.expert_gate}"],
         after=["expert"])
     confidence = [] if args.min_sync_confidence is None else ["--min-sync-confidence", str(args.min_sync_confidence)]
     chain.run("sync_filter", "sync-filter the clips with the champion expert (reject off-sync, realign shifted)", [
-        py, str(REPO / "workflows" / "preprocess.py"), "--input", str(corpus), "--layout", "lrs2", "--output", str(synced),
+        py, str(REPO / "workflows" / "preprocess.py"), "--input", str(corpus), "--layout", "lrs2",
+        "--output", str(synced),
         "--sync-filter", "models:/lipsync-expert@champion", "--fix-offset", "--max-sync-offset",
-        str(args.max_sync_offset), *confidence, "--tracking-uri", tracking], outputs=[synced / "summary.json"],
-        after=["expert_eval"], progress=r"^pieces:.*?(\d+)/(\d+) \[")
+        str(args.max_sync_offset), *confidence, "--tracking-uri", tracking, "--verbose"],
+        outputs=[synced / "summary.json"], after=["expert_eval"], progress=PIECES_PROGRESS)
     chain.run("generator", "train the generator (Wav2Lip + GAN), judged by the champion expert", [
         py, str(REPO / "workflows" / "train.py"), "--stage", "generator", "--shards", str(synced),
         "--expert", "models:/lipsync-expert@champion", "--width", str(args.generator_width),
@@ -132,9 +138,10 @@ def main(argv: list[str] | None = None) -> int:
         "--lr", str(args.generator_lr), "--disc-lr", str(args.generator_lr),
         "--checkpoint-every", str(max(1, args.generator_steps // 4)), "--log-every", "20",
         "--num-workers", str(args.num_workers), "--storage-path", str(work / "ray_results"),
-        "--tracking-uri", tracking], after=["sync_filter"], registers="wav2lip")
+        "--tracking-uri", tracking, "--verbose"], after=["sync_filter"], registers="wav2lip")
     chain.run("generator_eval", "evaluate the generator on held-out speakers; promote it to champion", [
-        py, str(REPO / "workflows" / "evaluate.py"), "--model", "models:/wav2lip@candidate", "--shards", str(synced),
+        py, str(REPO / "workflows" / "evaluate.py"), "--model", "models:/wav2lip@candidate",
+        "--shards", str(synced),
         "--judge-model", "models:/lipsync-expert@champion", "--tracking-uri", tracking, "--promote"],
         after=["generator"])
 

@@ -22,6 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from lipsync.cli import HelpFormatter  # noqa: E402
 from lipsync.errors import LipsyncError  # noqa: E402
+from pipelines.common.console import PIECES_PROGRESS, quiet_console  # noqa: E402
 from pipelines.common.paths import resolve_path_args  # noqa: E402
 from pipelines.preprocess.driver import PreprocessConfig, run_preprocess  # noqa: E402
 from pipelines.dataset.shards import parse_size  # noqa: E402
@@ -114,6 +115,8 @@ def build_parser() -> argparse.ArgumentParser:
     res.add_argument("--tracking-uri", default=None, help="MLflow tracking URI; logs the run summary")
     res.add_argument("--experiment", default=d.experiment, help="MLflow experiment of the run summary")
     res.add_argument("--no-progress", action="store_true", help="no progress bar (e.g. in CI logs)")
+    res.add_argument("--verbose", action="store_true",
+                     help="print Ray's and MLflow's own output here too (default: a log file, named once)")
     return p
 
 
@@ -149,11 +152,12 @@ def config_from_args(args: argparse.Namespace) -> PreprocessConfig:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     resolve_path_args(args, "input", "output", "filelists", "detector_weights", "sync_weights")  # workers run elsewhere
-    try:
-        run_preprocess(config_from_args(args))
-    except LipsyncError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    with quiet_console("preprocess", verbose=args.verbose, progress=PIECES_PROGRESS, label="pieces"):
+        try:
+            run_preprocess(config_from_args(args))
+        except LipsyncError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
     return 0
 
 

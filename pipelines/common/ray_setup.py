@@ -16,11 +16,14 @@ import os
 import secrets
 import signal
 import socket
+import stat
 import threading
 from pathlib import Path
 from typing import Any
 
 import ray
+
+from lipsync.errors import ConfigError
 
 # Ray resolves "127.0.0.1" to the machine's routable address on Linux. Its single-machine
 # mode (the flag Ray uses on macOS/Windows) keeps every local service on loopback instead.
@@ -48,12 +51,22 @@ def default_token_path() -> Path:
     return Path.home() / ".ray" / "auth_token"
 
 
+def check_token_mode(path: Path) -> None:
+    """Refuse a token file that others can read: whoever reads it can run code on the cluster.
+    The file is held to what this module creates (0600): no group or other permission bits."""
+    mode = stat.S_IMODE(path.stat().st_mode)
+    if mode & 0o077:
+        raise ConfigError(f"{path}: the Ray auth token is readable or writable by others (mode {mode:04o}); "
+                          f"make it owner-only with: chmod 600 {path}")
+
+
 def use_token_auth() -> None:
     """Turn on token authentication for clusters started (and joined) from this process.
 
     Ray 2.60 turns it on for a new local cluster only while RAY_AUTH_MODE is unset (with a
     warning), and would write a missing token file with the default umask; here the mode
-    is explicit and a missing token is written owner-only (0600) before Ray reads it.
+    is explicit, a missing token is written owner-only (0600) before Ray reads it, and an
+    existing one that others can read is refused (``check_token_mode``).
     """
     if not (os.environ.get("RAY_AUTH_TOKEN") or os.environ.get("RAY_AUTH_TOKEN_PATH")):
         path = default_token_path()
@@ -62,6 +75,8 @@ def use_token_auth() -> None:
             fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
             with os.fdopen(fd, "w") as f:
                 f.write(secrets.token_hex(32))  # 256 bits, as `ray get-auth-token --generate`
+        else:
+            check_token_mode(path)
     os.environ["RAY_AUTH_MODE"] = "token"
     # Ray caches its config (auth mode included) at import time; re-read it from the environment.
     from ray._raylet import Config

@@ -17,17 +17,16 @@ from __future__ import annotations
 import collections
 import hashlib
 import json
-import re
 import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from pipelines.common.console import TRAINING_PROGRESS, CounterBar, OutputLines
+
 STATE_FILE = "chain_state.json"
 LOG_FILE = "demo.log"
-# What a step's progress looks like in its output: training's "step N/M" lines by default.
-TRAINING_PROGRESS = r"step (\d+)/(\d+)"
 
 
 @dataclass
@@ -137,7 +136,7 @@ class Chain:
             print(f"{label}: reused (unchanged since the last run; --fresh runs it again)", flush=True)
             return record
         started = time.monotonic()
-        returncode, lines = self._execute(label, cmd, re.compile(progress))
+        returncode, lines = self._execute(label, cmd, progress)
         seconds = time.monotonic() - started
         if returncode not in ok_codes:
             tail = "\n".join("    " + line for line in lines[-15:])
@@ -151,37 +150,27 @@ class Chain:
         self.state_path.write_text(json.dumps(self._state, indent=1))
         return record
 
-    def _execute(self, label: str, cmd: list[str], progress: re.Pattern) -> tuple[int, list[str]]:
-        from tqdm import tqdm
-
+    def _execute(self, label: str, cmd: list[str], progress: str) -> tuple[int, list[str]]:
         tail: collections.deque[str] = collections.deque(maxlen=400)
+        bar = CounterBar(progress, label, disable=self.verbose)
+
+        def on_line(line: str) -> None:
+            if line.strip():
+                tail.append(line)
+            bar.follow(line)
+
         with open(self.log_path, "ab") as log:
             log.write(f"\n=== {label}\n$ {' '.join(cmd)}\n".encode())
             log.flush()
             proc = subprocess.Popen(cmd, cwd=self.cwd, env=self.env, stdout=subprocess.PIPE,
                                     stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
-            bar = tqdm(total=None, desc=label, leave=True, disable=self.verbose, dynamic_ncols=True)
-            pending = b""
+            lines = OutputLines(log, on_line)
             for chunk in iter(lambda: proc.stdout.read1(65536), b""):
-                log.write(chunk)
+                lines.feed(chunk)
                 if self.verbose:
                     sys.stdout.buffer.write(chunk)
                     sys.stdout.flush()
-                pending += chunk
-                *done, pending = re.split(rb"[\r\n]", pending)
-                for raw in done:
-                    line = raw.decode("utf-8", "replace")
-                    if line.strip():
-                        tail.append(line)
-                    counters = progress.findall(line)
-                    if counters:
-                        n, total = (int(v) for v in counters[-1])
-                        if 0 < total and n <= total:
-                            bar.total = total
-                            bar.n = n
-                            bar.refresh()
-            if pending.strip():
-                tail.append(pending.decode("utf-8", "replace"))
+            lines.close()
             returncode = proc.wait()
             bar.close()
         return returncode, list(tail)
