@@ -115,6 +115,20 @@ class RayHead:
                 return out
             time.sleep(3)
 
+    # The dashboard's answer to a token that is not the cluster's (Ray's token middleware: HTTP
+    # 403 with this body, which the job CLI prints). Any other failure - nothing listening, a
+    # client that gave up before asking - prints something else.
+    WRONG_TOKEN_REFUSAL = "Forbidden: Invalid authentication token"
+
+    def job_list_with_a_wrong_token(self, folder: Path) -> subprocess.CompletedProcess:
+        """`ray job list` against this head carrying a well-formed token that is not its own."""
+        wrong = Path(folder) / "wrong_token"
+        wrong.write_text("0" * 64)
+        env = {k: v for k, v in self.env.items() if k != "RAY_AUTH_TOKEN"}
+        env["RAY_AUTH_TOKEN_PATH"] = str(wrong)
+        return subprocess.run([str(VENV_BIN / "ray"), "job", "list", "--address", self.dashboard_url], env=env,
+                              capture_output=True, text=True, timeout=120, cwd=REPO)
+
     def alive_nodes(self) -> int:
         out = subprocess.run([sys.executable, "-c", "import ray; ray.init(); "
                               "print(sum(n['Alive'] for n in ray.nodes()))"],

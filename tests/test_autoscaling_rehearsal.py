@@ -174,11 +174,10 @@ def test_autoscaler_adds_the_right_node_types_and_removes_them(s3_server, team_m
     watcher = None
     try:
         assert head.env["RAY_AUTH_MODE"] == "token"
-        # Without the token the dashboard (and so job submission) refuses.
-        unauth = subprocess.run([str(VENV_BIN / "ray"), "job", "list", "--address", head.dashboard_url],
-                                env={k: v for k, v in head.env.items() if k != "RAY_AUTH_TOKEN"},
-                                capture_output=True, text=True, timeout=60)
-        assert unauth.returncode != 0, unauth.stdout
+        # Without the token the dashboard (and so job submission) refuses: its own answer, not just any failure.
+        unauth = head.job_list_with_a_wrong_token(tmp_path)
+        assert unauth.returncode != 0 and head.WRONG_TOKEN_REFUSAL in unauth.stdout + unauth.stderr, \
+            unauth.stdout[-2000:] + unauth.stderr[-2000:]
 
         watcher = NodeWatcher(head, worker_types)
         watcher.wait_until(lambda alive: alive == [], timeout=60)  # starts with the head alone

@@ -235,23 +235,58 @@ def test_our_checkpoint_is_a_plain_safetensors_file(tmp_path):
 
 
 def test_original_layout_is_what_the_original_code_reads(tmp_path):
-    model, opt = _trained_tiny_generator()
-    config = ModelConfig(kind="wav2lip", width=0.125)
+    """The original's Wav2Lip has one width, the full one: a file in the original layout must
+    hold exactly that model's state_dict (the reference's layer table, key for key, shape for
+    shape) and an Adam state whose i-th entry fits its i-th parameter (the optimizer the original
+    builds over model.parameters(); load_state_dict matches by position, not by name)."""
+    from official_keys import official_shapes
+
+    official = official_shapes("wav2lip")
+    weights = fake_official_state_dict("wav2lip", seed=3)
+    with torch.device("meta"):  # no 36M-parameter init: the weights are assigned below
+        model = Wav2Lip(width=1.0)
+    model.load_state_dict(weights, assign=True)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-4, betas=(0.5, 0.999))
+    # Moments for every parameter, as after a step, each holding its parameter's position so the
+    # file says which is which. Stride-0 views: the shapes are what is checked, and a real Adam
+    # step over 36M values (and 290 MB more to write) would cost this test seconds.
+    for i, p in enumerate(model.parameters()):
+        moment = torch.tensor(float(i)).expand_as(p)
+        opt.state[p] = {"step": torch.tensor(1.0), "exp_avg": moment, "exp_avg_sq": moment}
+    config = ModelConfig(kind="wav2lip", width=1.0)
     path = save_checkpoint(tmp_path / "checkpoint_step000000002.pth", model, config,
                            {"optimizer": opt.state_dict(), "global_step": 2, "global_epoch": 1,
                             "sync_weight": 0.01}, layout="original")
+
     raw = torch.load(path, weights_only=True)
     assert {"state_dict", "optimizer", "global_step", "global_epoch"} <= set(raw)
     assert raw["global_step"] == 2 and raw["global_epoch"] == 1
-    assert list(raw["state_dict"]) == list(model.state_dict())  # the original's key names
-    fresh = Wav2Lip(width=0.125)
-    fresh.load_state_dict(raw["state_dict"])  # what the original's load_checkpoint does
-    torch.optim.Adam(fresh.parameters()).load_state_dict(raw["optimizer"])
+    # What the original's load_checkpoint reads (after stripping `module.`): its own keys and shapes.
+    saved = {k.replace("module.", ""): v for k, v in raw["state_dict"].items()}
+    assert {k: tuple(v.shape) for k, v in saved.items()} == official
+    assert all(v.dtype == (torch.long if k.endswith("num_batches_tracked") else torch.float32)
+               for k, v in saved.items())
+    assert all(torch.equal(saved[k], weights[k]) for k in official)
+    # The Adam state, by position, against the original's parameters in its registration order.
+    trainable = [shape for key, shape in official.items()
+                 if not key.endswith(("running_mean", "running_var", "num_batches_tracked"))]
+    (group,) = raw["optimizer"]["param_groups"]
+    assert group["params"] == list(range(len(trainable))) and group["betas"] == (0.5, 0.999)
+    state = raw["optimizer"]["state"]
+    assert [tuple(state[i]["exp_avg"].shape) for i in group["params"]] == trainable
+    assert all(float(state[i]["exp_avg"].flatten()[0]) == i for i in group["params"])
+    # Ours beside it, under keys the original ignores.
+    assert raw["lipsync_config"] == config.to_dict() and raw["lipsync_train_state"] == {"sync_weight": 0.01}
 
-    ckpt = load_checkpoint(path)
-    assert ckpt.source_format == "original" and ckpt.config == config
+    # Our loader reads the layout back, config and training state included (a tiny width is
+    # enough for that: building the full model again would only cost time).
+    tiny, _ = _trained_tiny_generator()
+    tiny_config = ModelConfig(kind="wav2lip", width=0.125)
+    ckpt = load_checkpoint(save_checkpoint(tmp_path / "tiny.pth", tiny, tiny_config,
+                                           {"global_step": 2, "sync_weight": 0.01}, layout="original"))
+    assert ckpt.source_format == "original" and ckpt.config == tiny_config
     assert ckpt.train_state["global_step"] == 2 and ckpt.train_state["sync_weight"] == 0.01
-    _assert_same_model(ckpt.model, model, "wav2lip")
+    _assert_same_model(ckpt.model, tiny, "wav2lip")
 
 
 def test_wrong_kind_names_the_file_and_both_kinds(tmp_path, official_expert):

@@ -1,12 +1,14 @@
 """workflows/evaluate.py and the promotion gate against a real MLflow server: the expert's
 evaluation (accuracy, offset recovery) on the session shards' test split, the gate moving
 `champion` only when its rules hold, and the generator's protocol over Ray Data with an
-untrained tiny generator registered as `wav2lip`."""
+untrained tiny generator registered as `wav2lip`; one short clip through the generator's
+scoring actor in process, its figures recomputed here (frame alignment, colour order, FID)."""
 
 from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 import torch
 from mlflow import MlflowClient
@@ -119,7 +121,8 @@ def test_generator_protocol_over_ray_data(ray_local, mlflow_server, shards, trai
     assert m["test_clips"] == 2
     for key in ("lse_d_own", "lse_c_own", "lse_d_other", "lse_c_other", "ssim", "psnr", "ssim_mouth", "psnr_mouth"):
         assert key in m and m[key] == m[key], key
-    # An untrained generator is far from the ground truth, but the figures are real ones.
+    # An untrained generator is far from the ground truth, but the figures are real ones (that they
+    # compare frame k with frame k in BGR, and the FID path: the in-process test below).
     assert 0 < m["ssim"] < 0.9 and 0 < m["ssim_mouth"] < 0.9 and 0 < m["psnr"] < 30
     client = MlflowClient(uri, registry_uri=uri)
     run = client.get_run(result.run_id)
@@ -129,3 +132,103 @@ def test_generator_protocol_over_ray_data(ray_local, mlflow_server, shards, trai
     assert len(rows) == 2 and rows["ref_start"].notna().all() and (rows["other_audio"] != rows["clip"]).all()
     assert result.decision["decision"] == "promoted"
     assert client.get_model_version_by_alias("wav2lip", "champion").version == version
+
+
+# ------------------------------------------------------------------ one clip, scored in process
+
+def generated_faces(model, gt: np.ndarray, ref_start: int, mel: np.ndarray) -> np.ndarray:
+    """The protocol's generation, written out independently of the evaluator: output frame k from
+    masked ground-truth frame k and reference frame (ref_start + k) mod n with frame k's mel
+    window, BGR in and out (what the generator is trained on)."""
+    from lipsync.audio import frame_mel_windows
+    from lipsync.models.wav2lip import generator_input
+
+    n = len(gt)
+    refs = gt[(ref_start + np.arange(n)) % n]
+
+    def as_input(frames):
+        return torch.from_numpy(np.ascontiguousarray(frames)).permute(0, 3, 1, 2).float().div(255)
+
+    with torch.no_grad():
+        y = model(torch.from_numpy(frame_mel_windows(mel, n))[:, None], generator_input(as_input(gt), as_input(refs)))
+    return y.mul(255).add(0.5).clamp(0, 255).byte().permute(0, 2, 3, 1).numpy()
+
+
+def test_generator_clip_is_scored_frame_by_frame_in_colour_order_and_fid_runs(tmp_path):
+    """One short clip through the evaluator's actor (what each Ray Data actor does), with an FID
+    Inception weight file: the face figures are those of generated frame k against ground-truth
+    frame k, both BGR (a one-frame shift or a BGR/RGB swap changes every one of them), the FID
+    features are the Inception's of the generated and the true faces given as RGB, and the
+    evaluation reports an FID from them."""
+    import cv2
+    from skimage import data
+
+    from lipsync.audio import melspectrogram
+    from lipsync.checkpoints import load_model
+    from lipsync.data.clip_sample import ClipSample, decode_clip_sample, encode_clip_sample
+    from lipsync.metrics.image import face_quality
+    from lipsync.metrics.inception import FID_WEIGHTS_NAME, FIDInceptionV3
+    from pipelines.evaluate.generator import GenerateAndScore, GeneratorEvaluator
+
+    # 8 frames of a real colour face, moving and brightening frame to frame; 0.4 s of audio.
+    face = cv2.cvtColor(data.astronaut(), cv2.COLOR_RGB2BGR)[20:276, 110:366]
+    frames = np.stack([np.clip(cv2.resize(np.roll(face, 12 * k, axis=1), (96, 96)).astype(np.int16) + 12 * k, 0, 255)
+                       .astype(np.uint8) for k in range(8)])
+    rng = np.random.default_rng(0)
+    mel = melspectrogram((0.2 * np.sin(np.arange(6400) * 0.06) + 0.01 * rng.standard_normal(6400)).astype(np.float32))
+    members = encode_clip_sample(ClipSample("synthetic_clip", frames, mel, meta={"speaker": "s0"}))
+    item = {"order": 0, "key": members["__key__"], "frames": members["frames.pack"], "mel": members["mel.npy"],
+            "meta": members["meta.json"], "other_key": members["__key__"], "other_mel": b""}
+
+    torch.manual_seed(0)
+    save_checkpoint(tmp_path / "gen.safetensors", Wav2Lip(width=0.0625), ModelConfig(kind="wav2lip", width=0.0625))
+    save_checkpoint(tmp_path / "judge.safetensors", SyncNet(width=0.0625), ModelConfig(kind="expert", width=0.0625))
+    inception = FIDInceptionV3().eval()  # random weights: the file's layout is what is loaded
+    weights = tmp_path / FID_WEIGHTS_NAME
+    torch.save({k: v for k, v in inception.state_dict().items() if not k.endswith("num_batches_tracked")}, weights)
+
+    threads = torch.get_num_threads()
+    try:
+        actor = GenerateAndScore(str(tmp_path / "gen.safetensors"), str(tmp_path / "judge.safetensors"),
+                                 fid_weights=str(weights), seed=0)
+        row = actor.score_one(item)
+    finally:
+        torch.set_num_threads(threads)  # the actor keeps one thread per Ray worker
+    assert row["error"] == "", row["error"]
+
+    gt = decode_clip_sample(members).frames
+    own = generated_faces(load_model(tmp_path / "gen.safetensors", kind="wav2lip")[0], gt, row["ref_start"], mel)
+    expected = face_quality(own, gt)
+    for key, value in expected.items():
+        assert row[key] == pytest.approx(value, rel=1e-6), key
+    # Those figures tell frame k from frame k+1, and BGR from RGB: either moves every one of them
+    # by more than ten times the tolerance above (an untrained generator's faces are nearly flat,
+    # so the moves are small, but they are there).
+    for wrong in (face_quality(own, np.roll(gt, 1, axis=0)), face_quality(own, gt[..., ::-1])):
+        assert all(abs(wrong[k] - expected[k]) > 1e-5 * abs(expected[k]) for k in expected), (wrong, expected)
+
+    def rgb_features(faces):
+        with torch.no_grad():
+            return inception(torch.from_numpy(faces[..., ::-1].copy()).permute(0, 3, 1, 2).float() / 255).numpy()
+
+    # The actor's features, one row per frame; checked on two frames each (a 299 px Inception pass
+    # is the cost of this test) against the Inception's features of the same faces as RGB. A random
+    # Inception's features are tiny (~1e-7): every tolerance is relative to their scale.
+    gen_features = np.asarray(row["gen_features"]).reshape(len(own), 2048)
+    gt_features = np.asarray(row["gt_features"]).reshape(len(gt), 2048)
+
+    def assert_same_features(got, want):
+        scale = float(np.abs(want).max())
+        assert scale > 0
+        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4 * scale)
+
+    assert_same_features(gen_features[:2], rgb_features(own[:2]))
+    assert_same_features(gt_features[[0, -1]], rgb_features(gt[[0, -1]]))
+    swapped = rgb_features(gt[:1, ..., ::-1].copy())  # colour order shows: ~5% of the scale here
+    assert np.abs(swapped - gt_features[:1]).max() > 1e-2 * np.abs(gt_features[:1]).max()
+
+    # The evaluation's FID comes from those features. (Not recomputed here: one 2048x2048 matrix
+    # square root is most of this test's time; the distance itself is test_metrics.py's.)
+    metrics = GeneratorEvaluator(None).summarize([row], "synthetic").metrics
+    assert metrics["test_clips"] == 1 and metrics["ssim"] == pytest.approx(expected["ssim"], rel=1e-6)
+    assert np.isfinite(metrics["fid"]) and metrics["fid"] > 0, metrics

@@ -357,6 +357,56 @@ def test_registry_lookup_pins_aliases_and_never_creates_a_store(mlflow_server, m
     assert sorted(p.name for p in empty.iterdir()) == [], "a lookup created files"
 
 
+# ------------------------------------------------------------------ output files users can open
+
+
+def test_infer_output_gets_the_umask_mode_and_sigterm_leaves_no_partial_file(media, tiny_model, tmp_path):
+    """`lipsync infer` under umask 027: a SIGTERM while the video is being written exits 143 and
+    leaves neither the output nor its hidden partial file; a finished output is -rw-r----- (the
+    umask's mode, not mkstemp's 0600)."""
+    import signal
+    import stat
+    import time
+
+    long_audio = tmp_path / "speech_20s.wav"
+    sf.write(long_audio, speech_like(20.0, 2), SAMPLE_RATE)  # 500 frames: still writing when signalled
+    interrupted, finished = tmp_path / "interrupted", tmp_path / "finished"
+    interrupted.mkdir()
+    finished.mkdir()
+
+    def infer(audio, out):
+        return [sys.executable, "-m", "lipsync", "infer", "--no-progress", "--precision", "fp32",
+                "--audio-longer", "loop", "--face", str(media / "face.mp4"), "--audio", str(audio),
+                "--out", str(out), "--model", tiny_model]
+
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    proc = subprocess.Popen(infer(long_audio, interrupted / "out.mp4"), cwd=REPO, env=env, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, preexec_fn=lambda: os.umask(0o027))
+    def encoding() -> bool:
+        """Frames are reaching the hidden partial file (the writer is past its setup)."""
+        try:
+            return any(p.stat().st_size > 0 for p in interrupted.glob(".out.mp4.*.partial.mp4"))
+        except FileNotFoundError:
+            return False
+
+    deadline = time.monotonic() + 240
+    while not encoding():
+        assert proc.poll() is None, f"infer ended before it could be interrupted:\n{proc.communicate()[1][-2000:]}"
+        assert time.monotonic() < deadline, "infer wrote no frames within 240 s"
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 128 + signal.SIGTERM, err[-2000:]
+    assert os.listdir(interrupted) == [], os.listdir(interrupted)
+
+    done = subprocess.run(infer(media / "speech_1_4s.wav", finished / "out.mp4"), cwd=REPO, env=env, text=True,
+                          capture_output=True, timeout=300, preexec_fn=lambda: os.umask(0o027))
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert os.listdir(finished) == ["out.mp4"], os.listdir(finished)
+    mode = stat.S_IMODE((finished / "out.mp4").stat().st_mode)
+    assert mode == 0o640, oct(mode)
+
+
 # ------------------------------------------------------------------ bad input
 
 def _cli(args, env=None) -> subprocess.CompletedProcess:

@@ -23,11 +23,10 @@ def test_ray_head_requires_token(ray_head):
 
 @pytest.mark.integration
 def test_ray_head_listens_on_loopback_only(ray_head):
-    listening = subprocess.run(["ss", "-ltnH"], capture_output=True, text=True).stdout
-    port = ray_head.address.rsplit(":", 1)[1]
-    lines = [l for l in listening.splitlines() if l.split()[3].endswith(f":{port}")]
-    assert lines, f"GCS port {port} is not listening"
-    assert all("127.0.0.1" in l.split()[3] for l in lines), lines
+    sockets = _listening_sockets(ray_head.procs[0].pid)
+    assert int(ray_head.address.rsplit(":", 1)[1]) in {port for _, _, port in sockets}, sockets
+    public = [s for s in sockets if not _is_loopback(s[1])]
+    assert not public, f"bound beyond loopback: {public}"
 
 
 @pytest.mark.integration
@@ -99,40 +98,27 @@ def _read_address(proc, timeout: float) -> str:
     raise AssertionError(f"init_ray's cluster gave no address within {timeout:.0f}s")
 
 
-@pytest.mark.integration
-def test_project_cluster_requires_the_token(tmp_path):
-    """init_ray's local cluster uses token auth even where the environment says
-    RAY_AUTH_MODE=disabled (Ray's own default before 2.60): the token is created, owner-only,
-    in Ray's documented place (~/.ray/auth_token); a client without it is refused for
-    authentication, a client with it is served."""
+@pytest.fixture(scope="module")
+def project_cluster(tmp_path_factory):
+    """init_ray's local cluster in a process of its own, started where the environment says
+    RAY_AUTH_MODE=disabled, its HOME a fresh folder: (process, GCS address, HOME, environment)."""
     import os
     import sys
 
     from conftest import REPO, stop_process_group
     from pipelines.common.ray_setup import LOOPBACK_ENV
 
+    root = tmp_path_factory.mktemp("project_cluster")
     base = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
     base.update(LOOPBACK_ENV, PYTHONPATH=str(REPO), RAY_NUM_REDIS_GET_RETRIES="3")  # refused clients give up fast
-    server_home, stranger_home = tmp_path / "owner", tmp_path / "stranger"
-    server_home.mkdir()
-    stranger_home.mkdir()
-    log = open(tmp_path / "cluster.log", "w")
-    proc = subprocess.Popen([sys.executable, "-c", _SERVE], env={**base, "HOME": str(server_home),
-                            "RAY_AUTH_MODE": "disabled"}, cwd=REPO, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                            stderr=log, text=True, start_new_session=True)
+    home = root / "owner"
+    home.mkdir()
+    log = open(root / "cluster.log", "w")
+    proc = subprocess.Popen([sys.executable, "-c", _SERVE], env={**base, "HOME": str(home), "RAY_AUTH_MODE": "disabled"},
+                            cwd=REPO, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log, text=True,
+                            start_new_session=True)
     try:
-        address = _read_address(proc, timeout=180)
-        def join(home, **env):
-            return subprocess.run([sys.executable, "-c", _JOIN, address], env={**base, "HOME": str(home), **env},
-                                  cwd=REPO, capture_output=True, text=True, timeout=180)
-
-        stranger = join(stranger_home)  # no token anywhere
-        assert stranger.returncode == 3, stranger.stdout + stranger.stderr[-3000:]
-        assert "AuthenticationError" in stranger.stdout and "InvalidAuthToken" in stranger.stdout, stranger.stdout
-        owner = join(server_home, RAY_AUTH_MODE="token")  # the token from ~/.ray/auth_token
-        assert owner.returncode == 0 and "SERVED 42" in owner.stdout, owner.stdout + owner.stderr[-3000:]
-        token = server_home / ".ray" / "auth_token"
-        assert token.stat().st_mode & 0o777 == 0o600 and len(token.read_text().strip()) == 64
+        yield proc, _read_address(proc, timeout=180), home, base
     finally:
         proc.stdin.close()
         try:
@@ -163,6 +149,72 @@ def test_a_token_file_others_can_read_is_refused_in_one_line(tmp_path, monkeypat
                           f"make it owner-only with: chmod 600 {token}", message
     token.chmod(0o600)
     check_token_mode(token)  # accepted: no error
+
+
+@pytest.mark.integration
+def test_project_cluster_requires_the_token(project_cluster, tmp_path):
+    """init_ray's local cluster uses token auth even where the environment says
+    RAY_AUTH_MODE=disabled (Ray's own default before 2.60): the token is created, owner-only,
+    in Ray's documented place (~/.ray/auth_token); a client without it is refused for
+    authentication, a client with it is served."""
+    import sys
+
+    from conftest import REPO
+
+    _, address, server_home, base = project_cluster
+    stranger_home = tmp_path / "stranger"
+    stranger_home.mkdir()
+
+    def join(home, **env):
+        return subprocess.run([sys.executable, "-c", _JOIN, address], env={**base, "HOME": str(home), **env},
+                              cwd=REPO, capture_output=True, text=True, timeout=180)
+
+    stranger = join(stranger_home)  # no token anywhere
+    assert stranger.returncode == 3, stranger.stdout + stranger.stderr[-3000:]
+    assert "AuthenticationError" in stranger.stdout and "InvalidAuthToken" in stranger.stdout, stranger.stdout
+    owner = join(server_home, RAY_AUTH_MODE="token")  # the token from ~/.ray/auth_token
+    assert owner.returncode == 0 and "SERVED 42" in owner.stdout, owner.stdout + owner.stderr[-3000:]
+    token = server_home / ".ray" / "auth_token"
+    assert token.stat().st_mode & 0o777 == 0o600 and len(token.read_text().strip()) == 64
+
+
+def _listening_sockets(pid: int) -> list[tuple[str, str, int]]:
+    """(process name, address, port) of every listening TCP socket and bound UDP socket of
+    `pid` and all its descendants."""
+    import socket
+
+    import psutil
+
+    root = psutil.Process(pid)
+    found = []
+    for p in [root, *root.children(recursive=True)]:
+        try:
+            for c in p.net_connections(kind="inet"):
+                if c.status == psutil.CONN_LISTEN or (c.type == socket.SOCK_DGRAM and c.laddr):
+                    found.append((p.name(), c.laddr.ip, c.laddr.port))
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            continue
+    return found
+
+
+def _is_loopback(ip: str) -> bool:
+    import ipaddress
+
+    address = ipaddress.ip_address(ip)
+    return (getattr(address, "ipv4_mapped", None) or address).is_loopback  # ::ffff:127.0.0.1 too
+
+
+@pytest.mark.integration
+def test_project_cluster_listens_on_loopback_only(project_cluster):
+    """Every socket init_ray's cluster opens (GCS, raylet, object manager, dashboard and its
+    agents, workers) is bound to loopback: nothing is reachable from another machine."""
+    proc, address, _, _ = project_cluster
+    sockets = _listening_sockets(proc.pid)
+    gcs_port = int(address.rsplit(":", 1)[1])
+    assert gcs_port in {port for _, _, port in sockets}, sockets  # the cluster's own processes were found
+    assert len({name for name, _, _ in sockets}) >= 3, sockets
+    public = [s for s in sockets if not _is_loopback(s[1])]
+    assert not public, f"bound beyond loopback: {public}"
 
 
 # A one-worker Ray Train run on init_ray's cluster; the worker asks Ray's state API (as Ray

@@ -52,7 +52,10 @@ def test_team_server_refuses_strangers_and_serves_the_team(team_mlflow_server, s
         monkeypatch.setenv(key, value)
 
     config = ModelConfig(kind="expert", width=0.0625)
-    ckpt = save_checkpoint(tmp_path / "ckpt" / "expert.safetensors", config.build(), config)
+    import torch
+    torch.manual_seed(11)
+    trained = config.build()
+    ckpt = save_checkpoint(tmp_path / "ckpt" / "expert.safetensors", trained, config)
     client = MlflowClient(tracking_uri=server.uri)
     exp = client.create_experiment("team-test")
     run = client.create_run(exp, run_name="team-run")
@@ -74,10 +77,15 @@ def test_team_server_refuses_strangers_and_serves_the_team(team_mlflow_server, s
     for key, value in trainer.items():
         monkeypatch.setenv(key, value)
 
-    # The registered model comes back through the registry and loads.
+    # The registered model comes back through the registry and loads: the same weights, tensor
+    # for tensor (a fresh model of the same config differs: its init is another draw).
     path = fetch("models:/team-expert@candidate", tmp_path / "dl", tracking_uri=server.uri)
-    loaded = load_model(path, kind="expert")
-    assert loaded is not None
+    loaded, loaded_config = load_model(path, kind="expert")
+    assert loaded_config.kind == "expert" and loaded_config.width == config.width
+    expected, got = trained.state_dict(), loaded.state_dict()
+    assert got.keys() == expected.keys()
+    differing = [k for k in expected if not torch.equal(got[k], expected[k])]
+    assert not differing, f"registered model does not load the logged weights: {differing[:5]}"
 
     # Where things went: runs and the registry in PostgreSQL, the artifact in the bucket (the
     # server is the session's: other tests' runs and models are there too, so count this one's).

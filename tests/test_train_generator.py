@@ -20,7 +20,7 @@ import pytest
 import torch
 from mlflow import MlflowClient
 
-from lipsync.checkpoints import ModelConfig, load_checkpoint, load_model, save_checkpoint
+from lipsync.checkpoints import ModelConfig, load_model, save_checkpoint
 from lipsync.data.shard_stream import WindowBatchStream, list_shards
 from lipsync.data.generator_windows import GeneratorSampling
 from lipsync.errors import ConfigError
@@ -88,13 +88,33 @@ def test_generator_step_trains_generator_and_disc_with_frozen_expert_and_one_way
     sums = stage.train_step(generator_batch(seed=1), step=2)
     assert sums["loss"] == pytest.approx(0.03 * sums["sync"] + 0.07 * sums["adv"] + 0.9 * sums["l1"], rel=1e-5)
 
-    # The switch and both optimizers travel in the checkpoint (the file the Ray loop writes).
-    path = save_checkpoint(tmp_path / "g.safetensors", stage.generator, stage.saved_models()[0].config,
-                           train_state={"stage": stage.state_dict()})
+    # Generator, discriminator, both optimizers and the switch travel in the checkpoint files the
+    # Ray loop writes, and come back through the loop's own restore: the restored stage then takes
+    # exactly the step the original takes.
+    from pipelines.train.loop import _restore
+    for saved in stage.saved_models():
+        save_checkpoint(tmp_path / "ckpt" / saved.filename, saved.module, saved.config,
+                        train_state={"stage": stage.state_dict()} if saved.registered else None)
     restored = GeneratorStage(recipe, "cpu", loader_of(expert), initialise=False)
-    restored.load_state_dict(load_checkpoint(path, kind="wav2lip").train_state["stage"])
+    restored.load_state_dict(_restore(restored, tmp_path / "ckpt")["stage"])
     assert restored.sync_switch_step == 20 and restored.sync_weight == 0.03
-    assert set(restored.optimizers["disc"].state_dict()["state"]) == set(stage.optimizers["disc"].state_dict()["state"])
+    for name in ("generator", "disc"):
+        want, got = getattr(stage, name).state_dict(), getattr(restored, name).state_dict()
+        assert [k for k in want if not torch.equal(want[k], got[k])] == [], f"{name} weights not restored"
+    assert set(stage.optimizers) == set(restored.optimizers) == {"generator", "disc"}
+    for name, opt in stage.optimizers.items():
+        want, got = opt.state_dict(), restored.optimizers[name].state_dict()
+        assert got["param_groups"] == want["param_groups"] and want["state"], name
+        missing = [(i, k) for i, slots in want["state"].items() for k, v in slots.items()
+                   if not (k in got["state"].get(i, {}) and torch.equal(v, got["state"][i][k]))]
+        assert not missing, f"{name} optimizer state not restored: {missing[:4]}"
+    torch.manual_seed(5)
+    after = stage.train_step(generator_batch(seed=2), step=3)
+    torch.manual_seed(5)
+    assert restored.train_step(generator_batch(seed=2), step=3) == after
+    for name in ("generator", "disc"):
+        want, got = getattr(stage, name).state_dict(), getattr(restored, name).state_dict()
+        assert all(torch.equal(want[k], got[k]) for k in want), f"{name}: the resumed step differs"
     assert [m.filename for m in stage.saved_models()] == ["wav2lip.safetensors", "disc.safetensors"]
     assert [m.registered for m in stage.saved_models()] == [True, False]
 
