@@ -113,8 +113,13 @@ def test_generator_protocol_over_ray_data(ray_local, mlflow_server, shards, trai
     save_checkpoint(gen, Wav2Lip(width=0.0625), ModelConfig(kind="wav2lip", width=0.0625))
     version, train_run = register(uri, "wav2lip", gen, tmp_path)
     ckpt, _ = trained_expert
-    result = run_evaluation(EvalConfig(model="models:/wav2lip@candidate", shards=str(shards), tracking_uri=uri,
-                                       judge_model=str(ckpt), max_clips=2, promote=True))
+    register(uri, "eval-test-judge", ckpt, tmp_path)  # the judge is an alias, as in production
+
+    def config(model: str) -> EvalConfig:
+        return EvalConfig(model=model, shards=str(shards), tracking_uri=uri,
+                          judge_model="models:/eval-test-judge@candidate", max_clips=2, promote=True)
+
+    result = run_evaluation(config("models:/wav2lip@candidate"))
     m = result.metrics
     assert m["test_clips"] == 2
     for key in ("lse_d_own", "lse_c_own", "lse_d_other", "lse_c_other", "ssim", "psnr", "ssim_mouth", "psnr_mouth"):
@@ -129,3 +134,21 @@ def test_generator_protocol_over_ray_data(ray_local, mlflow_server, shards, trai
     assert len(rows) == 2 and rows["ref_start"].notna().all() and (rows["other_audio"] != rows["clip"]).all()
     assert result.decision["decision"] == "promoted"
     assert client.get_model_version_by_alias("wav2lip", "champion").version == version
+
+    # The judge's alias moves to another expert. A candidate with the champion's own weights
+    # is compared with the champion scored again by the new judge on the same clips, not with
+    # the champion's cached figures of the old judge: the compared values are equal.
+    torch.manual_seed(3)
+    other_judge = tmp_path / "judge2" / "expert.safetensors"
+    save_checkpoint(other_judge, SyncNet(width=0.0625), ModelConfig(kind="expert", width=0.0625))
+    register(uri, "eval-test-judge", other_judge, tmp_path)
+    same_weights, _ = register(uri, "wav2lip", gen, tmp_path)
+    again = run_evaluation(config(f"models:/wav2lip/{same_weights}"))
+    compared = again.decision["compared"]
+    for metric in ("lse_c_own", "ssim_mouth"):
+        assert compared[metric]["champion"] == pytest.approx(compared[metric]["candidate"], abs=1e-9), compared
+    assert again.metrics["lse_c_own"] != pytest.approx(m["lse_c_own"], abs=1e-6), "the two judges agree"
+    champion_tags = client.get_model_version("wav2lip", version).tags
+    assert champion_tags["eval.test_set"] == again.test_set != result.test_set
+    assert float(champion_tags["eval.lse_c_own"]) == pytest.approx(again.metrics["lse_c_own"], rel=1e-6)
+    assert again.decision["decision"] == "promoted"
