@@ -57,9 +57,15 @@ def _version(client: MlflowClient, tmp_path, name: str, n: int) -> ModelRef:
                     training_run_id=None)
 
 
-def test_the_gate_never_promotes_what_it_did_not_measure(tmp_path):
-    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}",
-                          registry_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
+@pytest.fixture(scope="module")
+def registry_uri(tmp_path_factory) -> str:
+    """One SQLite registry for this module's tests (creating its schema takes seconds);
+    each test registers models of its own name."""
+    return f"sqlite:///{tmp_path_factory.mktemp('registry') / 'mlflow.db'}"
+
+
+def test_the_gate_never_promotes_what_it_did_not_measure(registry_uri, tmp_path):
+    client = MlflowClient(tracking_uri=registry_uri, registry_uri=registry_uri)
     name = "wav2lip"
     evaluator = GeneratorEvaluator(EvalConfig(model=f"models:/{name}@candidate", shards=str(tmp_path)))
     cfg = evaluator.cfg
@@ -99,7 +105,7 @@ def test_an_evaluation_that_scored_no_clip_is_an_error():
     assert metrics["test_clips"] == 1.0 and metrics["lse_c_own"] == 5.0
 
 
-def test_the_test_set_names_the_judge_by_version_and_file_hash(tmp_path):
+def test_the_test_set_names_the_judge_by_version_and_file_hash(registry_uri, tmp_path):
     """Moving the judge's alias (models:/…@champion) to another expert makes another test set,
     so a champion scored by the old judge is evaluated again (record.recorded_metrics)."""
     from lipsync.checkpoints import ModelConfig, save_checkpoint
@@ -107,7 +113,7 @@ def test_the_test_set_names_the_judge_by_version_and_file_hash(tmp_path):
     from pipelines.evaluate.record import test_set_fingerprint
     from pipelines.tracking.setup import file_hash
 
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    uri = registry_uri
     client = MlflowClient(tracking_uri=uri, registry_uri=uri)
     client.create_registered_model("judge")
     shards = tmp_path / "shards"
