@@ -135,20 +135,23 @@ def test_generator_protocol_over_ray_data(ray_local, mlflow_server, shards, trai
     assert result.decision["decision"] == "promoted"
     assert client.get_model_version_by_alias("wav2lip", "champion").version == version
 
-    # The judge's alias moves to another expert. A candidate with the champion's own weights
-    # is compared with the champion scored again by the new judge on the same clips, not with
-    # the champion's cached figures of the old judge: the compared values are equal.
+    # The judge's alias moves to another expert: the champion's cached figures (old judge) are
+    # not this test set's, so the champion is scored again, by the new judge, on the same clips.
+    from pipelines.evaluate.driver import evaluator_for
+    from pipelines.evaluate.record import recorded_metrics, test_set_fingerprint
+
     torch.manual_seed(3)
     other_judge = tmp_path / "judge2" / "expert.safetensors"
     save_checkpoint(other_judge, SyncNet(width=0.0625), ModelConfig(kind="expert", width=0.0625))
-    register(uri, "eval-test-judge", other_judge, tmp_path)
-    same_weights, _ = register(uri, "wav2lip", gen, tmp_path)
-    again = run_evaluation(config(f"models:/wav2lip/{same_weights}"))
-    compared = again.decision["compared"]
-    for metric in ("lse_c_own", "ssim_mouth"):
-        assert compared[metric]["champion"] == pytest.approx(compared[metric]["candidate"], abs=1e-9), compared
-    assert again.metrics["lse_c_own"] != pytest.approx(m["lse_c_own"], abs=1e-6), "the two judges agree"
-    champion_tags = client.get_model_version("wav2lip", version).tags
-    assert champion_tags["eval.test_set"] == again.test_set != result.test_set
-    assert float(champion_tags["eval.lse_c_own"]) == pytest.approx(again.metrics["lse_c_own"], rel=1e-6)
-    assert again.decision["decision"] == "promoted"
+    judge_version, _ = register(uri, "eval-test-judge", other_judge, tmp_path)
+    cfg = config("models:/wav2lip@champion")
+    evaluator = evaluator_for("wav2lip", cfg)
+    test_set = test_set_fingerprint(cfg.shards, cfg.split, {"evaluator": "wav2lip", **evaluator.settings()})
+    champion = client.get_model_version_by_alias("wav2lip", "champion")
+    rescored = recorded_metrics(evaluator, champion, cfg, uri, test_set)
+    assert rescored["lse_c_own"] != pytest.approx(m["lse_c_own"], abs=1e-6), "not scored again"
+    assert test_set != result.test_set
+    assert rescored["ssim_mouth"] == pytest.approx(m["ssim_mouth"], abs=1e-9)  # same generator, same clips
+    tags = client.get_model_version("wav2lip", version).tags
+    assert tags["eval.test_set"] == test_set and float(tags["eval.lse_c_own"]) == pytest.approx(rescored["lse_c_own"])
+    assert client.get_run(tags["eval.run_id"]).data.params["judge_model"] == f"models:/eval-test-judge/{judge_version}"
