@@ -4,8 +4,9 @@ two-node cluster), a real MLflow server, shards from the real preprocessing pipe
 - a tiny expert learns sync on held-out synthetic speakers (val accuracy >= 70%), its run,
   metrics, checkpoint artifacts and curve are in MLflow, the best checkpoint is registered
   as lipsync-expert@candidate and loads back through the library and scores a batch;
-- a worker killed mid-training is replaced, training resumes from the last checkpoint and
-  MLflow has every logged step exactly once; --resume then continues the same MLflow run;
+- a worker killed between validating a step and committing its checkpoint is replaced,
+  training resumes from the last checkpoint, MLflow has every logged step exactly once and
+  every validation point is the committed checkpoint's; --resume then continues the same run;
 - one training worker on each of two Ray nodes (head + worker node, token auth), driven by
   `ray job submit` of workflows/train.py.
 """
