@@ -115,8 +115,13 @@ def test_generator_protocol_over_ray_data(ray_local, mlflow_server, shards, trai
     save_checkpoint(gen, Wav2Lip(width=0.0625), ModelConfig(kind="wav2lip", width=0.0625))
     version, train_run = register(uri, "wav2lip", gen, tmp_path)
     ckpt, _ = trained_expert
-    result = run_evaluation(EvalConfig(model="models:/wav2lip@candidate", shards=str(shards), tracking_uri=uri,
-                                       judge_model=str(ckpt), max_clips=2, promote=True))
+    register(uri, "eval-test-judge", ckpt, tmp_path)  # the judge is an alias, as in production
+
+    def config(model: str) -> EvalConfig:
+        return EvalConfig(model=model, shards=str(shards), tracking_uri=uri,
+                          judge_model="models:/eval-test-judge@candidate", max_clips=2, promote=True)
+
+    result = run_evaluation(config("models:/wav2lip@candidate"))
     m = result.metrics
     assert m["test_clips"] == 2
     for key in ("lse_d_own", "lse_c_own", "lse_d_other", "lse_c_other", "ssim", "psnr", "ssim_mouth", "psnr_mouth"):
@@ -133,6 +138,26 @@ def test_generator_protocol_over_ray_data(ray_local, mlflow_server, shards, trai
     assert result.decision["decision"] == "promoted"
     assert client.get_model_version_by_alias("wav2lip", "champion").version == version
 
+    # The judge's alias moves to another expert: the champion's cached figures (old judge) are
+    # not this test set's, so the champion is scored again, by the new judge, on the same clips.
+    from pipelines.evaluate.driver import evaluator_for
+    from pipelines.evaluate.record import recorded_metrics, test_set_fingerprint
+
+    torch.manual_seed(3)
+    other_judge = tmp_path / "judge2" / "expert.safetensors"
+    save_checkpoint(other_judge, SyncNet(width=0.0625), ModelConfig(kind="expert", width=0.0625))
+    judge_version, _ = register(uri, "eval-test-judge", other_judge, tmp_path)
+    cfg = config("models:/wav2lip@champion")
+    evaluator = evaluator_for("wav2lip", cfg)
+    test_set = test_set_fingerprint(cfg.shards, cfg.split, {"evaluator": "wav2lip", **evaluator.settings()})
+    champion = client.get_model_version_by_alias("wav2lip", "champion")
+    rescored = recorded_metrics(evaluator, champion, cfg, uri, test_set)
+    assert rescored["lse_c_own"] != pytest.approx(m["lse_c_own"], abs=1e-6), "not scored again"
+    assert test_set != result.test_set
+    assert rescored["ssim_mouth"] == pytest.approx(m["ssim_mouth"], abs=1e-9)  # same generator, same clips
+    tags = client.get_model_version("wav2lip", version).tags
+    assert tags["eval.test_set"] == test_set and float(tags["eval.lse_c_own"]) == pytest.approx(rescored["lse_c_own"])
+    assert client.get_run(tags["eval.run_id"]).data.params["judge_model"] == f"models:/eval-test-judge/{judge_version}"
 
 # ------------------------------------------------------------------ one clip, scored in process
 

@@ -4,6 +4,8 @@ Before these rules, a metric missing on either side was skipped in the champion 
 a NaN passed a threshold (``nan < bound`` is False), so a generator whose every clip failed its
 evaluation (only ``test_clips`` recorded) became champion when no ``--threshold`` was given.
 The gate runs here against a real MLflow registry (a SQLite store in the test's folder).
+Comparable evidence: the generator's test set names its judge by the version the judge's alias
+points at and the file's sha256 (LSE-C is comparable only within one judge).
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import json
 import math
 
 import pytest
+import torch
 from mlflow import MlflowClient
 
 from lipsync.errors import LipsyncError
@@ -54,9 +57,15 @@ def _version(client: MlflowClient, tmp_path, name: str, n: int) -> ModelRef:
                     training_run_id=None)
 
 
-def test_the_gate_never_promotes_what_it_did_not_measure(tmp_path):
-    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}",
-                          registry_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
+@pytest.fixture(scope="module")
+def registry_uri(tmp_path_factory) -> str:
+    """One SQLite registry for this module's tests (creating its schema takes seconds);
+    each test registers models of its own name."""
+    return f"sqlite:///{tmp_path_factory.mktemp('registry') / 'mlflow.db'}"
+
+
+def test_the_gate_never_promotes_what_it_did_not_measure(registry_uri, tmp_path):
+    client = MlflowClient(tracking_uri=registry_uri, registry_uri=registry_uri)
     name = "wav2lip"
     evaluator = GeneratorEvaluator(EvalConfig(model=f"models:/{name}@candidate", shards=str(tmp_path)))
     cfg = evaluator.cfg
@@ -94,3 +103,39 @@ def test_an_evaluation_that_scored_no_clip_is_an_error():
     one = [*failed, {"order": 3, "clip": "spk/3", "error": "", "lse_c_own": 5.0, "ssim_mouth": 0.7}]
     metrics = evaluator.summarize(one, "shards: 'test'").metrics
     assert metrics["test_clips"] == 1.0 and metrics["lse_c_own"] == 5.0
+
+
+def test_the_test_set_names_the_judge_by_version_and_file_hash(registry_uri, tmp_path):
+    """Moving the judge's alias (models:/…@champion) to another expert makes another test set,
+    so a champion scored by the old judge is evaluated again (record.recorded_metrics)."""
+    from lipsync.checkpoints import ModelConfig, save_checkpoint
+    from lipsync.models import SyncNet
+    from pipelines.evaluate.record import test_set_fingerprint
+    from pipelines.tracking.setup import file_hash
+
+    uri = registry_uri
+    client = MlflowClient(tracking_uri=uri, registry_uri=uri)
+    client.create_registered_model("judge")
+    shards = tmp_path / "shards"
+    shards.mkdir()
+    (shards / "test-000000.tar").write_bytes(b"the same clips for both judges")
+
+    def test_set() -> tuple[dict, str]:
+        evaluator = GeneratorEvaluator(EvalConfig(model="models:/wav2lip@candidate", shards=str(shards),
+                                                  tracking_uri=uri, judge_model="models:/judge@champion"))
+        settings = evaluator.settings()
+        return settings, test_set_fingerprint(str(shards), "test", {"evaluator": evaluator.name, **settings})
+
+    fingerprints = []
+    for seed in (1, 2):
+        torch.manual_seed(seed)
+        folder = tmp_path / f"judge{seed}"
+        save_checkpoint(folder / "expert.safetensors", SyncNet(width=0.0625), ModelConfig(kind="expert", width=0.0625))
+        version = client.create_model_version("judge", source=str(folder)).version
+        client.set_registered_model_alias("judge", ALIAS_CHAMPION, version)
+        settings, fingerprint = test_set()
+        assert settings["judge_model"] == f"models:/judge/{version}", settings
+        assert settings["judge_sha256"] == file_hash(folder / "expert.safetensors")
+        assert test_set()[1] == fingerprint  # one judge, one test set
+        fingerprints.append(fingerprint)
+    assert fingerprints[0] != fingerprints[1]

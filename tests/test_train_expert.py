@@ -4,8 +4,9 @@ two-node cluster), a real MLflow server, shards from the real preprocessing pipe
 - a tiny expert learns sync on held-out synthetic speakers (val accuracy >= 70%), its run,
   metrics, checkpoint artifacts and curve are in MLflow, the best checkpoint is registered
   as lipsync-expert@candidate and loads back through the library and scores a batch;
-- a worker killed mid-training is replaced, training resumes from the last checkpoint and
-  MLflow has every logged step exactly once; --resume then continues the same MLflow run;
+- a worker killed between validating a step and committing its checkpoint is replaced,
+  training resumes from the last checkpoint, MLflow has every logged step exactly once and
+  every validation point is the committed checkpoint's; --resume then continues the same run;
 - one training worker on each of two Ray nodes (head + worker node, token auth), driven by
   `ray job submit` of workflows/train.py.
 """
@@ -21,6 +22,7 @@ import time
 from pathlib import Path
 
 import pytest
+import ray.train
 import torch
 from mlflow import MlflowClient
 
@@ -47,6 +49,10 @@ TINY = dict(width=0.125, face_size=96, batch_size=32, lr=1e-3, windows_per_clip=
 
 def metric_steps(client: MlflowClient, run_id: str, key: str) -> list[int]:
     return sorted(m.step for m in client.get_metric_history(run_id, key))
+
+
+def metric_points(client: MlflowClient, run_id: str, key: str) -> list[tuple[int, float]]:
+    return sorted((m.step, m.value) for m in client.get_metric_history(run_id, key))
 
 
 def assert_plain_safetensors_folder(folder: Path) -> None:
@@ -178,6 +184,11 @@ def test_worker_failure_restores_from_checkpoint_and_resume_continues(ray_local,
     """A killed worker is replaced and training continues from the last checkpoint's step with
     its weights and optimizer state, on the same cosine curve; --resume continues the same run.
 
+    The kill is placed where a crash can split the record: rank 0 dies after validating and
+    saving step 20 (model files uploaded to MLflow) and before ``ray.train.report`` commits
+    that checkpoint. The replay from step 10 commits other step-20 weights; every val_* point
+    in MLflow must be the one Ray committed with its checkpoint, not the lost attempt's.
+
     The proof of "from the checkpoint, not from step 0": runs are deterministic (the
     step-10 weights of the faulty run equal the uninterrupted run's, bit for bit), so a
     restart from 0 would end exactly on the uninterrupted run's weights; a restored run
@@ -192,7 +203,8 @@ def test_worker_failure_restores_from_checkpoint_and_resume_continues(ray_local,
               "--val-max-clips", "4", "--max-steps", "20", "--log-every", "5", "--checkpoint-every", "10",
               "--num-workers", "2", "--storage-path", str(tmp_path / "ray"), "--tracking-uri", mlflow_server.uri,
               "--experiment", "test-expert-fault", "--no-register", "--no-system-metrics"]
-    faulty = train_cli(capsys, *common, "--run-name", "faulty", "--max-failures", "1", "--fail-at-step", "15")
+    faulty = train_cli(capsys, *common, "--run-name", "faulty", "--max-failures", "1", "--fail-at-step", "20",
+                       "--fail-point", "report")
     steady = train_cli(capsys, *common, "--run-name", "steady", "--max-failures", "0")
     client = MlflowClient(mlflow_server.uri, registry_uri=mlflow_server.uri)
     run_id = faulty["run_id"]
@@ -202,9 +214,19 @@ def test_worker_failure_restores_from_checkpoint_and_resume_continues(ray_local,
     params = client.get_run(run_id).data.params
     assert params["augment"] == "True" and params["loader_workers"] == "1" and params["lr_schedule"] == "cosine"
 
-    # Steps 11-14 ran twice (before the kill and after restoring step 10): still one point each.
+    # Steps 11-20 ran twice (before the kill and after restoring step 10): still one point each.
     assert metric_steps(client, run_id, "train_loss") == [5, 10, 15, 20]
     assert metric_steps(client, run_id, "val_accuracy") == [10, 20]
+    # Each validation point is the one committed with its checkpoint (Ray's own record of the
+    # run), at step 20 the replay's: the lost attempt's figures were those of the steady run.
+    committed = {int(m["step"]): m for _, m in ray.train.Result.from_path(faulty["run_dir"]).best_checkpoints}
+    assert sorted(committed) == [10, 20]
+    val_keys = sorted(k for k in committed[20] if k.startswith("val_"))
+    assert "val_loss" in val_keys and "val_accuracy" in val_keys
+    logged = {k: metric_points(client, run_id, k) for k in val_keys}
+    assert logged == {k: [(s, committed[s][k]) for s in (10, 20)] for k in val_keys}
+    steady_val20 = {k: client.get_metric_history(steady["run_id"], k)[-1].value for k in val_keys}
+    assert {k: committed[20][k] for k in val_keys} != steady_val20, "the replay did not change step 20"
     arts = {a.path for a in client.list_artifacts(run_id, CHECKPOINT_ARTIFACT_DIR)}
     assert arts == {f"{CHECKPOINT_ARTIFACT_DIR}/step-{s:07d}" for s in (10, 20)}
 

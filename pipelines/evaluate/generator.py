@@ -14,6 +14,9 @@ the cluster has GPUs):
 * with ``fid_weights``: Inception pool3 features of generated and ground-truth faces, pooled
   over all clips into one FID.
 Per frame the audio window is the library's policy (``frame_mel_windows``), as in training.
+The judge is resolved once per evaluator (an alias pinned to its version, the file fetched once)
+and is part of the test-set fingerprint by version and sha256: LSE-C is comparable only within
+one judge, so a champion scored by another judge is scored again before the gate compares.
 SyncNet v2 needs the raw waveform, which shards do not keep: score rendered videos with
 ``lipsync sync-score --judge syncnet-v2`` for the papers' scale.
 """
@@ -40,10 +43,29 @@ class GeneratorEvaluator:
 
     def __init__(self, cfg):
         self.cfg = cfg
+        self._judge: tuple[str, Path, str] | None = None
+        self._judge_dir = None
+
+    def judge(self) -> tuple[str, Path, str]:
+        """(pinned reference, local file, sha256) of the expert that judges sync, resolved once:
+        every model this evaluator scores (candidate, re-scored champion) has the same judge."""
+        if self._judge is None:
+            import tempfile
+
+            from lipsync import model_ref
+            from lipsync.training.expert import DEFAULT_EXPERT
+            from pipelines.tracking.setup import file_hash
+
+            pinned = model_ref.pin(self.cfg.judge_model or DEFAULT_EXPERT, self.cfg.tracking_uri)
+            self._judge_dir = tempfile.TemporaryDirectory(prefix="lipsync-judge-")  # removed with the evaluator
+            path = model_ref.fetch(pinned, self._judge_dir.name, self.cfg.tracking_uri)
+            self._judge = (pinned, path, file_hash(path))
+        return self._judge
 
     def settings(self) -> dict:
         c = self.cfg
-        return {"seed": c.seed, "max_clips": c.max_clips, "judge_model": c.judge_model or "",
+        judge, _, judge_sha256 = self.judge()
+        return {"seed": c.seed, "max_clips": c.max_clips, "judge_model": judge, "judge_sha256": judge_sha256,
                 "fid": bool(c.fid_weights)}
 
     def evaluate(self, checkpoint: Path, shards: str):
@@ -51,13 +73,9 @@ class GeneratorEvaluator:
 
         from pipelines.common.storage import list_shards  # local folders and s3:// / gs:// alike
         from pipelines.common.ray_setup import init_ray
-        from lipsync.model_ref import fetch
-        from lipsync.training.expert import DEFAULT_EXPERT
 
         cfg = self.cfg
-        judge_uri = cfg.judge_model or DEFAULT_EXPERT
-        # The judge is resolved once here (an alias → one file) and shipped to every actor.
-        judge_path = fetch(judge_uri, Path(checkpoint).parent / "judge", cfg.tracking_uri)
+        _, judge_path, _ = self.judge()  # one file, shipped to every actor
         items = clip_items(list_shards(shards, cfg.split), cfg.max_clips)
         if not items:
             raise LipsyncError(f"{shards}: no '{cfg.split}' clips to evaluate")

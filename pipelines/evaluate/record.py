@@ -20,7 +20,8 @@ from pipelines.evaluate.reference import ModelRef
 
 
 def test_set_fingerprint(shards: str, split: str, settings: dict) -> str:
-    """sha256 of the split's shard files and the evaluator's settings: equal ⇔ same test set."""
+    """sha256 of the split's shard files and the evaluator's settings (for the generator, the
+    judge's pinned version and file sha256): equal ⇔ same test set, figures comparable."""
     from pipelines.tracking.setup import file_hash
     from pipelines.common.storage import list_shards
 

@@ -6,6 +6,13 @@ the *same* MLflow run without duplicating or losing points. ``ResumableRunLogger
 once at start, the last step already logged for every metric of the run (its high-water
 mark) and from then on only logs (key, step) points beyond it. A replayed step therefore
 never writes a second point, and every step that was logged before the failure stays.
+
+That is right for training metrics (a lost attempt's step-14 loss is a true figure of that
+step), not for the validation metrics of a checkpoint: a lost attempt's step-20 figures
+describe weights that were never committed, and the replay commits other weights at step
+20. ``CommittedMetricsLogger`` therefore logs what a worker reports with a checkpoint only
+once Ray Train's controller has registered that checkpoint (its ``after_report``, called
+after the checkpoint manager's): a step whose checkpoint was lost has no point to keep.
 """
 
 from __future__ import annotations
@@ -16,6 +23,7 @@ from pathlib import Path
 import mlflow
 from mlflow import MlflowClient
 from mlflow.entities import Metric
+from ray.train import UserCallback
 
 
 class ResumableRunLogger:
@@ -66,3 +74,22 @@ class ResumableRunLogger:
             # registering the model (a re-attached run is set back to RUNNING by start_run).
             mlflow.end_run()
             self._system_run = None
+
+
+class CommittedMetricsLogger(UserCallback):
+    """Ray Train controller callback: the metrics reported with each committed checkpoint,
+    at the reported ``step``, into the run (idempotent per (metric, step), as above)."""
+
+    def __init__(self, run_id: str, tracking_uri: str):
+        self.run_id = run_id
+        self.tracking_uri = tracking_uri
+        self._logger: ResumableRunLogger | None = None  # opened in the controller process
+
+    def after_report(self, run_context, metrics: list[dict], checkpoint) -> None:
+        if checkpoint is None:
+            return
+        reported = dict(metrics[0])  # rank 0's; every rank reports the same all-reduced figures
+        step = int(reported.pop("step"))
+        if self._logger is None:
+            self._logger = ResumableRunLogger(self.run_id, self.tracking_uri)
+        self._logger.log_metrics(reported, step)

@@ -89,8 +89,11 @@ class TrainConfig:
     cadence: CadenceConfig = field(default_factory=CadenceConfig)
     workers: WorkersConfig = field(default_factory=WorkersConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
-    # testing aid: the last rank exits hard once at this step (guarded by a marker file)
+    # testing aid: a rank exits hard once at this step (guarded by a marker file), at the
+    # fail_point: "step" (the last rank, before training the step) or "report" (rank 0,
+    # after validating and saving the step, before ray.train.report commits it)
     fail_at_step: int | None = None
+    fail_point: str = "step"
 
     SHARED_PARTS = (("data", DataConfig), ("cadence", CadenceConfig), ("workers", WorkersConfig),
                     ("tracking", TrackingConfig))
@@ -114,7 +117,7 @@ class TrainConfig:
 
         return cls(stage=stage, recipe=pick(recipe_type, skip_none=True),
                    **{name: pick(klass, False) for name, klass in cls.SHARED_PARTS},
-                   fail_at_step=values.get("fail_at_step"))
+                   fail_at_step=values.get("fail_at_step"), fail_point=values.get("fail_point") or "step")
 
     def params(self) -> dict[str, str]:
         """Flat leaf values for MLflow params (run-control fields left out)."""

@@ -216,6 +216,7 @@ def _train_and_register(cfg: TrainConfig, run_id: str, client, tracking_uri: str
 
     from pipelines.common.ray_setup import init_ray, quiet_train_options
     from pipelines.tracking.registry import ALIAS_CANDIDATE, register_checkpoint
+    from pipelines.tracking.run_logger import CommittedMetricsLogger
     from pipelines.train.loop import train_loop_per_worker
     from pipelines.train.worker_errors import fit
 
@@ -238,6 +239,7 @@ def _train_and_register(cfg: TrainConfig, run_id: str, client, tracking_uri: str
             storage_path=cfg.tracking.storage_path,
             failure_config=FailureConfig(max_failures=w.max_failures),
             checkpoint_config=CheckpointConfig(num_to_keep=cfg.cadence.keep_checkpoints),
+            callbacks=[CommittedMetricsLogger(run_id, tracking_uri)],  # validation metrics, once committed
             **quiet_train_options(),
         ),
     )

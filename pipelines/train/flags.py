@@ -121,6 +121,7 @@ def add_stage_flags(parser: argparse.ArgumentParser) -> None:
         for f in dataclasses.fields(klass):
             _add(group, f, _default(f), f.metadata.get("help", ""))
     parser.add_argument("--fail-at-step", type=int, default=None, help=argparse.SUPPRESS)  # fault-injection tests
+    parser.add_argument("--fail-point", choices=("step", "report"), default="step", help=argparse.SUPPRESS)
 
 
 def check_stage_flags(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:

@@ -8,9 +8,12 @@ hands one over (a lost worker, or ``--resume``), wraps every trained module with
 ``checkpoint_every`` steps BatchNorm buffers are broadcast from rank 0 (so every rank
 validates the model rank 0 saves), the stage validates on each rank's share of a fixed
 val set (sums all-reduced: every rank takes the same decisions, e.g. the generator's
-sync-weight switch), rank 0 logs metrics, sample images and each model file as MLflow
-artifacts, and the checkpoint goes to Ray through the one ``ray.train.report`` call.
-Rank 0 logs through ``ResumableRunLogger``: a replayed step neither duplicates nor loses points.
+sync-weight switch), rank 0 logs sample images and each model file as MLflow artifacts,
+and the checkpoint and its validation metrics go to Ray through the one
+``ray.train.report`` call. Rank 0 logs training metrics through ``ResumableRunLogger``: a
+replayed step neither duplicates nor loses points. Validation metrics reach MLflow from
+Ray's controller once it has committed their checkpoint (``CommittedMetricsLogger``,
+passed by the driver): a worker lost before that leaves no figure of weights that do not exist.
 
 The Ray checkpoint holds the stage's model files (``lipsync.checkpoints`` format, no
 pickle); the registered model's file carries the training state (step, torch RNG, the
@@ -63,12 +66,18 @@ def _restore(stage, ckpt_dir: Path) -> dict:
     return train_state
 
 
-def _fail_once(plan: WorkerPlan, step: int, rank: int, world: int, name: str) -> None:
-    if plan.config.fail_at_step == step and rank == world - 1:
+def _fail_once(plan: WorkerPlan, step: int, point: str, rank: int, world: int, name: str) -> None:
+    """Testing aid (``--fail-at-step``, ``--fail-point``): one rank exits hard, once per run.
+
+    Point "step": the last rank, before training step ``fail_at_step``. Point "report": rank 0
+    (the one that writes to MLflow), after it has validated and saved that step and before
+    ``ray.train.report`` commits the checkpoint."""
+    cfg = plan.config
+    if cfg.fail_at_step == step and cfg.fail_point == point and rank == (world - 1 if point == "step" else 0):
         marker = Path(plan.fail_marker)
         if not marker.exists():
             marker.write_text(f"worker rank {rank} exited on purpose at step {step}\n")
-            print(f"[{name}] injected failure: rank {rank} exits at step {step}", flush=True)
+            print(f"[{name}] injected failure: rank {rank} exits at step {step} ({point})", flush=True)
             # Ray's controller collects reported checkpoints at its health checks (every 2 s):
             # give it time to register the last one, so the restore point is deterministic.
             time.sleep(FAILURE_GRACE_S)
@@ -159,7 +168,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
     max_steps = cfg.cadence.max_steps
     try:
         for step in range(start_step + 1, max_steps + 1):
-            _fail_once(plan, step, rank, world, name)
+            _fail_once(plan, step, "step", rank, world, name)
             sums = stage.train_step(next(batches), step)
             for k, v in sums.items():
                 running[k] = running.get(k, 0.0) + v
@@ -188,6 +197,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
                     ckpt = None
                     if rank == 0:
                         ckpt = _save(stage, step, val, note, val_windows, logger, Path(tmp), plan)
+                    _fail_once(plan, step, "report", rank, world, name)
                     ray.train.report({"step": step, **val}, checkpoint=ckpt)
                 if stage.should_stop(val):
                     if rank == 0:
@@ -200,21 +210,21 @@ def train_loop_per_worker(loop_config: dict) -> None:
 
 
 def _save(stage, step, val, note, val_windows, logger, tmp: Path, plan: WorkerPlan):
-    """Rank 0: MLflow artifacts (each model file, sample images, validation metrics), then the Ray checkpoint."""
+    """Rank 0: MLflow artifacts (each model file, sample images), then the Ray checkpoint."""
     import ray.train
     import torch
 
     from lipsync.checkpoints import save_checkpoint
 
     # MLflow first, Ray second: if the worker dies in between, the restart replays from the
-    # previous checkpoint and rewrites the same artifact paths.
+    # previous checkpoint and rewrites the same artifact paths. The validation metrics are not
+    # logged here but once Ray has committed the checkpoint (CommittedMetricsLogger).
     for saved in stage.saved_models():
         folder = tmp / "artifact" / saved.artifact_dir
         save_checkpoint(folder / saved.filename, saved.module, saved.config)
         logger.log_artifacts(folder, f"{saved.artifact_dir}/step-{step:07d}")
     for image_name, image in stage.sample_images(val_windows).items():
         logger.log_image(image, f"{image_name}/step-{step:07d}.png")
-    logger.log_metrics(val, step)
     shown = " ".join(f"{k} {v:.4f}" for k, v in val.items() if k.startswith("val_") and not k.startswith("val_accuracy_offset"))
     print(f"[{stage.name}] step {step} {shown}", flush=True)
     if note:
