@@ -5,6 +5,8 @@ mono at 16 kHz. PyAV decodes to float at the native rate; channels are averaged 
 resampled with soxr at "HQ" quality. That is exactly what ``librosa.load(path, sr=16000)`` does on
 librosa >= 0.10 (mean downmix, ``res_type="soxr_hq"``), the loader the original code called, so our
 features equal what the original's loader gives on current librosa, without an ffmpeg subprocess.
+``iter_audio`` yields the same samples in chunks, and ``MelStream`` / ``stream_melspectrogram``
+turn chunks into the same mel, so long files never need their samples (or STFT) in memory.
 
 Mel spectrogram (``melspectrogram``), the original's hparams (see reference/wav2lip.md §1):
 pre-emphasis (1, -0.97) -> |STFT| (n_fft 800, hop 200, Hann window 800, centred with *reflect*
@@ -125,8 +127,11 @@ def iter_audio(path: str | os.PathLike, sr: int = SAMPLE_RATE) -> Iterator[np.nd
                         if chunk.size:
                             produced += chunk.size
                             yield chunk
-            for out in [*to_float.resample(None), None]:
-                pieces = native.finish() if out is None else native.push(out.to_ndarray().mean(axis=0, dtype=np.float32))
+            for out in [*to_float.resample(None), None]:  # the resampler's flush, then the end
+                if out is None:
+                    pieces = native.finish()
+                else:
+                    pieces = native.push(out.to_ndarray().mean(axis=0, dtype=np.float32))
                 for chunk in pieces:
                     chunk = convert(chunk)
                     if chunk.size:

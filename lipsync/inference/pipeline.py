@@ -6,9 +6,10 @@
 Every arrow is a bounded queue (``queue_frames`` frames), so memory does not grow with the
 video's length: the whole video is never in RAM, nor a file's audio (decoded in chunks
 straight into its mel spectrogram, ``lipsync.audio.stream_melspectrogram``); what grows is
-that mel, 1.5 MB per minute, and each batch gathers its frames' windows from it. The output has exactly one frame per audio frame
-(``lipsync.audio.video_frames_for_audio``) and the whole audio track, so its duration is
-the audio's: a longer video is cut, a shorter one loops or ping-pongs.
+that mel, 1.5 MB per minute, and each batch gathers its frames' windows from it. The output
+has exactly one frame per audio frame (``lipsync.audio.video_frames_for_audio``) and the
+whole audio track, so its duration is the audio's: a longer video is cut, a shorter one
+loops or ping-pongs.
 
 Mel windows come from ``lipsync.audio.frame_mel_windows_at`` with its default mode -- the
 foundation's choice (``WINDOW_POLICY = "training"``): frame k's window starts at frame k-1,
@@ -141,7 +142,8 @@ class LipSyncer:
         try:
             mel_windows_of([0])
         except ValueError as e:
-            raise MediaError(f"{audio_name}: audio too short to lip-sync ({n_samples / SAMPLE_RATE * 1000:.0f} ms; {e})") from e
+            raise MediaError(f"{audio_name}: audio too short to lip-sync "
+                             f"({n_samples / SAMPLE_RATE * 1000:.0f} ms; {e})") from e
 
         stats = {"detect": 0.0, "generate": 0.0, "compose": 0.0, "encode": 0.0}
         counts = {"with_face": 0, "first_without": None}
