@@ -495,7 +495,7 @@ def lipsync_cache_dir(tmp_path_factory):
 # included). A whole-clip reader grows by the frames' bytes, a streaming one by a few small
 # per-second records (the mel, 25.6 KB a second).
 
-LENGTH_CLIP_SECONDS = (2.0, 8.0)
+LENGTH_CLIP_SECONDS = (3.0, 12.0)  # the short one fills a scoring batch (64 windows): batches are no length
 LENGTH_CLIP_SIZE = 128  # 49 KB a frame, 1.2 MB a second at 25 fps
 
 
