@@ -99,8 +99,8 @@ class StreamedDistances:
 
     def __init__(self, vshift: int = VSHIFT):
         self.vshift = vshift
-        self.video: torch.Tensor | None = None  # windows first .. done-1
-        self.audio: torch.Tensor | None = None  # windows first - vshift .. done-1 (zeros before 0)
+        self.video: torch.Tensor | None = None  # the windows whose distances are not out yet
+        self.audio: torch.Tensor | None = None  # from vshift windows before those (zeros before 0)
         self.rows: list[torch.Tensor] = []
 
     def add(self, video_emb: torch.Tensor, audio_emb: torch.Tensor) -> None:
@@ -157,8 +157,8 @@ class SyncJudge:
         audio_windows = n_samples // SAMPLES_PER_FRAME - SYNC_FRAMES
         size = self.input_size
         distances = StreamedDistances(vshift)
-        held: list[np.ndarray] = []  # frames first_held .. first_held + len(held) - 1
-        first_held = start = n_frames = 0
+        held: list[np.ndarray] = []  # resized frames from frame `start` (the next batch's first window) on
+        start = n_frames = 0
         with torch.no_grad():
             for frame in frames:
                 n_frames += 1
@@ -167,10 +167,10 @@ class SyncJudge:
                 held.append(frame if frame.shape[:2] == (size, size) else cv2.resize(frame, (size, size)))
                 stop = start + self.batch_size
                 if stop <= audio_windows and n_frames >= stop + SYNC_FRAMES:
-                    self._embed_into(distances, held, first_held, start, stop, features)
-                    del held[: stop - first_held]
-                    first_held = start = stop
-        n = min(n_frames, n_samples // SAMPLES_PER_FRAME) - SYNC_FRAMES
+                    self._embed_into(distances, held, start, stop, features)
+                    del held[: stop - start]
+                    start = stop
+        n = n_windows(n_frames, n_samples)
         if n < 1:
             raise MediaError(
                 f"{source}: too short to score ({n_frames} frames, {n_samples / 16000:.2f} s of audio; "
@@ -178,13 +178,14 @@ class SyncJudge:
         with torch.no_grad():
             while start < n:
                 stop = min(start + self.batch_size, n)
-                self._embed_into(distances, held, first_held, start, stop, features)
+                self._embed_into(distances, held, start, stop, features)
+                del held[: stop - start]
                 start = stop
         return score_distances(distances.finish(), self.name, vshift)
 
-    def _embed_into(self, distances: StreamedDistances, held: list, first_held: int, start: int, stop: int,
-                    features) -> None:
-        frames = np.stack(held[start - first_held : stop - first_held + SYNC_FRAMES - 1])
+    def _embed_into(self, distances: StreamedDistances, held: list, start: int, stop: int, features) -> None:
+        """Windows start .. stop-1 into ``distances``; ``held`` begins with frame ``start``."""
+        frames = np.stack(held[: stop - start + SYNC_FRAMES - 1])
         video_emb, audio_emb = self.embed_batch(frames, features, np.arange(start, stop))
         distances.add(video_emb.cpu(), audio_emb.cpu())
 
