@@ -83,8 +83,8 @@ class FrameSpill:
             raise self._error(e, "cannot create the file that keeps frames for --audio-longer pingpong") from e
 
     def _error(self, error: OSError, what: str) -> DiskError:
-        return DiskError(f"{self.folder}: {what} ({error.strerror or error}); "
-                         f"choose another folder with --spill-dir")
+        return DiskError(f"{self.folder}: {what}: {error.strerror or error} "
+                         f"(choose another folder with --spill-dir)")
 
     def append(self, frame: np.ndarray) -> None:
         try:
@@ -92,7 +92,7 @@ class FrameSpill:
             self.file.write(np.ascontiguousarray(frame).data)
         except OSError as e:  # ENOSPC surfaces at a write or at the flush inside seek
             raise self._error(e, f"cannot keep frame {self.count} for --audio-longer pingpong "
-                                 f"({self.count * self.nbytes} bytes written)") from e
+                                 f"after {self.count * self.nbytes} bytes") from e
         self.count += 1
 
     def __getitem__(self, index: int) -> np.ndarray:
