@@ -5,6 +5,8 @@ mono at 16 kHz. PyAV decodes to float at the native rate; channels are averaged 
 resampled with soxr at "HQ" quality. That is exactly what ``librosa.load(path, sr=16000)`` does on
 librosa >= 0.10 (mean downmix, ``res_type="soxr_hq"``), the loader the original code called, so our
 features equal what the original's loader gives on current librosa, without an ffmpeg subprocess.
+``iter_audio`` yields the same samples in chunks, and ``MelStream`` / ``stream_melspectrogram``
+turn chunks into the same mel, so long files never need their samples (or STFT) in memory.
 
 Mel spectrogram (``melspectrogram``), the original's hparams (see reference/wav2lip.md §1):
 pre-emphasis (1, -0.97) -> |STFT| (n_fft 800, hop 200, Hann window 800, centred with *reflect*
@@ -46,6 +48,7 @@ import functools
 import math
 import os
 import warnings
+from typing import Iterator
 
 import av
 import numpy as np
@@ -78,14 +81,26 @@ _WINDOW_START_OFFSET = {"training": -1, "inference": 0}
 
 
 def load_audio(path: str | os.PathLike, sr: int = SAMPLE_RATE) -> np.ndarray:
-    """Decode the first audio stream of ``path`` to float32 mono at ``sr`` Hz, shape (N,).
+    """Decode the first audio stream of ``path`` to float32 mono at ``sr`` Hz, shape (N,): the
+    chunks of ``iter_audio`` joined (use that to keep memory bounded on long files).
 
     Raises MediaError (message names the path) for a missing, empty or undecodable file, a file
     without an audio stream, or one whose audio stream holds no samples.
     """
+    return np.ascontiguousarray(np.concatenate(list(iter_audio(path, sr))), dtype=np.float32)
+
+
+def iter_audio(path: str | os.PathLike, sr: int = SAMPLE_RATE) -> Iterator[np.ndarray]:
+    """``load_audio``'s samples (the same values), one float32 chunk at a time, so memory stays
+    bounded whatever the file's length. Chunks follow the decoder's frames (never empty).
+
+    Streaming soxr resampling gives the same samples as resampling the whole signal at once;
+    the AAC padding trim (below) holds back at most ``_AAC_MAX_PADDING`` native samples until
+    the end decides it. MediaError as ``load_audio``, raised when the problem is reached.
+    """
     path = os.fspath(path)
     check_media_file(path)
-    chunks: list[np.ndarray] = []
+    produced = 0
     try:
         with av.open(path) as container:
             if not container.streams.audio:
@@ -94,29 +109,105 @@ def load_audio(path: str | os.PathLike, sr: int = SAMPLE_RATE) -> np.ndarray:
             # Convert every frame to planar float at its native rate/layout; we downmix and
             # resample ourselves so the result matches librosa.load exactly.
             to_float = av.AudioResampler(format="fltp")
-            native_rate = None
-            declared = _declared_samples(container, stream)
+            native = _NativeSamples(path, _declared_samples(container, stream))
+            resampler = None
+
+            def convert(chunk: np.ndarray) -> np.ndarray:
+                nonlocal resampler
+                if native.rate == sr:
+                    return chunk
+                resampler = resampler or _StreamResampler(native.rate, sr)
+                return resampler.push(chunk)
+
             for frame in container.decode(stream):
-                native_rate = native_rate or frame.sample_rate
+                native.rate = native.rate or frame.sample_rate
                 for out in to_float.resample(frame):
-                    chunks.append(out.to_ndarray().mean(axis=0, dtype=np.float32))
-            for out in to_float.resample(None):
-                chunks.append(out.to_ndarray().mean(axis=0, dtype=np.float32))
+                    for chunk in native.push(out.to_ndarray().mean(axis=0, dtype=np.float32)):
+                        chunk = convert(chunk)
+                        if chunk.size:
+                            produced += chunk.size
+                            yield chunk
+            for out in [*to_float.resample(None), None]:  # the resampler's flush, then the end
+                if out is None:
+                    pieces = native.finish()
+                else:
+                    pieces = native.push(out.to_ndarray().mean(axis=0, dtype=np.float32))
+                for chunk in pieces:
+                    chunk = convert(chunk)
+                    if chunk.size:
+                        produced += chunk.size
+                        yield chunk
+            if resampler is not None:
+                tail = resampler.finish()
+                if tail.size:
+                    produced += tail.size
+                    yield tail
     except MediaError:
         raise
     except (av.error.FFmpegError, ValueError, OSError) as e:
         raise MediaError(f"{path}: cannot decode audio ({e})") from e
-
-    wav = np.concatenate(chunks) if chunks else np.zeros(0, np.float32)
-    if declared is not None and declared < wav.size <= declared + _AAC_MAX_PADDING:
-        wav = wav[:declared]
-    if wav.size == 0:
+    if produced == 0:
         raise MediaError(f"{path}: audio stream contains no samples")
-    if not np.all(np.isfinite(wav)):
-        raise MediaError(f"{path}: audio contains NaN or infinite samples")
-    if native_rate != sr:
-        wav = _resample(wav, native_rate, sr)
-    return np.ascontiguousarray(wav, dtype=np.float32)
+
+
+class _NativeSamples:
+    """Native-rate mono chunks on their way to the resampler: checked finite, and cut to the
+    container's declared length when the decoder adds AAC padding (see ``_AAC_MAX_PADDING``)."""
+
+    def __init__(self, path: str, declared: int | None):
+        self.path, self.declared = path, declared
+        self.rate: int | None = None
+        self.seen = 0  # native samples decoded so far
+        self.held: list[np.ndarray] = []  # samples past `declared`, kept until the end decides
+
+    def push(self, chunk: np.ndarray) -> list[np.ndarray]:
+        if not np.all(np.isfinite(chunk)):
+            raise MediaError(f"{self.path}: audio contains NaN or infinite samples")
+        before, self.seen = self.seen, self.seen + chunk.size
+        if self.declared is None or self.seen <= self.declared:
+            return [chunk]
+        keep = max(0, self.declared - before)
+        self.held.append(chunk[keep:])
+        if self.seen > self.declared + _AAC_MAX_PADDING:  # not padding: nothing is trimmed
+            self.declared, held, self.held = None, self.held, []
+            return [chunk[:keep], *held]
+        return [chunk[:keep]]
+
+    def finish(self) -> list[np.ndarray]:
+        return []  # what is still held is the AAC padding: dropped
+
+
+class _StreamResampler:
+    """soxr HQ in streaming mode, trimmed/padded at the end to ceil(N * target/orig) like
+    ``_resample`` (librosa.resample(fix=True)); its samples equal ``_resample``'s."""
+
+    def __init__(self, orig_sr: int, target_sr: int):
+        import soxr
+
+        self.orig_sr, self.target_sr = orig_sr, target_sr
+        self.stream = soxr.ResampleStream(orig_sr, target_sr, 1, dtype="float32", quality="HQ")
+        self.fed = self.out = 0
+        self.pending = np.zeros(0, np.float32)
+
+    def _limit(self, chunk: np.ndarray, last: bool) -> np.ndarray:
+        # What the input so far justifies goes out; anything past it waits (at the end it is
+        # the excess ``_resample`` trims), and the end is padded to the exact count.
+        n_max = int(math.ceil(self.fed * self.target_sr / self.orig_sr))
+        if self.pending.size:
+            chunk = np.concatenate([self.pending, chunk])
+        cut = max(0, n_max - self.out)
+        chunk, self.pending = chunk[:cut], chunk[cut:]
+        if last and self.out + chunk.size < n_max:
+            chunk = np.concatenate([chunk, np.zeros(n_max - self.out - chunk.size, np.float32)])
+        self.out += chunk.size
+        return chunk.astype(np.float32, copy=False)
+
+    def push(self, chunk: np.ndarray) -> np.ndarray:
+        self.fed += chunk.size
+        return self._limit(self.stream.resample_chunk(np.ascontiguousarray(chunk, np.float32), last=False), False)
+
+    def finish(self) -> np.ndarray:
+        return self._limit(self.stream.resample_chunk(np.zeros(0, np.float32), last=True), True)
 
 
 # AAC decoders return the encoder's zero padding of the last 1024-sample frame; mp4 records the true
@@ -187,10 +278,105 @@ def melspectrogram(wav: np.ndarray) -> np.ndarray:
                 pad_mode="reflect",
             )
         )
+    return _normalised_mel(spec)
+
+
+class MelStream:
+    """``melspectrogram`` of a signal given in chunks, the same numbers, in bounded memory.
+
+    ``push(chunk)`` returns the mel frames (80, k) that chunk completes, ``finish()`` the last
+    ones; joined they equal ``melspectrogram`` of the whole signal. Mel frame j is the STFT of
+    the reflect-padded signal's samples [200j, 200j + 800), so it is ready once sample
+    200j + 400 has arrived; the frames that touch the end need the end (its reflection) and
+    come from ``finish``. Only the samples of frames still to come are kept (under 1000).
+    A signal shorter than ``_MEL_STREAM_MIN`` samples is done in one piece at the end, where
+    np.pad's reflection of a very short signal has its own rules.
+    """
+
+    def __init__(self):
+        self.raw: list[np.ndarray] = []  # the signal until it is long enough to stream
+        self.padded = np.zeros(0, np.float64)  # pre-emphasised, reflect-padded, from sample 200 * next_frame
+        self.next_frame = 0
+        self.last_sample: float | None = None
+        self.n_samples = 0
+
+    def push(self, chunk: np.ndarray) -> np.ndarray:
+        chunk = np.asarray(chunk)
+        if chunk.ndim != 1:
+            raise ValueError(f"melspectrogram expects mono audio of shape (N,), got {chunk.shape}")
+        self.n_samples += chunk.size
+        if self.raw is not None:
+            self.raw.append(chunk)
+            if self.n_samples < _MEL_STREAM_MIN:
+                return self._empty()
+            head = self._emphasise(np.concatenate(self.raw))
+            self.raw = None
+            # Reflect padding of the start: padded[i] = emphasised[N_FFT // 2 - i] for i < N_FFT // 2.
+            self.padded = np.concatenate([head[1 : N_FFT // 2 + 1][::-1], head])
+        else:
+            self.padded = np.concatenate([self.padded, self._emphasise(chunk)])
+        # Frames whose 800 samples are all here and that do not reach the signal's end.
+        ready = (self.padded.size - N_FFT) // HOP + 1 if self.padded.size >= N_FFT else 0
+        # and keep at least N_FFT // 2 + 1 samples beyond them: finish reflects the end from them
+        ready = max(0, min(ready, (self.padded.size - N_FFT // 2 - N_FFT) // HOP + 1))
+        return self._frames(ready)
+
+    def finish(self) -> np.ndarray:
+        if self.raw is not None:
+            if self.n_samples == 0:
+                raise ValueError("melspectrogram got empty audio (0 samples)")
+            return melspectrogram(np.concatenate(self.raw))
+        tail = self.padded[-N_FFT // 2 - 1 : -1][::-1]  # reflection of the end
+        self.padded = np.concatenate([self.padded, tail])
+        total = 1 + self.n_samples // HOP
+        return self._frames(total - self.next_frame)
+
+    def _emphasise(self, chunk: np.ndarray) -> np.ndarray:
+        # float64 like melspectrogram; the first sample of a chunk uses the previous chunk's last.
+        y = chunk.astype(np.float64)
+        out = np.empty_like(y)
+        if y.size == 0:
+            return out
+        out[0] = y[0] if self.last_sample is None else y[0] - PREEMPHASIS * self.last_sample
+        out[1:] = y[1:] - PREEMPHASIS * y[:-1]
+        self.last_sample = y[-1]
+        return out
+
+    def _empty(self) -> np.ndarray:
+        return np.zeros((N_MELS, 0), np.float32)
+
+    def _frames(self, count: int) -> np.ndarray:
+        import librosa
+
+        if count <= 0:
+            return self._empty()
+        segment = self.padded[: (count - 1) * HOP + N_FFT]
+        spec = np.abs(librosa.stft(segment, n_fft=N_FFT, hop_length=HOP, win_length=WIN_LENGTH,
+                                   window="hann", center=False))
+        self.padded = self.padded[count * HOP :]
+        self.next_frame += count
+        return _normalised_mel(spec)
+
+
+_MEL_STREAM_MIN = 4 * N_FFT
+
+
+def _normalised_mel(spec: np.ndarray) -> np.ndarray:
+    """|STFT| (401, T) -> the normalised log-mel (80, T) float32 (melspectrogram's last steps)."""
     mel = _mel_basis() @ spec
     db = 20.0 * np.log10(np.maximum(1e-5, mel)) - REF_LEVEL_DB
     scaled = 2 * MAX_ABS_VALUE * ((db - MIN_LEVEL_DB) / -MIN_LEVEL_DB) - MAX_ABS_VALUE
     return np.clip(scaled, -MAX_ABS_VALUE, MAX_ABS_VALUE).astype(np.float32)
+
+
+def stream_melspectrogram(chunks) -> tuple[np.ndarray, int]:
+    """(mel (80, T) float32, number of samples) of a signal given as chunks (``iter_audio``):
+    ``melspectrogram`` of the joined signal without ever holding it (the mel is 1.5 MB a minute,
+    the 16 kHz signal 3.8 MB, its STFT 30 MB)."""
+    stream = MelStream()
+    parts = [stream.push(chunk) for chunk in chunks]
+    parts.append(stream.finish())
+    return np.concatenate(parts, axis=1), stream.n_samples
 
 
 # ----------------------------------------------------------------------------------------- windows
@@ -252,7 +438,15 @@ def frame_mel_windows(
         raise ValueError(f"n_frames must be >= 0, got {n_frames}")
     if n_frames == 0:
         return np.zeros((0, np.shape(mel)[0], MEL_STEP), np.float32)
-    starts = np.arange(n_frames) + _WINDOW_START_OFFSET[mode]
+    return frame_mel_windows_at(mel, np.arange(n_frames), fps=fps, mode=mode)
+
+
+def frame_mel_windows_at(mel: np.ndarray, frames, fps: float = 25.0, mode: str = WINDOW_POLICY) -> np.ndarray:
+    """Rows ``frames`` of ``frame_mel_windows(mel, ...)`` without building the others: (K, 80, 16),
+    what a streaming consumer gathers one batch at a time."""
+    if mode not in _WINDOW_START_OFFSET:
+        raise ValueError(f"mode must be 'training' or 'inference', got {mode!r}")
+    starts = np.asarray(frames, np.int64) + _WINDOW_START_OFFSET[mode]
     return mel_windows(mel, starts, fps=fps, step=MEL_STEP)
 
 

@@ -12,6 +12,7 @@ so input frame ``k % len(input)`` is shown beside output frame ``k`` here too.
 from __future__ import annotations
 
 import os
+from typing import Iterator
 
 import cv2
 import numpy as np
@@ -26,62 +27,158 @@ def _fit_height(frame: np.ndarray, height: int) -> np.ndarray:
     return cv2.resize(frame, (width, height), interpolation=cv2.INTER_AREA)
 
 
+def _looped_frames(path: str | os.PathLike, fps: float | None = None) -> Iterator[np.ndarray]:
+    """``path``'s frames (at ``fps``, None: its own rate) for ever: 0..n-1, 0..n-1, ... (decoded again each pass,
+    never held); MediaError when it has none."""
+    from lipsync.video import iter_frames
+
+    while True:
+        count = 0
+        for frame in iter_frames(path, fps=fps):
+            count += 1
+            yield frame
+        if count == 0:
+            raise MediaError(f"{path}: has no frames")
+
+
+def _frames_at(path: str | os.PathLike, indices) -> dict[int, np.ndarray]:
+    """The frames at ``indices`` of ``path``'s frames looped (index k is frame k % n), one
+    pass per loop needed, only those frames kept."""
+    wanted, found = sorted(set(indices)), {}
+    for k, frame in enumerate(_looped_frames(path)):
+        if k > wanted[-1]:
+            break
+        if k in wanted:
+            found[k] = frame
+    return found
+
+
+def _audio_until(writer, chunks: Iterator[np.ndarray], pending: list, due: int | None) -> None:
+    """Write audio from ``chunks`` until ``due`` samples are written (None: all of it), so the
+    mux stays interleaved with the frames."""
+    while due is None or writer.samples_written < due:
+        if not pending:
+            chunk = next(chunks, None)
+            if chunk is None:
+                return
+            pending.append(chunk)
+        chunk = pending.pop()
+        take = chunk.size if due is None else min(chunk.size, due - writer.samples_written)
+        writer.write_audio(chunk[:take])
+        if take < chunk.size:
+            pending.append(chunk[take:])
+
+
 def side_by_side(input_video: str | os.PathLike, output_video: str | os.PathLike,
                  out: str | os.PathLike) -> str:
-    """Write ``out`` (mp4): input | output, the output's audio; returns the path."""
-    from lipsync.video import read_video, write_video
+    """Write ``out`` (mp4): input | output, the output's audio; returns the path. Streamed:
+    a frame of each at a time, the audio in chunks."""
+    from lipsync.audio import SAMPLE_RATE
+    from lipsync.video import VideoWriter, iter_aligned_audio, iter_frames, probe
 
-    before, after = read_video(input_video, fps=None), read_video(output_video)
-    if len(after.frames) == 0 or len(before.frames) == 0:
-        raise MediaError(f"{output_video if len(after.frames) == 0 else input_video}: has no frames")
-    height = after.frames.shape[1]
-    frames = (np.concatenate([_fit_height(before.frames[k % len(before.frames)], height), frame], axis=1)
-              for k, frame in enumerate(after.frames))
-    write_video(out, frames, after.fps, audio=after.audio, sample_rate=after.sample_rate)
+    info = probe(output_video)
+    after = iter_frames(output_video, fps=None)
+    first = next(after, None)
+    if first is None:
+        raise MediaError(f"{output_video}: has no frames")
+    before = _looped_frames(input_video)
+    height = first.shape[0]
+    left = _fit_height(next(before), height)
+    audio = iter_aligned_audio(output_video) if info.has_audio else None
+    pending: list = []
+    with VideoWriter(out, info.fps, left.shape[1] + first.shape[1], height,
+                     audio_sample_rate=SAMPLE_RATE if audio is not None else None) as writer:
+        frame = first
+        while frame is not None:
+            writer.write(np.concatenate([left, frame], axis=1))
+            if audio is not None:
+                _audio_until(writer, audio, pending, int(round(writer.frames_written / info.fps * SAMPLE_RATE)))
+            frame = next(after, None)
+            if frame is not None:
+                left = _fit_height(next(before), height)
+        if audio is not None:
+            _audio_until(writer, audio, pending, None)
     return os.fspath(out)
 
 
 def with_audio(video: str | os.PathLike, audio_source: str | os.PathLike, out: str | os.PathLike) -> str:
     """Write ``out``: ``video``'s frames (looped as inference loops them) under the audio of
     ``audio_source``, as long as that audio — the *undubbed* input, what sync metrics of a
-    dubbed output are compared against."""
-    from lipsync.audio import SAMPLE_RATE, load_audio, video_frames_for_audio
-    from lipsync.video import read_video, write_video
+    dubbed output are compared against. Streamed: frames follow the audio as it is decoded
+    (the frame count ``video_frames_for_audio`` gives grows with the samples so far)."""
+    from lipsync.audio import SAMPLE_RATE, iter_audio, video_frames_for_audio
+    from lipsync.video import VideoWriter
 
     fps = 25.0  # the rate inference writes
-    frames = read_video(video, fps=fps).frames
-    if len(frames) == 0:
-        raise MediaError(f"{video}: has no frames")
-    audio = load_audio(audio_source)
-    n = video_frames_for_audio(audio.size, fps)
-    write_video(out, (frames[k % len(frames)] for k in range(n)), fps, audio=audio, sample_rate=SAMPLE_RATE)
+    frames = _looped_frames(video, fps)
+    first = next(frames)
+    writer = None
+    written = n_samples = 0
+    try:
+        for chunk in iter_audio(audio_source):
+            if writer is None:  # after the audio's first chunk: a bad audio file leaves no output
+                writer = VideoWriter(out, fps, first.shape[1], first.shape[0], audio_sample_rate=SAMPLE_RATE)
+            writer.write_audio(chunk)
+            n_samples += chunk.size
+            while written < video_frames_for_audio(n_samples, fps):
+                writer.write(first if written == 0 else next(frames))
+                written += 1
+    except BaseException:
+        if writer is not None:
+            writer.abort()
+        raise
+    writer.close()
     return os.fspath(out)
 
 
 def before_after_strip(input_video: str | os.PathLike, output_video: str | os.PathLike,
                        out_png: str | os.PathLike, n_frames: int = 8, step: int = 3, dpi: int = 100) -> str:
     """Write ``out_png``: ``n_frames`` frames (every ``step``-th, from where the speech starts)
-    of the input above the same frames of the output, over the output's waveform."""
-    from lipsync.figures import frames_over_waveform, speech_start
-    from lipsync.video import read_video
+    of the input above the same frames of the output, over the output's waveform. Streamed:
+    the output is decoded to count its frames, its audio to find the speech, then only the
+    frames shown (and the audio under them) are kept."""
+    from lipsync.audio import SAMPLE_RATE
+    from lipsync.figures import frames_over_waveform, speech_start_in
+    from lipsync.synth.mouth import stream_frame_loudness_db
+    from lipsync.video import iter_aligned_audio, iter_frames, probe
 
-    before, after = read_video(input_video), read_video(output_video)
-    if after.audio is None:
+    info = probe(output_video)
+    if not info.has_audio:
         raise MediaError(f"{output_video}: has no audio track to draw")
-    total = len(after.frames)
+    total = sum(1 for _ in iter_frames(output_video, fps=None))
+    if total == 0:
+        raise MediaError(f"{output_video}: has no frames")
+    fps, sr = info.fps, SAMPLE_RATE
     span = n_frames * step
-    first = speech_start(after.audio, total, after.fps, after.sample_rate, span, lead=step)
+    db = stream_frame_loudness_db(iter_aligned_audio(output_video), total, fps, sr)
+    first = speech_start_in(db, total, span, lead=step)
     indices = [i for i in range(first, first + span, step) if i < total]
-    height = after.frames.shape[1]
-    top = np.concatenate([_fit_height(before.frames[i % len(before.frames)], height) for i in indices], axis=1)
-    bottom = np.concatenate([after.frames[i] for i in indices], axis=1)
+    after, before = _frames_at(output_video, indices), _frames_at(input_video, indices)
+    height = after[indices[0]].shape[0]
+    top = np.concatenate([_fit_height(before[i], height) for i in indices], axis=1)
+    bottom = np.concatenate([after[i] for i in indices], axis=1)
     if top.shape[1] != bottom.shape[1]:
         top = cv2.resize(top, (bottom.shape[1], height), interpolation=cv2.INTER_AREA)
     strip = np.concatenate([top, bottom], axis=0)[:, :, ::-1]  # BGR -> RGB for matplotlib
     title = (f"input (top) and lip-synced output (bottom): frames {indices[0]}..{indices[-1]} "
-             f"(every {step}) at {after.fps:g} fps, over the output's audio")
-    return frames_over_waveform(strip, ["input", "output"], after.audio, after.sample_rate, after.fps,
-                                indices, step, title, out_png, dpi)
+             f"(every {step}) at {fps:g} fps, over the output's audio")
+    lo, hi = int(indices[0] / fps * sr), int((indices[-1] + step) / fps * sr)
+    under = _audio_span(iter_aligned_audio(output_video), lo, hi)
+    return frames_over_waveform(strip, ["input", "output"], under, sr, fps,
+                                indices, step, title, out_png, dpi, audio_start=lo)
+
+
+def _audio_span(chunks: Iterator[np.ndarray], lo: int, hi: int) -> np.ndarray:
+    """Samples ``lo`` .. ``hi`` - 1 of a chunked signal (fewer where it ends)."""
+    kept, pos = [], 0
+    for chunk in chunks:
+        a, b = max(lo, pos), min(hi, pos + chunk.size)
+        if a < b:
+            kept.append(chunk[a - pos : b - pos])
+        pos += chunk.size
+        if pos >= hi:
+            break
+    return np.concatenate(kept) if kept else np.zeros(0, np.float32)
 
 
 # ----------------------------------------------------------------------------- command line

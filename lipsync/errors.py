@@ -27,6 +27,10 @@ class ConfigError(LipsyncError):
     """Flags or configuration values that cannot work together."""
 
 
+class DiskError(LipsyncError):
+    """A folder the library writes scratch data to is full, missing or not writable."""
+
+
 def first_line(error: BaseException, limit: int | None = None) -> str:
     """The first line of an error's message, for a one-line report: its ``message`` attribute
     where it has one (MLflow's exceptions), else ``str(error)``; the type's name if that is

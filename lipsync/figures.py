@@ -14,16 +14,17 @@ import numpy as np
 
 def frames_over_waveform(strip_rgb: np.ndarray, row_labels: list[str], audio: np.ndarray, sample_rate: int,
                          fps: float, indices: list[int], step: int, title: str,
-                         out_png: str | os.PathLike, dpi: int = 100) -> str:
+                         out_png: str | os.PathLike, dpi: int = 100, audio_start: int = 0) -> str:
     """Save the figure: ``strip_rgb`` (rows of frames ``indices``, every ``step``-th) over
-    ``audio``; ``row_labels`` name the rows from the top (empty: no labels)."""
+    ``audio``; ``row_labels`` name the rows from the top (empty: no labels). ``audio`` may be
+    just the stretch under the frames, its first sample being sample ``audio_start``."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     t0, t1 = indices[0] / fps, (indices[-1] + step) / fps
-    seg = audio[int(t0 * sample_rate):int(t1 * sample_rate)]
+    seg = audio[max(0, int(t0 * sample_rate) - audio_start):int(t1 * sample_rate) - audio_start]
     rows = max(1, len(row_labels))
     h, w = strip_rgb.shape[:2]
     fig_w = max(8.0, w / dpi)
@@ -55,7 +56,11 @@ def speech_start(audio: np.ndarray, n_frames: int, fps: float, sample_rate: int,
     starts (so a strip is not all silence), kept inside the clip."""
     from lipsync.synth.mouth import frame_loudness_db
 
-    db = frame_loudness_db(audio, n_frames, fps, sample_rate)
+    return speech_start_in(frame_loudness_db(audio, n_frames, fps, sample_rate), n_frames, span, lead)
+
+
+def speech_start_in(db: np.ndarray, n_frames: int, span: int, lead: int = 0) -> int:
+    """``speech_start`` from the frames' loudness (``lipsync.synth.mouth.frame_loudness_db``)."""
     loud = np.flatnonzero(db > db.max() - 25)
     first = max(0, int(loud[0]) - lead) if loud.size else 0
     return max(0, min(first, n_frames - span)) if n_frames >= span else 0

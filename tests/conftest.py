@@ -501,3 +501,62 @@ def lipsync_cache_dir(tmp_path_factory):
         mp.setenv("LIPSYNC_CACHE_DIR", str(folder))
         yield folder
 # ---------------------------------------------------------------- end infer block
+
+
+# ---------------------------------------------------------------- memory against length
+# `lipsync sync-score`, `compare` and `infer` stream; their tests run one command on a short
+# and a 4x longer clip and compare the peak memory Python allocations reach (numpy arrays
+# included). A whole-clip reader grows by the frames' bytes, a streaming one by a few small
+# per-second records (the mel, 25.6 KB a second).
+
+LENGTH_CLIP_SECONDS = (3.0, 12.0)  # the short one fills a scoring batch (64 windows): batches are no length
+LENGTH_CLIP_SIZE = 128  # 49 KB a frame, 1.2 MB a second at 25 fps
+
+
+def traced_peak(fn) -> int:
+    """Peak bytes traced (tracemalloc) while ``fn()`` runs, above what was held before."""
+    import gc
+    import tracemalloc
+
+    gc.collect()
+    tracemalloc.start()
+    try:
+        base = tracemalloc.get_traced_memory()[0]
+        fn()
+        return tracemalloc.get_traced_memory()[1] - base
+    finally:
+        tracemalloc.stop()
+
+
+@pytest.fixture(scope="session")
+def length_clips(tmp_path_factory):
+    """{seconds: path}: 128x128 25 fps clips with a moving pattern and a voiced, pulsing tone."""
+    import numpy as np
+
+    from lipsync.video import VideoWriter
+
+    out = tmp_path_factory.mktemp("length_clips")
+    clips = {}
+    y, x = np.mgrid[0:LENGTH_CLIP_SIZE, 0:LENGTH_CLIP_SIZE]
+    for seconds in LENGTH_CLIP_SECONDS:
+        path = out / f"clip_{seconds:g}s.mp4"
+        n = int(seconds * 25)
+        t = np.arange(int(seconds * 16000)) / 16000
+        audio = (0.3 * np.sin(2 * np.pi * 140 * t) * (np.sin(2 * np.pi * 3 * t) > 0)).astype(np.float32)
+        with VideoWriter(path, 25.0, LENGTH_CLIP_SIZE, LENGTH_CLIP_SIZE, preset="ultrafast") as writer:
+            writer.write_audio(audio)
+            for i in range(n):
+                writer.write(np.dstack([(x + 3 * i) % 256, (y + i) % 256, np.full_like(x, 90)]).astype(np.uint8))
+        clips[seconds] = path
+    return clips
+
+
+def peak_growth_per_second(run, clips: dict) -> tuple[float, dict]:
+    """(bytes of peak memory each extra second of clip added, {seconds: peak}) for ``run(seconds,
+    path)`` on the short and the long clip. The short one runs once untraced first: first calls
+    allocate once-only things (caches, lazy imports, a backend's warm-up) that are no length."""
+    short = min(clips)
+    run(short, clips[short])
+    peaks = {seconds: traced_peak(lambda: run(seconds, path)) for seconds, path in sorted(clips.items())}
+    (short, p_short), (long, p_long) = sorted(peaks.items())
+    return (p_long - p_short) / (long - short), peaks

@@ -236,3 +236,23 @@ def test_load_audio_equals_librosa_load(tmp_path, subtype, fmt, sr):
     ours = audio.load_audio(path)
     assert ours.shape == expected.shape
     assert np.abs(ours - expected).max() < 1e-6
+
+
+@pytest.mark.parametrize("n_samples", [3000, 16000 * 3 + 17])
+def test_streamed_front_ends_equal_the_whole_signal(tmp_path, n_samples):
+    """Chunked decoding, mel and MFCC (what sync-score and infer stream) give exactly the numbers
+    of the whole-signal functions, whatever the chunking (one that splits every frame included)."""
+    from lipsync.metrics.syncnet_v2 import MfccStream, mfcc_features
+
+    rng = np.random.default_rng(n_samples)
+    wav = (0.1 * rng.standard_normal(n_samples)).astype(np.float32)
+    path = tmp_path / "x.wav"
+    soundfile.write(path, (wav * 32767).astype(np.int16), 44100)  # resampled to 16 kHz on the way
+    assert np.array_equal(np.concatenate(list(audio.iter_audio(path))), audio.load_audio(path))
+    for chunk in (333, 4096):
+        pieces = [wav[i:i + chunk] for i in range(0, n_samples, chunk)]
+        mel, n = audio.stream_melspectrogram(pieces)
+        assert n == n_samples and np.array_equal(mel, audio.melspectrogram(wav)), chunk
+        stream = MfccStream()
+        mfcc = np.concatenate([stream.push(p) for p in pieces] + [stream.finish()], axis=1)
+        assert np.array_equal(mfcc, mfcc_features(wav)), chunk

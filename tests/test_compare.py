@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from lipsync.compare import before_after_strip, side_by_side
-from lipsync.video import probe, read_video, write_video
+from lipsync.video import iter_frames, probe, read_video, write_video
 
 
 def _clip(path, n, value, size=(64, 80), seconds=None, sr=16000):
@@ -42,3 +42,19 @@ def test_before_after_strip_is_a_picture_of_both_rows(tmp_path):
     column = image[:, image.shape[1] // 2, 1].astype(int)
     dark, bright = np.flatnonzero(np.abs(column - 40) < 15), np.flatnonzero(np.abs(column - 160) < 15)
     assert dark.size and bright.size and dark.mean() < bright.mean()
+
+
+def test_side_by_side_and_strip_memory_does_not_follow_the_videos_length(length_clips, tmp_path):
+    """A 4x longer pair costs the same memory: frames are streamed (the shorter input looped
+    by decoding it again), not held; a whole-clip reader costs ~1.4 MB more per second here."""
+    from conftest import peak_growth_per_second
+
+    short = min(length_clips)
+    for name, make in (("side_by_side", lambda s, clip: side_by_side(length_clips[short], clip,
+                                                                      tmp_path / f"side_by_side_{s:g}.mp4")),
+                       ("strip", lambda s, clip: before_after_strip(length_clips[short], clip, tmp_path / f"strip_{s:g}.png",
+                                                                    n_frames=4, step=2))):
+        growth, peaks = peak_growth_per_second(make, length_clips)
+        assert growth < 100_000, (name, peaks)
+    long = max(length_clips)
+    assert sum(1 for _ in iter_frames(tmp_path / f"side_by_side_{long:g}.mp4")) == int(long * 25)

@@ -635,3 +635,40 @@ def test_original_spellings_and_hard_paste_end_to_end(media, tiny_model, tmp_pat
     box_rows = changed[top:bottom, left:right]
     assert box_rows.mean() > 0.9  # hard paste: the whole box is the generator's output ...
     assert box_rows[: (bottom - top) // 4].mean() > 0.9  # ... its upper face included (a blend leaves it)
+
+
+def test_memory_does_not_follow_the_audios_length(media, tiny_model, length_clips, tmp_path):
+    """4x the audio costs the same memory but its mel (25.6 KB a second): the audio is decoded
+    in chunks into the mel and each batch gathers its windows; loading it whole (with its STFT
+    and one window per frame) costs ~0.7 MB more per second."""
+    from conftest import peak_growth_per_second
+
+    face = tmp_path / "face64.png"
+    cv2.imwrite(str(face), cv2.resize(face_image(), (64, 64), interpolation=cv2.INTER_AREA))
+    syncer = LipSyncer(tiny_model, InferenceOptions(progress=False, precision="fp32", box=(0, 64, 0, 64),
+                                                    preset="ultrafast", crf=35))
+    results = {}  # the clips' audio tracks drive a still face
+    growth, peaks = peak_growth_per_second(
+        lambda seconds, clip: results.__setitem__(seconds, syncer.sync(face, clip, tmp_path / f"out_{seconds:g}.mp4")),
+        length_clips)
+    assert [results[s].n_frames for s in sorted(length_clips)] == [int(s * 25) for s in sorted(length_clips)]
+    assert growth < 150_000, peaks
+
+
+def test_full_disk_while_spilling_pingpong_frames_is_one_line_naming_the_folder(media, tiny_model, tmp_path):
+    """--audio-longer pingpong keeps the video's frames on disk; a full folder ($TMPDIR here: a
+    64 KB tmpfs mounted in a private mount namespace, one 256x256 frame is 196 KB) is one line
+    naming it, with no output left, instead of an OSError traceback."""
+    full = tmp_path / "full"
+    full.mkdir()
+    out = tmp_path / "result.mp4"
+    cmd = ["unshare", "--mount", "--map-root-user", "sh", "-c", 'mount -t tmpfs -o size=64k tmpfs "$0" && exec "$@"',
+           str(full), sys.executable, "-m", "lipsync", "infer", "--no-progress", "--face", str(media / "face.mp4"),
+           "--audio", str(media / "speech_2_3s.wav"), "--out", str(out), "--model", tiny_model,
+           "--audio-longer", "pingpong", "--box", "0", "64", "0", "64", "--precision", "fp32"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=REPO,
+                          env={**os.environ, "PYTHONPATH": str(REPO), "TMPDIR": str(full)})
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert proc.returncode != 0 and len(lines) == 1, proc.stderr
+    assert lines[0].startswith(f"error: {full}: ") and "No space left on device" in lines[0], lines[0]
+    assert not out.exists()

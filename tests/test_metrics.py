@@ -191,3 +191,25 @@ def test_protocol_matches_reference_and_sign_convention(lead):
     assert (score.offset, score.lse_c, score.lse_d) == (offset, pytest.approx(conf, rel=1e-5),
                                                         pytest.approx(minval, rel=1e-5))
     assert score.offset == lead and score.frames == n and len(score.mdist) == 31
+
+
+def test_streamed_scores_equal_the_whole_clip_computation():
+    """``SyncJudge.score`` streams (a batch of frames at a time, distances as they complete); it
+    gives exactly the whole-clip protocol: every window embedded at once, then ``score_embeddings``."""
+    from lipsync.audio import melspectrogram
+    from lipsync.metrics.sync import ExpertJudge
+    from lipsync.models import SyncNet
+
+    torch.manual_seed(0)
+    judge = ExpertJudge(SyncNet(width=0.0625), batch_size=7)  # batches that do not divide the windows
+    rng = np.random.default_rng(0)
+    size = judge.input_size
+    frames = rng.integers(0, 255, (48, size, size, 3), dtype=np.uint8)
+    audio = (0.1 * rng.standard_normal(44 * 640 + 300)).astype(np.float32)  # the audio ends first
+    n = 44 - 5
+    with torch.no_grad():
+        video_emb, audio_emb = judge.embed_windows(frames, melspectrogram(audio), np.arange(n))
+    whole = score_embeddings(video_emb, audio_emb, judge.name)
+    streamed = judge.score(frames, audio)
+    assert streamed.frames == whole.frames == n
+    assert streamed.mdist == whole.mdist and (streamed.lse_d, streamed.offset) == (whole.lse_d, whole.offset)

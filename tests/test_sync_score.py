@@ -103,3 +103,23 @@ def test_bad_inputs_are_one_line_each_and_the_batch_goes_on(trained_expert, synt
     assert wrong.returncode == 2
     lines = wrong.stderr.strip().splitlines()
     assert len(lines) == 1 and str(ckpt) in lines[0] and "SyncNet v2" in lines[0], wrong.stderr
+
+
+def test_score_video_memory_does_not_follow_the_videos_length(length_clips, tmp_path):
+    """Scoring 4x the video costs the same memory, give or take the per-second records (mel
+    and distances); a whole-clip reader costs ~2.6 MB more per second of 128x128 video."""
+    from conftest import peak_growth_per_second
+
+    from lipsync.checkpoints import ModelConfig, save_checkpoint
+    from lipsync.metrics.sync_score import make_judge, score_video
+    from lipsync.models import SyncNet
+
+    torch = pytest.importorskip("torch")
+    torch.manual_seed(0)
+    save_checkpoint(tmp_path / "expert.safetensors", SyncNet(width=0.0625), ModelConfig(kind="expert", width=0.0625))
+    judge = make_judge("expert", model=str(tmp_path / "expert.safetensors"))
+    scores = {}
+    growth, peaks = peak_growth_per_second(
+        lambda seconds, clip: scores.__setitem__(seconds, score_video(clip, judge, crop="none")), length_clips)
+    assert [scores[s].frames for s in sorted(length_clips)] == [int(s * 25) - 5 for s in sorted(length_clips)]
+    assert growth < 150_000, peaks

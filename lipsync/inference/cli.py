@@ -77,6 +77,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                      help="same as --compositing paste")
     new.add_argument("--audio-longer", choices=AUDIO_LONGER, default=d.audio_longer,
                      help="when the audio outlasts the video: loop it or ping-pong it (default: loop)")
+    new.add_argument("--spill-dir", default=d.spill_dir,
+                     help="folder for the frames --audio-longer pingpong keeps on disk, H*W*3 bytes each "
+                          "(default: $TMPDIR, else /tmp)")
     new.add_argument("--detect-every", type=int, default=d.detect_every,
                      help=f"detect faces on every k-th frame, track in between (default: {d.detect_every})")
     new.add_argument("--detect-max-side", type=int, default=d.detect_max_side,
@@ -111,7 +114,8 @@ def options_from_args(args: argparse.Namespace) -> InferenceOptions:
         box=None if box == (-1, -1, -1, -1) else box, rotate=args.rotate, nosmooth=args.nosmooth,
         static=bool(args.static), fps=args.fps, face_det_batch_size=args.face_det_batch_size,
         wav2lip_batch_size=args.wav2lip_batch_size, on_no_face=args.on_no_face, compositing=args.compositing,
-        audio_longer=args.audio_longer, detect_every=args.detect_every, detect_max_side=args.detect_max_side,
+        audio_longer=args.audio_longer, spill_dir=args.spill_dir, detect_every=args.detect_every,
+        detect_max_side=args.detect_max_side,
         detect_roi=args.detect_roi, detector=args.detector, face_select=args.face_select, device=args.device,
         precision=args.precision,
         channels_last=args.channels_last, mel_mode=args.mel_mode, trust_checkpoint=args.trust_checkpoint,

@@ -58,6 +58,9 @@ class InferenceOptions:
     audio_longer: str = "loop"
     """When the audio outlasts the video: 'loop' restarts it, 'pingpong' plays it backwards
     and forwards (no jump cut). Shorter audio always trims the video."""
+    spill_dir: str | None = None
+    """Folder for the frames 'pingpong' keeps on disk (n * H * W * 3 bytes for an n-frame
+    video); None = the system's temporary folder ($TMPDIR, else /tmp)."""
     detect_every: int = 5
     """Run the detector on every k-th frame; frames in between get interpolated boxes
     (re-detected densely where a face appears/disappears or jumps between keyframes)."""

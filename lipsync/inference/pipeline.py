@@ -4,12 +4,14 @@
     (thread)     (thread)         (thread)       (caller's thread)
 
 Every arrow is a bounded queue (``queue_frames`` frames), so memory does not grow with the
-video's length: the whole video is never in RAM, only the audio and its mel spectrogram
-(a few MB per minute). The output has exactly one frame per audio frame
-(``lipsync.audio.video_frames_for_audio``) and the whole audio track, so its duration is
-the audio's: a longer video is cut, a shorter one loops or ping-pongs.
+video's length: the whole video is never in RAM, nor a file's audio (decoded in chunks
+straight into its mel spectrogram, ``lipsync.audio.stream_melspectrogram``); what grows is
+that mel, 1.5 MB per minute, and each batch gathers its frames' windows from it. The output
+has exactly one frame per audio frame (``lipsync.audio.video_frames_for_audio``) and the
+whole audio track, so its duration is the audio's: a longer video is cut, a shorter one
+loops or ping-pongs.
 
-Mel windows come from ``lipsync.audio.frame_mel_windows`` with its default mode -- the
+Mel windows come from ``lipsync.audio.frame_mel_windows_at`` with its default mode -- the
 foundation's choice (``WINDOW_POLICY = "training"``): frame k's window starts at frame k-1,
 which is what the generator (ours and the official weights) saw in training, instead of the
 original inference script's window one frame (40 ms) later.
@@ -113,26 +115,35 @@ class LipSyncer:
 
     def sync(self, face: str | os.PathLike, audio, out: str | os.PathLike) -> InferenceResult:
         """Write ``out`` (mp4): ``face`` lip-synced to ``audio`` (a path, or float32 16 kHz mono)."""
-        from lipsync.audio import SAMPLE_RATE, frame_mel_windows, load_audio, melspectrogram, video_frames_for_audio
+        from lipsync.audio import (SAMPLE_RATE, frame_mel_windows_at, iter_audio, melspectrogram,
+                                   stream_melspectrogram, video_frames_for_audio)
         from lipsync.video import VideoWriter
 
         opts = self.options
         started = time.perf_counter()
         face, out = os.fspath(face), os.fspath(out)
         audio_name = os.fspath(audio) if isinstance(audio, (str, os.PathLike)) else "<audio array>"
-        wav = load_audio(audio) if isinstance(audio, (str, os.PathLike)) else np.asarray(audio, np.float32)
-        if wav.ndim != 1 or wav.size == 0:
+        wav = None if isinstance(audio, (str, os.PathLike)) else np.asarray(audio, np.float32)
+        if wav is not None and (wav.ndim != 1 or wav.size == 0):
             raise MediaError(f"{audio_name}: audio is empty")
+        # A file's audio is decoded in chunks straight into its mel (1.5 MB a minute): the
+        # samples are never all in memory (the output carries the file's own track).
+        mel, n_samples = (melspectrogram(wav), wav.size) if wav is not None \
+            else stream_melspectrogram(iter_audio(audio))
         source = FaceSource(face, opts)  # MediaError for unreadable input, before any output exists
         fps = source.info.fps
-        n_out = video_frames_for_audio(wav.size, fps)
+        n_out = video_frames_for_audio(n_samples, fps)
+        kwargs = {} if opts.mel_mode is None else {"mode": opts.mel_mode}
+
+        def mel_windows_of(frames) -> np.ndarray:
+            """The mel window of each output frame in ``frames`` (gathered per batch, never all)."""
+            return frame_mel_windows_at(mel, frames, fps=fps, **kwargs)
+
         try:
-            mel = melspectrogram(wav)
-            kwargs = {} if opts.mel_mode is None else {"mode": opts.mel_mode}
-            mels = frame_mel_windows(mel, n_out, fps=fps, **kwargs)
+            mel_windows_of([0])
         except ValueError as e:
-            raise MediaError(f"{audio_name}: audio too short to lip-sync ({wav.size / SAMPLE_RATE * 1000:.0f} ms; {e})") from e
-        del mel
+            raise MediaError(f"{audio_name}: audio too short to lip-sync "
+                             f"({n_samples / SAMPLE_RATE * 1000:.0f} ms; {e})") from e
 
         stats = {"detect": 0.0, "generate": 0.0, "compose": 0.0, "encode": 0.0}
         counts = {"with_face": 0, "first_without": None}
@@ -146,7 +157,7 @@ class LipSyncer:
         try:
             items = group.threaded(self._decode_stage(source, n_out), q, "decode")
             items = group.threaded(self._box_stage(items, source, stats), q, "boxes")
-            items = group.threaded(self._generate_stage(items, mels, stats, source.info.static,
+            items = group.threaded(self._generate_stage(items, mel_windows_of, stats, source.info.static,
                                                        lambda line: progress.write(line, file=sys.stderr)),
                                    q, "generate")
             chunk = int(round(AUDIO_CHUNK_SECONDS * SAMPLE_RATE))
@@ -168,7 +179,7 @@ class LipSyncer:
                     t1 = time.perf_counter()
                     writer.write(frame)
                     # Audio up to the end of this frame (one chunk at a time) keeps the mux interleaved.
-                    due = min(wav.size, int(round((item.index + 1) / fps * SAMPLE_RATE)))
+                    due = min(n_samples, int(round((item.index + 1) / fps * SAMPLE_RATE)))
                     if audio_file is None and (due - audio_pos >= chunk or item.index == n_out - 1):
                         writer.write_audio(wav[audio_pos:due])
                         audio_pos = due
@@ -177,7 +188,7 @@ class LipSyncer:
                     progress.update(1)
                 if writer.frames_written != n_out:
                     raise RuntimeError(f"pipeline wrote {writer.frames_written} of {n_out} frames")
-                if audio_file is None and audio_pos < wav.size:
+                if audio_file is None and audio_pos < n_samples:
                     writer.write_audio(wav[audio_pos:])
                 if counts["with_face"] == 0:
                     raise NoFaceError(f"{face}: no face found in any frame (try --box, --pads, --resize-factor "
@@ -188,7 +199,7 @@ class LipSyncer:
         seconds = time.perf_counter() - started
         return InferenceResult(
             out_path=out, n_frames=n_out, fps=fps, width=width, height=height,
-            audio_seconds=wav.size / SAMPLE_RATE, frames_with_face=counts["with_face"],
+            audio_seconds=n_samples / SAMPLE_RATE, frames_with_face=counts["with_face"],
             frames_passed_through=n_out - counts["with_face"], first_frame_without_face=counts["first_without"],
             frames_detected=int(stats.pop("frames_detected", 0)),
             frames_searched_near=int(stats.pop("frames_searched_near", 0)), seconds=seconds,
@@ -296,7 +307,7 @@ class LipSyncer:
                               f"(t={item.source / source.info.fps:.2f}s); use --on-no-face pass to keep such frames")
         return item
 
-    def _generate_stage(self, items: Iterator[_Item], mels: np.ndarray, stats: dict, still: bool,
+    def _generate_stage(self, items: Iterator[_Item], mel_windows_of, stats: dict, still: bool,
                         log) -> Iterator[_Item]:
         """Batches of faces through the generator. ``still``: one frame and one box for the whole
         output, so every crop is the same face: it goes in once and the generator reuses its
@@ -310,7 +321,7 @@ class LipSyncer:
             with_face = [it for it in batch if it.box is not None]
             if with_face:
                 crops = np.stack([_crop(it.frame, it.box, s) for it in with_face[:1 if still else None]])
-                windows = mels[[it.index for it in with_face]]
+                windows = mel_windows_of([it.index for it in with_face])
                 t0 = time.perf_counter()
                 # The backend is chosen on the first real faces (int8 calibrates on them).
                 self.generator.prepare(crops, windows, log=log)

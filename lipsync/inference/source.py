@@ -28,7 +28,7 @@ from typing import Iterator
 import cv2
 import numpy as np
 
-from lipsync.errors import MediaError
+from lipsync.errors import DiskError, MediaError
 from lipsync.inference.options import InferenceOptions
 
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
@@ -68,27 +68,48 @@ class SourceInfo:
 
 
 class FrameSpill:
-    """Frames of fixed shape appended to an anonymous temp file, read back by index."""
+    """Frames of fixed shape appended to an anonymous temp file in ``folder`` (None: the
+    system's temporary folder), read back by index. A full or unwritable folder is a
+    DiskError naming it, not a traceback."""
 
-    def __init__(self, shape: tuple[int, int, int]):
+    def __init__(self, shape: tuple[int, int, int], folder: str | None = None):
         self.shape = shape
         self.nbytes = int(np.prod(shape))
-        self.file = tempfile.TemporaryFile(prefix="lipsync-frames-")
+        self.folder = folder or tempfile.gettempdir()
         self.count = 0
+        try:
+            self.file = tempfile.TemporaryFile(prefix="lipsync-frames-", dir=self.folder)
+        except OSError as e:
+            raise self._error(e, "cannot create the file that keeps frames for --audio-longer pingpong") from e
+
+    def _error(self, error: OSError, what: str) -> DiskError:
+        return DiskError(f"{self.folder}: {what}: {error.strerror or error} "
+                         f"(choose another folder with --spill-dir)")
 
     def append(self, frame: np.ndarray) -> None:
-        self.file.seek(self.count * self.nbytes)
-        self.file.write(np.ascontiguousarray(frame).data)
+        try:
+            self.file.seek(self.count * self.nbytes)
+            self.file.write(np.ascontiguousarray(frame).data)
+        except OSError as e:  # ENOSPC surfaces at a write or at the flush inside seek
+            raise self._error(e, f"cannot keep frame {self.count} for --audio-longer pingpong "
+                                 f"after {self.count * self.nbytes} bytes") from e
         self.count += 1
 
     def __getitem__(self, index: int) -> np.ndarray:
-        self.file.seek(index * self.nbytes)
         out = np.empty(self.shape, np.uint8)
-        self.file.readinto(out.data)
+        try:
+            self.file.seek(index * self.nbytes)
+            self.file.readinto(out.data)
+        except OSError as e:  # the seek flushes the last frames written
+            raise self._error(e, f"cannot keep the last frames for --audio-longer pingpong "
+                                 f"({self.count * self.nbytes} bytes)") from e
         return out
 
     def close(self) -> None:
-        self.file.close()
+        try:
+            self.file.close()
+        except OSError:  # the flush of a full disk; the error that stopped the run was raised already
+            pass
 
 
 class FaceSource:
@@ -133,7 +154,7 @@ class FaceSource:
         pingpong = self.opts.audio_longer == "pingpong"
         # Spill only when the probe says repeats are coming (the estimate may be off by a few
         # frames; if it is wrong the other way, ping-pong degrades to loop, see below).
-        spill = FrameSpill((self.info.height, self.info.width, 3)) \
+        spill = FrameSpill((self.info.height, self.info.width, 3), self.opts.spill_dir) \
             if pingpong and self.info.n_frames_estimate < n_out else None
         try:
             emitted = 0

@@ -28,7 +28,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy.signal import medfilt
 
-from lipsync.errors import LipsyncError, NoFaceError
+from lipsync.errors import LipsyncError, MediaError, NoFaceError
 from lipsync.metrics.sync import ExpertJudge, SyncJudge, SyncNetV2Judge, SyncScore
 from lipsync.training.expert import DEFAULT_EXPERT
 
@@ -66,29 +66,40 @@ def make_judge(judge: str, *, weights: str | None = None, model: str | None = No
 # ----------------------------------------------------------------------------- cropping
 
 
-def face_boxes(frames: np.ndarray, source: str, detector=None) -> np.ndarray:
-    """(N, 4) boxes of the main face in every frame (gaps filled); NoFaceError naming ``source``."""
+def face_boxes(frames, source: str, detector=None) -> np.ndarray:
+    """(N, 4) boxes of the main face in every frame (gaps filled); NoFaceError naming ``source``.
+    ``frames``: any iterable (a stream is detected a few detector batches at a time)."""
     from lipsync.faces import interpolate_missing, make_detector, track_faces
 
     detector = detector or make_detector("auto", device="cpu", downscale_to=480)
-    track = track_faces(detector.detect(list(frames)), policy="largest")
+    # Whole detector batches per call, so a stream is detected in the batches a list would be.
+    chunk = 4 * int(getattr(detector, "batch_size", 16) or 16)
+    detections, pending = [], []
+    for frame in frames:
+        pending.append(frame)
+        if len(pending) == chunk:
+            detections += detector.detect(pending)
+            pending = []
+    if pending:
+        detections += detector.detect(pending)
+    track = track_faces(detections, policy="largest")
     if track.reject_reason is not None:
         raise NoFaceError(f"{source}: {track.reject_reason}")
-    boxes = interpolate_missing(track.boxes, max_gap=len(frames))
+    boxes = interpolate_missing(track.boxes, max_gap=len(detections))
     if np.isnan(boxes).any():
         raise NoFaceError(f"{source}: the face is not found in every frame")
     return boxes
 
 
-def reference_crops(frames: np.ndarray, boxes: np.ndarray, size: int = 224) -> np.ndarray:
-    """The reference pipeline's ``crop_video`` (see module doc): (N, size, size, 3) uint8 BGR."""
+def reference_crops(frames, boxes: np.ndarray, size: int = 224):
+    """The reference pipeline's ``crop_video`` (see module doc): (size, size, 3) uint8 BGR crops,
+    one per frame of ``frames`` (an iterable), yielded as they come."""
     import cv2
 
     cs = REFERENCE_CROP_SCALE
     half = medfilt(np.maximum(boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]) / 2, REFERENCE_SMOOTH)
     cy = medfilt((boxes[:, 1] + boxes[:, 3]) / 2, REFERENCE_SMOOTH)
     cx = medfilt((boxes[:, 0] + boxes[:, 2]) / 2, REFERENCE_SMOOTH)
-    out = np.empty((len(frames), size, size, 3), np.uint8)
     for i, frame in enumerate(frames):
         bs = half[i]
         bsi = int(bs * (1 + 2 * cs))
@@ -96,20 +107,26 @@ def reference_crops(frames: np.ndarray, boxes: np.ndarray, size: int = 224) -> n
                         constant_values=REFERENCE_PAD_VALUE)
         my, mx = cy[i] + bsi, cx[i] + bsi
         face = padded[int(my - bs): int(my + bs * (1 + 2 * cs)), int(mx - bs * (1 + cs)): int(mx + bs * (1 + cs))]
-        out[i] = cv2.resize(face, (size, size))
-    return out
+        yield cv2.resize(face, (size, size))
 
 
-def expert_crops(frames: np.ndarray, boxes: np.ndarray, size: int) -> np.ndarray:
+def expert_crops(frames, boxes: np.ndarray, size: int):
+    """The preprocessing crop the expert was trained on, one per frame of ``frames``, yielded."""
     from lipsync.faces import crop_faces, smooth_boxes
 
-    return crop_faces(frames, smooth_boxes(boxes, window=EXPERT_SMOOTH), size=size, pads=EXPERT_PADS)
+    smoothed = smooth_boxes(boxes, window=EXPERT_SMOOTH)
+    for i, frame in enumerate(frames):
+        yield crop_faces([frame], smoothed[i : i + 1], size=size, pads=EXPERT_PADS)[0]
 
 
-def crop_for_judge(frames: np.ndarray, judge: SyncJudge, crop: str, source: str, detector=None) -> np.ndarray:
+def crop_for_judge(frames, judge: SyncJudge, crop: str, source: str, detector=None, boxes=None):
+    """The frames the judge sees, as an iterator. ``boxes`` (from ``face_boxes``) are needed
+    for ``crop="face"``; without them ``frames`` is listed and detected first (small clips)."""
     if crop == "none":
-        return frames
-    boxes = face_boxes(frames, source, detector)
+        return iter(frames)
+    if boxes is None:
+        frames = list(frames)
+        boxes = face_boxes(frames, source, detector)
     if isinstance(judge, SyncNetV2Judge):
         return reference_crops(frames, boxes, judge.input_size)
     return expert_crops(frames, boxes, judge.input_size)
@@ -119,13 +136,22 @@ def crop_for_judge(frames: np.ndarray, judge: SyncJudge, crop: str, source: str,
 
 
 def score_video(path: str | os.PathLike, judge: SyncJudge, crop: str = "face", detector=None) -> SyncScore:
-    """One video's scores; LipsyncError (naming the file) for no audio, no face, too short."""
-    from lipsync.video import read_video
+    """One video's scores; LipsyncError (naming the file) for no audio, no face, too short.
+
+    Streamed: the video is decoded once to find the face (only boxes are kept) and once more
+    to crop and score, the audio in chunks straight into the judge's features, so memory
+    does not follow the video's length (a 10-minute 1080p video is 90 GB of frames)."""
+    from lipsync.video import iter_aligned_audio, iter_frames, probe
 
     path = os.fspath(path)
-    video = read_video(path, fps=25.0, require_audio=True)
-    frames = crop_for_judge(np.asarray(video.frames), judge, crop, path, detector)
-    return judge.score(frames, video.audio, source=path)
+    info = probe(path)
+    if not info.has_video:
+        raise MediaError(f"{path}: has no video stream")
+    if not info.has_audio:
+        raise MediaError(f"{path}: has no audio stream (audio is required)")
+    boxes = face_boxes(iter_frames(path, fps=25.0), path, detector) if crop == "face" else None
+    frames = crop_for_judge(iter_frames(path, fps=25.0), judge, crop, path, detector, boxes)
+    return judge.score_stream(frames, iter_aligned_audio(path), source=path)
 
 
 @dataclass

@@ -86,9 +86,60 @@ def mfcc_features(audio: np.ndarray) -> np.ndarray:
     ``audio`` float in [-1, 1] (the library's loader) is brought to the int16 scale the
     reference reads from its wav (``round(x · 32767)``, clipped), then
     ``python_speech_features.mfcc(audio, 16000)`` with every default (§2)."""
+    python_speech_features = _speech_features()
+    return np.asarray(python_speech_features.mfcc(_pcm(audio), SAMPLE_RATE), np.float32).T.copy()
+
+
+def _speech_features():
     try:
         import python_speech_features
     except ImportError as e:
         raise ConfigError("the SyncNet v2 judge needs python-speech-features (pip install python-speech-features)") from e
-    pcm = np.clip(np.round(np.asarray(audio, np.float64) * 32767.0), -32768, 32767)
-    return np.asarray(python_speech_features.mfcc(pcm, SAMPLE_RATE), np.float32).T.copy()
+    return python_speech_features
+
+
+def _pcm(audio: np.ndarray) -> np.ndarray:
+    return np.clip(np.round(np.asarray(audio, np.float64) * 32767.0), -32768, 32767)
+
+
+MFCC_FRAME, MFCC_STEP = 400, 160  # python_speech_features' defaults at 16 kHz (25 ms, 10 ms)
+
+
+class MfccStream:
+    """``mfcc_features`` of audio given in chunks, the same numbers, in bounded memory.
+
+    ``push(chunk)`` returns the MFCC columns (13, k) that are complete, ``finish()`` the rest
+    (python_speech_features zero-pads the last frame). Pre-emphasis is done here across chunk
+    boundaries, so each segment goes to python_speech_features with ``preemph=0``."""
+
+    def __init__(self):
+        self.features = _speech_features()
+        self.buffer = np.zeros(0, np.float64)  # pre-emphasised samples from MFCC_STEP * next_frame
+        self.next_frame = 0
+        self.last_sample: float | None = None
+
+    def push(self, chunk: np.ndarray) -> np.ndarray:
+        pcm = _pcm(chunk)
+        if pcm.size:
+            emphasised = np.empty_like(pcm)
+            emphasised[0] = pcm[0] if self.last_sample is None else pcm[0] - 0.97 * self.last_sample
+            emphasised[1:] = pcm[1:] - 0.97 * pcm[:-1]
+            self.last_sample = pcm[-1]
+            self.buffer = np.concatenate([self.buffer, emphasised])
+        ready = (self.buffer.size - MFCC_FRAME) // MFCC_STEP  # keep one frame back for finish
+        return self._columns(ready) if ready > 0 else np.zeros((13, 0), np.float32)
+
+    def finish(self) -> np.ndarray:
+        remaining = self.buffer.size
+        if self.next_frame > 0 and remaining <= MFCC_FRAME - MFCC_STEP:
+            return np.zeros((13, 0), np.float32)  # the frames so far reach the end
+        return self._mfcc(self.buffer)
+
+    def _columns(self, count: int) -> np.ndarray:
+        out = self._mfcc(self.buffer[: (count - 1) * MFCC_STEP + MFCC_FRAME])
+        self.buffer = self.buffer[count * MFCC_STEP :]
+        self.next_frame += count
+        return out
+
+    def _mfcc(self, emphasised: np.ndarray) -> np.ndarray:
+        return np.asarray(self.features.mfcc(emphasised, SAMPLE_RATE, preemph=0), np.float32).T.copy()

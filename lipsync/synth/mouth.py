@@ -56,6 +56,35 @@ def frame_loudness_db(audio: np.ndarray, n_frames: int, fps: float, sample_rate:
     return (20 * np.log10(np.maximum(rms, 1e-5))).astype(np.float32)
 
 
+def stream_frame_loudness_db(chunks, n_frames: int, fps: float, sample_rate: int) -> np.ndarray:
+    """``frame_loudness_db`` of audio given in chunks (the same numbers), holding only the
+    samples of the frames not yet complete."""
+    spf = sample_rate / fps
+    length = int(math.ceil(spf))
+    starts = np.floor(np.arange(n_frames) * spf).astype(np.int64)
+    out, done = np.empty(n_frames, np.float32), 0
+    buffer, offset = np.zeros(0, np.float32), 0  # buffer[0] is sample `offset`
+
+    def emit(count: int, samples: np.ndarray, first: int) -> None:
+        rows = samples[(starts[done : done + count] - first)[:, None] + np.arange(length)[None, :]]
+        rms = np.sqrt(np.mean(rows.astype(np.float64) ** 2, axis=1))
+        out[done : done + count] = (20 * np.log10(np.maximum(rms, 1e-5))).astype(np.float32)
+
+    for chunk in chunks:
+        buffer = np.concatenate([buffer, np.asarray(chunk, np.float32)])
+        end = offset + buffer.size
+        ready = int(np.searchsorted(starts + length, end, side="right")) - done
+        if ready > 0:
+            emit(ready, buffer, offset)
+            done += ready
+            keep = starts[done] - offset if done < n_frames else buffer.size
+            buffer, offset = buffer[keep:], offset + keep
+    if done < n_frames:
+        emit(n_frames - done, np.concatenate([buffer, np.zeros(length + 1 + int(starts[-1] - offset), np.float32)]),
+             offset)
+    return out
+
+
 # espeak-ng phoneme mnemonics (stress marks stripped): lips closed / lips rounded.
 BILABIALS = frozenset({"p", "b", "m"})
 ROUNDED = frozenset({"w", "u:", "U", "u", "oU", "O:", "O", "O@", "0", "OI", "aU", "o@", "U@"})

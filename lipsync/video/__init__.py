@@ -6,7 +6,7 @@ this package). One concept per module, each importing only the ones listed above
     probing       opening a media file for reading; ``probe`` and ``VideoInfo``
     colour        yuv420p <-> BGR pixels, frames turned upright by their display rotation
     resample      timed frames onto a constant frame rate (nearest timestamp)
-    align         decoded audio shifted so sample 0 is the first video frame
+    align         decoded audio shifted so sample 0 is the first video frame (whole or streamed)
     decode        ``iter_frames``, ``iter_frame_range``, ``read_video``, ``read_image``
     containers    output containers by extension, and the audio codecs each takes as they are
     passthrough   a source file's audio track carried into an output
@@ -15,7 +15,7 @@ this package). One concept per module, each importing only the ones listed above
 This module only re-exports their public names.
 """
 
-from lipsync.video.align import align_audio_to_video
+from lipsync.video.align import align_audio_to_video, audio_shift, iter_aligned_audio
 from lipsync.video.colour import bgr_to_i420_frame
 from lipsync.video.containers import CONTAINERS, container_for
 from lipsync.video.decode import Video, iter_frame_range, iter_frames, read_image, read_video
@@ -30,6 +30,8 @@ __all__ = [
     "VideoInfo",
     "VideoWriter",
     "align_audio_to_video",
+    "audio_shift",
+    "iter_aligned_audio",
     "bgr_to_i420_frame",
     "container_for",
     "iter_frame_range",

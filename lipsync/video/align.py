@@ -7,6 +7,7 @@ is the audio stream's start. ``read_video`` and preprocessing shift it by the di
 from __future__ import annotations
 
 import os
+from typing import Iterator
 
 import numpy as np
 
@@ -20,17 +21,40 @@ def align_audio_to_video(path: str | os.PathLike, audio: np.ndarray) -> np.ndarr
     Uses the streams' start times in the container: a later audio start is padded with leading
     silence, an earlier one loses the samples before the first frame. Unchanged without video.
     """
-    path = os.fspath(path)
-    with _open(path) as container:
-        if not container.streams.video or not container.streams.audio:
-            return audio
-        v, a = container.streams.video[0], container.streams.audio[0]
-        if v.start_time is None or a.start_time is None:
-            return audio
-        offset = float(a.start_time * a.time_base) - float(v.start_time * v.time_base)
-    shift = int(round(offset * SAMPLE_RATE))
+    shift = audio_shift(path)
     if shift > 0:  # audio starts after the video: pad the gap with silence
         return np.concatenate([np.zeros(shift, np.float32), audio])
     if shift < 0:  # audio starts before the video: drop what precedes the first frame
         return audio[-shift:]
     return audio
+
+
+def audio_shift(path: str | os.PathLike) -> int:
+    """16 kHz samples to add (> 0) or drop (< 0) at the start of ``path``'s decoded audio to line
+    it up with the first video frame (0 without video, audio or start times)."""
+    path = os.fspath(path)
+    with _open(path) as container:
+        if not container.streams.video or not container.streams.audio:
+            return 0
+        v, a = container.streams.video[0], container.streams.audio[0]
+        if v.start_time is None or a.start_time is None:
+            return 0
+        offset = float(a.start_time * a.time_base) - float(v.start_time * v.time_base)
+    return int(round(offset * SAMPLE_RATE))
+
+
+def iter_aligned_audio(path: str | os.PathLike) -> Iterator[np.ndarray]:
+    """``align_audio_to_video(path, load_audio(path))`` in chunks (``lipsync.audio.iter_audio``),
+    the same samples, never all in memory."""
+    from lipsync.audio import iter_audio
+
+    shift = audio_shift(path)
+    if shift > 0:
+        yield np.zeros(shift, np.float32)
+    drop = max(0, -shift)
+    for chunk in iter_audio(path, sr=SAMPLE_RATE):
+        if drop:
+            cut = min(drop, chunk.size)
+            chunk, drop = chunk[cut:], drop - cut
+        if chunk.size:
+            yield chunk
