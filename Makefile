@@ -32,7 +32,7 @@ $(VENV)/.installed: pyproject.toml
 install: $(VENV)/.installed
 
 test: install
-	$(PY) -m pytest -q --timeout=900 tests
+	$(PY) -m pytest -q --timeout=900 --durations=30 tests
 
 demo: install
 	$(PY) workflows/demo.py --workdir $(DEMO)

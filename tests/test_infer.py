@@ -397,7 +397,7 @@ def test_infer_output_gets_the_umask_mode_and_sigterm_leaves_no_partial_file(med
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 128 + signal.SIGTERM, err[-2000:]
-    assert os.listdir(interrupted) == [], os.listdir(interrupted)
+    assert os.listdir(interrupted) == [], (os.listdir(interrupted), err[-2000:])
 
     done = subprocess.run(infer(media / "speech_1_4s.wav", finished / "out.mp4"), cwd=REPO, env=env, text=True,
                           capture_output=True, timeout=300, preexec_fn=lambda: os.umask(0o027))

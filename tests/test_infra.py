@@ -214,7 +214,10 @@ def test_image_installs_the_same_dependency_set_as_make_install():
     makefile = (REPO / "Makefile").read_text()
     torch_pin = re.search(r"^ARG TORCH_VERSION=(\S+)", dockerfile, re.M).group(1)
     assert torch_pin == _makefile_var("TORCH_VERSION")
-    assert "torch==$(TORCH_VERSION)" in makefile and "--build-arg TORCH_VERSION=$(TORCH_VERSION)" in makefile
+    # make install puts the pinned torch in first (infra/install_torch.py TORCH_VERSION), the
+    # images get the same pin as a build argument.
+    assert re.search(r"^\t\$\(PY\) infra/install_torch\.py \$\(TORCH_VERSION\)", makefile, re.M)
+    assert "--build-arg TORCH_VERSION=$(TORCH_VERSION)" in makefile
     # The only things pip installs in the image: the pinned torch and this package (from
     # pyproject.toml, optionally with one of its own extras) - no second dependency list.
     pip_lines = re.findall(r"pip install ([^\n&\\]+)", dockerfile)

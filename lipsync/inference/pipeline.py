@@ -5,7 +5,7 @@
 
 Every arrow is a bounded queue (``queue_frames`` frames), so memory does not grow with the
 video's length: the whole video is never in RAM, nor a file's audio (decoded in chunks
-straight into its mel spectrogram, ``lipsync.audio.stream_melspectrogram``); what grows is
+straight into its mel spectrogram, ``lipsync.mel_stream.stream_melspectrogram``); what grows is
 that mel, 1.5 MB per minute, and each batch gathers its frames' windows from it. The output
 has exactly one frame per audio frame (``lipsync.audio.video_frames_for_audio``) and the
 whole audio track, so its duration is the audio's: a longer video is cut, a shorter one
@@ -116,7 +116,8 @@ class LipSyncer:
     def sync(self, face: str | os.PathLike, audio, out: str | os.PathLike) -> InferenceResult:
         """Write ``out`` (mp4): ``face`` lip-synced to ``audio`` (a path, or float32 16 kHz mono)."""
         from lipsync.audio import (SAMPLE_RATE, frame_mel_windows_at, iter_audio, melspectrogram,
-                                   stream_melspectrogram, video_frames_for_audio)
+                                   video_frames_for_audio)
+        from lipsync.mel_stream import stream_melspectrogram
         from lipsync.video import VideoWriter
 
         opts = self.options

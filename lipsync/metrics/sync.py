@@ -36,7 +36,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from lipsync.audio import SAMPLES_PER_FRAME, mel_windows, stream_melspectrogram
+from lipsync.audio import SAMPLES_PER_FRAME, mel_windows
+from lipsync.mel_stream import stream_melspectrogram
 from lipsync.data.windows import expert_face_array, valid_expert_starts
 from lipsync.errors import MediaError
 from lipsync.models.syncnet import SYNC_FRAMES
