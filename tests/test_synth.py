@@ -243,3 +243,27 @@ def test_cli_synth_and_preview(tmp_path, capsys):
     assert main(["synth", "--out", str(out), "--size", "12x12"]) == 2
     assert "--size" in capsys.readouterr().err
     assert main(["synth-preview", str(tmp_path / "missing.mp4"), "--out", str(png)]) == 2
+
+
+def test_synth_and_preview_in_an_empty_folder_write_only_what_they_were_asked_for(tmp_path):
+    """The two synth commands, run as commands with relative paths in an empty folder, leave
+    exactly their outputs there (the demo's test does the same for every other entry point)."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[1]
+    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+    env["PYTHONPATH"] = str(repo)
+
+    def lipsync(*args):
+        done = subprocess.run([sys.executable, "-m", "lipsync", *args], cwd=tmp_path, env=env,
+                              capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stderr[-2000:]
+
+    lipsync("synth", "--out", "corpus", "--speakers", "1", "--clips-per-speaker", "1", "--seed", "3",
+            "--seconds", "1.2-1.2", "--workers", "1")
+    clip = next((tmp_path / "corpus").rglob("*.mp4")).relative_to(tmp_path)
+    lipsync("synth-preview", str(clip), "--out", "strip.png", "--frames", "4")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["corpus", "strip.png"]
