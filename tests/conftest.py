@@ -560,3 +560,27 @@ def peak_growth_per_second(run, clips: dict) -> tuple[float, dict]:
     peaks = {seconds: traced_peak(lambda: run(seconds, path)) for seconds, path in sorted(clips.items())}
     (short, p_short), (long, p_long) = sorted(peaks.items())
     return (p_long - p_short) / (long - short), peaks
+
+
+# ---------------------------------------------------------------- media
+
+
+def face_image():
+    """A real face photo, 256x256 BGR (skimage's astronaut; the face is ~90 px wide)."""
+    import cv2
+    import numpy as np
+    from skimage import data
+
+    img = cv2.cvtColor(data.astronaut(), cv2.COLOR_RGB2BGR)
+    return np.ascontiguousarray(img[20:276, 110:366])
+
+
+def speech_like(seconds: float, seed: int = 0):
+    """A voiced tone in 3 Hz bursts, float32 mono at 16 kHz (loud enough to open a mouth)."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    t = np.arange(int(seconds * 16000)) / 16000
+    voiced = np.sin(2 * np.pi * 140 * t) + 0.5 * np.sin(2 * np.pi * 280 * t)
+    envelope = (np.sin(2 * np.pi * 3.0 * t) > -0.2).astype(np.float32)
+    return (0.25 * voiced * envelope + 0.01 * rng.standard_normal(t.size)).astype(np.float32)

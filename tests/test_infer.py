@@ -30,6 +30,8 @@ from lipsync.inference.tracking import SparseFaceTracker, smooth_stream
 from lipsync.models import SyncNet, Wav2Lip
 from lipsync.video import iter_frames, probe, write_video
 
+from conftest import face_image, speech_like
+
 REPO = Path(__file__).resolve().parent.parent
 FPS = 25
 FACE_FRAMES = 25  # frames 0..24 show the face
@@ -40,24 +42,9 @@ BLANK_FRAMES = 15  # frames 25..39 show no face
 CODEC_TOL = 1.0
 
 
-def face_image() -> np.ndarray:
-    from skimage import data
-
-    img = cv2.cvtColor(data.astronaut(), cv2.COLOR_RGB2BGR)
-    return np.ascontiguousarray(img[20:276, 110:366])  # 256x256, face ~90 px wide
-
-
 def blank_image(i: int) -> np.ndarray:
     y, x = np.mgrid[0:256, 0:256]
     return np.dstack([(x + 3 * i) % 256, (y // 2) % 256, np.full_like(x, 90)]).astype(np.uint8)
-
-
-def speech_like(seconds: float, seed: int = 0) -> np.ndarray:
-    rng = np.random.default_rng(seed)
-    t = np.arange(int(seconds * SAMPLE_RATE)) / SAMPLE_RATE
-    voiced = np.sin(2 * np.pi * 140 * t) + 0.5 * np.sin(2 * np.pi * 280 * t)
-    envelope = (np.sin(2 * np.pi * 3.0 * t) > -0.2).astype(np.float32)
-    return (0.25 * voiced * envelope + 0.01 * rng.standard_normal(t.size)).astype(np.float32)
 
 
 @pytest.fixture(scope="module")

@@ -35,8 +35,8 @@ FORWARDED_PREFIX = re.compile(r"^\((?:[^()]|\([^()]*\))*\) ?")
 # A worker's own line, as the training loop prints it: "[expert] step 3/10 loss ...".
 PROJECT_WORKER_LINE = re.compile(r"^\[[\w-]+\] ")
 # A logging record's header: Ray's "2026-12-03 07:19:14,017\tINFO", MLflow's "2026/12/03 07:19:42 INFO",
-# the C++ core worker's "[2026-12-03 07:20:37,631 E 8920 8972]".
-LOG_RECORD = re.compile(r"^\[?\d{4}[-/]\d\d[-/]\d\d[ T]\d\d:\d\d:\d\d")
+# the C++ core worker's "[2026-12-03 07:20:37,631 E 8920 8972]", Ray Serve's "INFO 2026-12-03 13:51:52,373 serve".
+LOG_RECORD = re.compile(r"^(?:DEBUG |INFO |WARNING |ERROR )?\[?\d{4}[-/]\d\d[-/]\d\d[ T]\d\d:\d\d:\d\d")
 # A tqdm bar (MLflow's "Downloading artifacts", Ray Data's operators, the project's own):
 # bars are drawn by CounterBar, never passed through.
 PROGRESS_BAR = re.compile(r"\d+%\||\d+it \[|\| *\d+/\d+ \[")

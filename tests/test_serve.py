@@ -1,0 +1,201 @@
+"""The lip-sync service (workflows/serve.py): a real Ray Serve application on its own local
+cluster, serving a generator registered in a real MLflow server, asked by real HTTP clients.
+
+One service for the module (its start is the slow part); the tests run in file order and the
+last one stops it with SIGTERM.
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+import queue
+import signal
+import stat
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import av
+import cv2
+import numpy as np
+import pytest
+import requests
+import soundfile as sf
+import torch
+
+from conftest import REPO, face_image, free_port, ray_env, speech_like, stop_process_group
+from lipsync.checkpoints import ModelConfig, save_checkpoint
+from lipsync.models import Wav2Lip
+from lipsync.video import write_video
+
+MODEL_NAME = "serve-test"
+MAX_UPLOAD_MB = 2
+
+
+@pytest.fixture(scope="module")
+def media(tmp_path_factory):
+    root = tmp_path_factory.mktemp("serve_media")
+    face = face_image()
+    write_video(root / "face.mp4", np.stack([np.roll(face, i % 3, axis=1) for i in range(25)]), 25, crf=10)
+    write_video(root / "noface.mp4", np.full((10, 128, 128, 3), 90, np.uint8), 25, crf=10)
+    cv2.imwrite(str(root / "face.png"), face)
+    sf.write(root / "speech_1_4s.wav", speech_like(1.4), 16000)
+    sf.write(root / "speech_12s.wav", speech_like(12.0, 1), 16000)  # 300 frames: long enough to be busy
+    (root / "text.mp4").write_text("this is not a video\n")
+    (root / "big.mp4").write_bytes(os.urandom((MAX_UPLOAD_MB + 1) * 2**20))
+    return root
+
+
+@pytest.fixture(scope="module")
+def registered(mlflow_server, tmp_path_factory):
+    """A small random generator registered as serve-test@champion (version 1)."""
+    import mlflow
+
+    from pipelines.tracking.registry import register_checkpoint
+
+    folder = tmp_path_factory.mktemp("serve_checkpoint")
+    torch.manual_seed(0)
+    save_checkpoint(folder / "wav2lip.safetensors", Wav2Lip(width=0.25).eval(), ModelConfig(kind="wav2lip", width=0.25))
+    client = mlflow.MlflowClient(mlflow_server.uri)
+    experiment = client.create_experiment("serve-test")
+    run = client.create_run(experiment)
+    client.log_artifacts(run.info.run_id, str(folder), "checkpoint")
+    client.set_terminated(run.info.run_id)
+    version = register_checkpoint(run.info.run_id, "checkpoint", MODEL_NAME, alias="champion",
+                                  tracking_uri=mlflow_server.uri)
+    return f"models:/{MODEL_NAME}/{version}"
+
+
+class Service:
+    def __init__(self, proc, url, token, token_file, lines, later):
+        self.proc, self.url, self.token, self.token_file = proc, url, token, token_file
+        self.lines, self.later = lines, later  # the lines up to "serving ...", and a queue of the rest
+
+    def post(self, face, audio, token=None, **fields):
+        headers = {} if token is False else {"Authorization": f"Bearer {token or self.token}"}
+        with open(face, "rb") as f, open(audio, "rb") as a:
+            return requests.post(f"{self.url}/v1/lipsync", headers=headers, data=fields, timeout=300,
+                                 files={"face": (Path(face).name, f), "audio": (Path(audio).name, a)})
+
+
+@pytest.fixture(scope="module")
+def service(mlflow_server, registered, tmp_path_factory):
+    folder = tmp_path_factory.mktemp("serve")
+    token_file = folder / "secrets" / "serve_token"
+    port = free_port()
+    env = ray_env()
+    env.pop("LIPSYNC_SERVE_TOKEN", None)
+    cmd = [sys.executable, str(REPO / "workflows" / "serve.py"), "--model", f"models:/{MODEL_NAME}@champion",
+           "--tracking-uri", mlflow_server.uri, "--port", str(port), "--token-file", str(token_file),
+           "--precision", "fp32", "--queue", "0", "--max-upload-mb", str(MAX_UPLOAD_MB)]
+    proc = subprocess.Popen(cmd, cwd=folder, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True, start_new_session=True)
+    lines: queue.Queue = queue.Queue()
+    threading.Thread(target=lambda: [lines.put(line.rstrip("\n")) for line in proc.stdout], daemon=True).start()
+    seen, deadline = [], time.monotonic() + 240
+    while not any(line.startswith("serving http://") for line in seen):
+        assert proc.poll() is None or not lines.empty(), f"serve.py exited {proc.returncode}:\n" + "\n".join(seen)
+        assert time.monotonic() < deadline, "no 'serving' line within 240 s:\n" + "\n".join(seen)
+        try:
+            seen.append(lines.get(timeout=1))
+        except queue.Empty:
+            pass
+    url = f"http://127.0.0.1:{port}"
+    assert f"serving {url}" in seen, seen
+    yield Service(proc, url, token_file.read_text().strip(), token_file, seen, lines)
+    stop_process_group(proc)
+
+
+def _our_temp_folders() -> set[str]:
+    return {p for p in glob.glob(os.path.join(tempfile.gettempdir(), "lipsync-serve-*")) if os.path.isdir(p)}
+
+
+def test_start_creates_an_owner_only_token_and_pins_the_alias(service, registered):
+    assert stat.S_IMODE(service.token_file.stat().st_mode) == 0o600 and len(service.token) >= 32
+    assert f"token: {service.token_file} (created)" in service.lines, service.lines
+    assert f"model: models:/{MODEL_NAME}@champion -> {registered}" in service.lines, service.lines
+    health = requests.get(f"{service.url}/healthz", timeout=30)  # no token needed
+    assert health.status_code == 200, health.text
+    body = health.json()
+    assert body["model"] == f"models:/{MODEL_NAME}@champion" and body["version"] == registered, body
+    assert body["generator"]["precision"] == "fp32" and body["generator"]["device"] == "cpu", body
+
+
+def test_a_request_gets_a_video_as_long_as_its_audio(service, media, registered, tmp_path):
+    before = _our_temp_folders()
+    r = service.post(media / "face.mp4", media / "speech_1_4s.wav")
+    assert r.status_code == 200, r.text
+    assert r.headers["content-type"] == "video/mp4" and r.headers["x-lipsync-model-version"] == registered
+    out = tmp_path / "out.mp4"
+    out.write_bytes(r.content)
+    with av.open(str(out)) as c:
+        video, audio = c.streams.video[0], c.streams.audio[0]
+        assert video.frames == 35 and (video.width, video.height) == (256, 256)
+        assert float(audio.duration * audio.time_base) == pytest.approx(1.4, abs=0.03)
+    # A photo and the options of `lipsync infer`, as form fields.
+    r = service.post(media / "face.png", media / "speech_1_4s.wav", pads="0 20 0 0", nosmooth="true",
+                     hard_paste="1", crop="0 -1 0 200")
+    assert r.status_code == 200, r.text
+    out.write_bytes(r.content)
+    with av.open(str(out)) as c:
+        assert c.streams.video[0].frames == 35 and (c.streams.video[0].width, c.streams.video[0].height) == (200, 256)
+    assert _our_temp_folders() <= before, "a request left its temporary folder behind"
+
+
+@pytest.mark.parametrize("case,face,audio,kwargs,status,needle", [
+    ("no token", "face.mp4", "speech_1_4s.wav", {"token": False}, 401, "bearer token"),
+    ("wrong token", "face.mp4", "speech_1_4s.wav", {"token": "not-the-token"}, 401, "bearer token"),
+    ("not media", "text.mp4", "speech_1_4s.wav", {}, 415, "face (text.mp4): not a media file"),
+    ("no audio track", "face.png", "face.mp4", {}, 400, "audio (face.mp4): media without an audio track"),
+    ("no face", "noface.mp4", "speech_1_4s.wav", {}, 400, "face (noface.mp4): no face found"),
+    ("an option the service keeps", "face.mp4", "speech_1_4s.wav", {"device": "cuda"}, 400, "unknown field 'device'"),
+    ("a bad option value", "face.mp4", "speech_1_4s.wav", {"pads": "1 2"}, 400, "pads: expected 4 integers"),
+    ("over the upload limit", "big.mp4", "speech_1_4s.wav", {}, 413, f"limit of {MAX_UPLOAD_MB} MB"),
+])
+def test_each_refusal_is_its_status_and_one_json_line(service, media, case, face, audio, kwargs, status, needle):
+    before = _our_temp_folders()
+    r = service.post(media / face, media / audio, **kwargs)
+    assert r.status_code == status, (case, r.status_code, r.text)
+    message = r.json()["error"]
+    assert needle in message and "\n" not in message and "/tmp" not in message, (case, message)
+    assert _our_temp_folders() <= before, f"{case}: a temporary folder was left behind"
+
+
+def test_a_busy_replica_answers_503_with_retry_after_and_finishes_the_first(service, media):
+    first: dict = {}
+    worker = threading.Thread(target=lambda: first.update(r=service.post(media / "face.mp4", media / "speech_12s.wav")))
+    worker.start()
+    deadline = time.monotonic() + 60
+    while requests.get(f"{service.url}/healthz", timeout=30).json()["ongoing"] < 1:
+        assert worker.is_alive() and time.monotonic() < deadline, first
+        time.sleep(0.05)
+    second = service.post(media / "face.mp4", media / "speech_1_4s.wav")
+    assert second.status_code == 503 and int(second.headers["retry-after"]) > 0, second.text
+    assert "busy" in second.json()["error"]
+    worker.join(timeout=300)
+    assert first["r"].status_code == 200 and first["r"].headers["x-lipsync-frames"] == "300", first["r"].text
+    assert service.post(media / "face.mp4", media / "speech_1_4s.wav").status_code == 200  # serving again
+
+
+def test_sigterm_stops_the_service_and_its_cluster(service):
+    service.proc.send_signal(signal.SIGTERM)
+    service.proc.wait(timeout=120)
+    rest = []
+    while not service.later.empty():
+        rest.append(service.later.get())
+    assert service.proc.returncode == 0 and "stopped" in rest, rest
+    with pytest.raises(requests.ConnectionError):
+        requests.get(f"{service.url}/healthz", timeout=5)
+    deadline = time.monotonic() + 30
+    while True:  # the local cluster it started (GCS, raylet, Serve's actors) went with it
+        try:
+            os.killpg(service.proc.pid, 0)
+        except ProcessLookupError:
+            break
+        assert time.monotonic() < deadline, "processes of the service's cluster outlived it"
+        time.sleep(0.5)
