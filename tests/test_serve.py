@@ -34,7 +34,7 @@ from lipsync.models import Wav2Lip
 from lipsync.video import write_video
 
 MODEL_NAME = "serve-test"
-MAX_UPLOAD_MB = 2
+MAX_UPLOAD_MB = 4
 
 
 @pytest.fixture(scope="module")
@@ -46,6 +46,7 @@ def media(tmp_path_factory):
     cv2.imwrite(str(root / "face.png"), face)
     sf.write(root / "speech_1_4s.wav", speech_like(1.4), 16000)
     sf.write(root / "speech_12s.wav", speech_like(12.0, 1), 16000)  # 300 frames: long enough to be busy
+    sf.write(root / "speech_60s.wav", speech_like(60.0, 2), 16000)  # 1500 frames: in flight across a version move
     (root / "text.mp4").write_text("this is not a video\n")
     (root / "big.mp4").write_bytes(os.urandom((MAX_UPLOAD_MB + 1) * 2**20))
     return root
@@ -92,7 +93,8 @@ def service(mlflow_server, registered, tmp_path_factory):
     env.pop("LIPSYNC_SERVE_TOKEN", None)
     cmd = [sys.executable, str(REPO / "workflows" / "serve.py"), "--model", f"models:/{MODEL_NAME}@champion",
            "--tracking-uri", mlflow_server.uri, "--port", str(port), "--token-file", str(token_file),
-           "--precision", "fp32", "--queue", "0", "--max-upload-mb", str(MAX_UPLOAD_MB)]
+           "--precision", "fp32", "--queue", "0", "--max-upload-mb", str(MAX_UPLOAD_MB),
+           "--follow-alias", "--poll-seconds", "1"]
     proc = subprocess.Popen(cmd, cwd=folder, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             text=True, start_new_session=True)
     lines: queue.Queue = queue.Queue()
@@ -180,6 +182,46 @@ def test_a_busy_replica_answers_503_with_retry_after_and_finishes_the_first(serv
     worker.join(timeout=300)
     assert first["r"].status_code == 200 and first["r"].headers["x-lipsync-frames"] == "300", first["r"].text
     assert service.post(media / "face.mp4", media / "speech_1_4s.wav").status_code == 200  # serving again
+
+
+def test_an_alias_move_swaps_the_version_without_failing_the_request_in_flight(service, media, registered,
+                                                                             mlflow_server, tmp_path):
+    import mlflow
+
+    from pipelines.tracking.registry import register_checkpoint
+
+    old = registered
+    torch.manual_seed(1)
+    save_checkpoint(tmp_path / "ckpt" / "wav2lip.safetensors", Wav2Lip(width=0.25).eval(),
+                    ModelConfig(kind="wav2lip", width=0.25))
+    client = mlflow.MlflowClient(mlflow_server.uri)
+    run = client.create_run(client.get_experiment_by_name("serve-test").experiment_id)
+    client.log_artifacts(run.info.run_id, str(tmp_path / "ckpt"), "checkpoint")
+    client.set_terminated(run.info.run_id)
+    new = f"models:/{MODEL_NAME}/" + register_checkpoint(run.info.run_id, "checkpoint", MODEL_NAME,
+                                                         tracking_uri=mlflow_server.uri)
+    first: dict = {}
+    worker = threading.Thread(target=lambda: first.update(r=service.post(media / "face.mp4", media / "speech_60s.wav")))
+    worker.start()
+    deadline = time.monotonic() + 60
+    while requests.get(f"{service.url}/healthz", timeout=30).json()["ongoing"] < 1:
+        assert worker.is_alive() and time.monotonic() < deadline, first
+        time.sleep(0.05)
+    client.set_registered_model_alias(MODEL_NAME, "champion", new.rsplit("/", 1)[1])
+    deadline = time.monotonic() + 180
+    while requests.get(f"{service.url}/healthz", timeout=30).json()["version"] != new:
+        assert time.monotonic() < deadline, "the service did not move to the new version"
+        time.sleep(0.2)
+    assert worker.is_alive(), "the long request ended before the move: it proves nothing"
+    worker.join(timeout=300)
+    assert first["r"].status_code == 200, first["r"].text
+    assert first["r"].headers["x-lipsync-model-version"] == old and first["r"].headers["x-lipsync-frames"] == "1500"
+    after = service.post(media / "face.mp4", media / "speech_1_4s.wav")
+    assert after.status_code == 200 and after.headers["x-lipsync-model-version"] == new, after.text
+    seen = []
+    while not service.later.empty():
+        seen.append(service.later.get())
+    assert f"models:/{MODEL_NAME}@champion moved: {old} -> {new}" in seen, seen
 
 
 def test_sigterm_stops_the_service_and_its_cluster(service):

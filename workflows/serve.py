@@ -6,13 +6,16 @@ cluster in RAY_ADDRESS) that answers POST /v1/lipsync with the dubbed video.
         --host 127.0.0.1 --port 8000 --min-replicas 1 --max-replicas 4
 
 The model reference is pinned to the version it names when the service starts (printed, and
-returned by GET /healthz). Prints "serving http://HOST:PORT" once requests are answered; Ctrl-C
+returned by GET /healthz); with --follow-alias the service moves to the version the alias
+names when it moves (new replicas come up, the old ones finish what they hold, then go; no
+request is failed, and each is answered by one version, named in X-Lipsync-Model-Version). Prints "serving http://HOST:PORT" once requests are answered; Ctrl-C
 or SIGTERM stops the application and the cluster it started. Exit codes: 0 stopped, 2 bad input.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 import time
 from pathlib import Path
@@ -43,6 +46,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-upload-mb", type=float, default=200.0)
     p.add_argument("--precision", default="auto", help="generator backend, as lipsync infer --precision")
     p.add_argument("--device", default="auto")
+    p.add_argument("--follow-alias", action="store_true",
+                   help="move to the version a models:/NAME@ALIAS reference names whenever the alias moves")
+    p.add_argument("--poll-seconds", type=float, default=30.0, help="how often --follow-alias looks (default: 30)")
     p.add_argument("--address", help="Ray cluster to deploy on (default: RAY_ADDRESS, else a new local one)")
     p.add_argument("--verbose", action="store_true", help="show Ray's and Serve's own output")
     return p
@@ -56,6 +62,10 @@ def check(args: argparse.Namespace) -> None:
                           f"need 1 <= min <= max")
     if args.queue < 0 or args.max_upload_mb <= 0 or not 0 < args.port < 65536:
         raise ConfigError("--queue must be >= 0, --max-upload-mb > 0 and --port within 1..65535")
+    if args.follow_alias and "@" not in args.model:
+        raise ConfigError(f"--follow-alias: --model {args.model} names no alias (models:/NAME@ALIAS)")
+    if args.poll_seconds <= 0:
+        raise ConfigError("--poll-seconds must be > 0")
 
 
 def serve_until_stopped(args: argparse.Namespace) -> None:
@@ -78,17 +88,32 @@ def serve_until_stopped(args: argparse.Namespace) -> None:
     init_ray(args.address)
     from ray import serve
 
-    serve.start(http_options={"host": args.host, "port": args.port}, logging_config={"log_level": "WARNING"})
-    try:
+    def deploy(config: ServiceConfig) -> None:
         serve.run(deployment(config, min_replicas=args.min_replicas, max_replicas=args.max_replicas,
                              num_cpus=args.num_cpus, num_gpus=args.num_gpus),
                   name="lipsync", route_prefix="/")
+
+    serve.start(http_options={"host": args.host, "port": args.port}, logging_config={"log_level": "WARNING"})
+    try:
+        deploy(config)
         url = f"http://{args.host}:{args.port}"
         with urllib.request.urlopen(f"{url}/healthz", timeout=30) as r:
             r.read()
         print(f"serving {url}", flush=True)
         while True:
-            time.sleep(1)
+            time.sleep(args.poll_seconds if args.follow_alias else 1)
+            if not args.follow_alias:
+                continue
+            try:
+                now = model_ref.pin(args.model, args.tracking_uri)
+            except LipsyncError as e:  # the registry is away or the alias was deleted: keep serving
+                print(f"warning: {e}; still serving {config.version}", file=sys.stderr, flush=True)
+                continue
+            if now != config.version:
+                print(f"{args.model} moved: {config.version} -> {now}", flush=True)
+                config = dataclasses.replace(config, version=now)
+                deploy(config)
+                print(f"serving {now}", flush=True)
     finally:
         serve.shutdown()
 

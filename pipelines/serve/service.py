@@ -31,6 +31,7 @@ from pipelines.serve.uploads import RequestError, UploadBudget, recognise, save_
 log = logging.getLogger("lipsync.serve")
 
 MEDIA = ("face", "audio")
+GRACE_S = 3600
 
 
 @dataclass
@@ -147,7 +148,10 @@ def deployment(config: ServiceConfig, *, min_replicas: int = 1, max_replicas: in
                                        "target_ongoing_requests": 1, "upscale_delay_s": 2,
                                        "downscale_delay_s": 30}}
                if max_replicas > min_replicas else {"num_replicas": min_replicas})
+    # A replica being replaced (a new version, a downscale) finishes what it holds first: a
+    # lip-sync of a long file takes minutes, Serve's default grace is 20 s.
     return LipsyncService.options(
         ray_actor_options={"num_cpus": num_cpus, "num_gpus": num_gpus},
-        max_ongoing_requests=config.queue + 2, **scaling,
+        max_ongoing_requests=config.queue + 2, graceful_shutdown_timeout_s=GRACE_S,
+        graceful_shutdown_wait_loop_s=1, **scaling,
     ).bind(asdict(config))
