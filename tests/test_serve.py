@@ -168,6 +168,46 @@ def test_each_refusal_is_its_status_and_one_json_line(service, media, case, face
     assert _our_temp_folders() <= before, f"{case}: a temporary folder was left behind"
 
 
+def test_an_async_job_reports_progress_and_hands_over_its_video(service, media, tmp_path):
+    auth = {"Authorization": f"Bearer {service.token}"}
+    before = _our_temp_folders()
+    r = requests.post(f"{service.url}/v1/lipsync?async=1", headers=auth, timeout=60,
+                      files={"face": open(media / "face.mp4", "rb"), "audio": open(media / "speech_12s.wav", "rb")})
+    assert r.status_code == 202, r.text
+    job = r.json()
+    assert job["status_url"] == f"/v1/jobs/{job['id']}" and job["result_url"] == f"/v1/jobs/{job['id']}/result"
+    early = requests.get(f"{service.url}{job['result_url']}", headers=auth, timeout=30)
+    assert early.status_code == 409 and "ask again later" in early.json()["error"], early.text
+    assert requests.get(f"{service.url}{job['status_url']}", timeout=30).status_code == 401
+    seen, deadline = [], time.monotonic() + 240
+    while (status := requests.get(f"{service.url}{job['status_url']}", headers=auth, timeout=30).json())["status"] != "done":
+        assert status["status"] in ("queued", "running") and time.monotonic() < deadline, status
+        seen.append(status["progress"])
+        time.sleep(0.05)
+    assert status["frames"] == status["frames_done"] == 300 and status["progress"] == 1.0, status
+    assert any(0 < p < 1 for p in seen) and seen == sorted(seen), seen
+    video = requests.get(f"{service.url}{job['result_url']}", headers=auth, timeout=60)
+    assert video.status_code == 200 and video.headers["x-lipsync-frames"] == "300"
+    (tmp_path / "job.mp4").write_bytes(video.content)
+    with av.open(str(tmp_path / "job.mp4")) as c:
+        assert c.streams.video[0].frames == 300
+    # A job that fails says why, in its status and at its result; an unknown id is a 404.
+    r = requests.post(f"{service.url}/v1/lipsync?async=1", headers=auth, timeout=60,
+                      files={"face": open(media / "noface.mp4", "rb"), "audio": open(media / "speech_1_4s.wav", "rb")})
+    assert r.status_code == 202, r.text
+    failed_url = f"{service.url}/v1/jobs/{r.json()['id']}"
+    deadline = time.monotonic() + 120
+    while (status := requests.get(failed_url, headers=auth, timeout=30).json())["status"] != "failed":
+        assert status["status"] in ("queued", "running") and time.monotonic() < deadline, status
+        time.sleep(0.1)
+    assert "noface.mp4" in status["error"] and "no face found" in status["error"], status
+    result = requests.get(f"{failed_url}/result", headers=auth, timeout=30)
+    assert result.status_code == 400 and result.json()["error"] == status["error"]
+    missing = requests.get(f"{service.url}/v1/jobs/0123456789abcdef", headers=auth, timeout=30)
+    assert missing.status_code == 404 and "no job 0123456789abcdef" in missing.json()["error"]
+    assert _our_temp_folders() <= before, "a job left its temporary folder behind"
+
+
 def test_a_busy_replica_answers_503_with_retry_after_and_finishes_the_first(service, media):
     first: dict = {}
     worker = threading.Thread(target=lambda: first.update(r=service.post(media / "face.mp4", media / "speech_12s.wav")))

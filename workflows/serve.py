@@ -73,6 +73,7 @@ def serve_until_stopped(args: argparse.Namespace) -> None:
 
     from lipsync import model_ref
     from pipelines.common.ray_setup import init_ray
+    from pipelines.serve.jobs import remove_job_board
     from pipelines.serve.service import ServiceConfig, deployment
 
     check(args)
@@ -116,6 +117,7 @@ def serve_until_stopped(args: argparse.Namespace) -> None:
                 print(f"serving {now}", flush=True)
     finally:
         serve.shutdown()
+        remove_job_board()
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -30,7 +30,7 @@ import sys
 import time
 from collections import deque
 from dataclasses import asdict, dataclass, field
-from typing import Iterator
+from typing import Callable, Iterator
 
 import cv2
 import numpy as np
@@ -113,8 +113,10 @@ class LipSyncer:
 
     # ------------------------------------------------------------------ public
 
-    def sync(self, face: str | os.PathLike, audio, out: str | os.PathLike) -> InferenceResult:
-        """Write ``out`` (mp4): ``face`` lip-synced to ``audio`` (a path, or float32 16 kHz mono)."""
+    def sync(self, face: str | os.PathLike, audio, out: str | os.PathLike,
+             on_frame: Callable[[int, int], None] | None = None) -> InferenceResult:
+        """Write ``out`` (mp4): ``face`` lip-synced to ``audio`` (a path, or float32 16 kHz mono).
+        ``on_frame(done, total)`` is called after each frame is written (a service's job progress)."""
         from lipsync.audio import (SAMPLE_RATE, frame_mel_windows_at, iter_audio, melspectrogram,
                                    video_frames_for_audio)
         from lipsync.mel_stream import stream_melspectrogram
@@ -187,6 +189,8 @@ class LipSyncer:
                     stats["compose"] += t1 - t0
                     stats["encode"] += time.perf_counter() - t1
                     progress.update(1)
+                    if on_frame is not None:
+                        on_frame(item.index + 1, n_out)
                 if writer.frames_written != n_out:
                     raise RuntimeError(f"pipeline wrote {writer.frames_written} of {n_out} frames")
                 if audio_file is None and audio_pos < n_samples:
