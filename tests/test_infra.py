@@ -34,7 +34,7 @@ def test_every_yaml_parses_and_the_expected_files_exist():
     names = {p.relative_to(INFRA).as_posix() for p in ALL_YAML}
     assert {"ray/aws.yaml", "ray/gcp.yaml", "kuberay/raycluster.yaml", "kuberay/rayjob-preprocess.yaml",
             "kuberay/rayjob-train-expert.yaml", "kuberay/rayjob-train-generator.yaml", "kuberay/rayjob-evaluate.yaml",
-            "mlflow/compose.yaml",
+            "mlflow/compose.yaml", "serve/lipsync.yaml", "kuberay/rayservice.yaml",
             "mlflow/k8s/mlflow.yaml", "mlflow/k8s/postgres.yaml"} <= names, names
     for path in ALL_YAML:
         docs = [d for d in yaml.safe_load_all(path.read_text()) if d is not None]
@@ -106,7 +106,7 @@ def test_kubernetes_manifests_validate_against_the_kubernetes_schemas():
             continue
         kubernetes_validate.validate(doc, K8S_VERSION, strict=True)
         core += 1
-    assert core >= 10 and custom == 5, (core, custom)  # RayCluster + 4 RayJobs
+    assert core >= 10 and custom == 6, (core, custom)  # RayCluster + 4 RayJobs + RayService
     # The validator rejects what Kubernetes would reject.
     deployment = next(d for _, d in k8s_documents() if d["kind"] == "Deployment")
     bad = copy.deepcopy(deployment)
@@ -160,6 +160,58 @@ def test_rayjobs_target_the_cluster():
         "lipsync-preprocess-lrs2", "lipsync-train-expert", "lipsync-train-generator", "lipsync-evaluate-generator"}
     for _, job in jobs:
         assert job["spec"]["clusterSelector"] == {"ray.io/cluster": "lipsync"}
+
+
+def test_serve_config_is_a_valid_serve_deploy_file_and_the_rayservice_carries_it(mlflow_server, tmp_path, monkeypatch):
+    """infra/serve/lipsync.yaml passes Serve's own schema, names the builder the service
+    module has, and builds the application from exactly its args; the RayService embeds the
+    same config, on a token-auth cluster whose pods get the bearer token from a Secret."""
+    from ray.serve.schema import ServeDeploySchema
+
+    from lipsync.checkpoints import ModelConfig, save_checkpoint
+    from lipsync.errors import ConfigError
+    from lipsync.models import Wav2Lip
+    from pipelines.serve.app import build
+
+    config = yaml.safe_load((INFRA / "serve" / "lipsync.yaml").read_text())
+    (app,) = ServeDeploySchema.model_validate(config).applications
+    assert app.import_path == "pipelines.serve.app:build" and app.route_prefix == "/"
+    service = next(d for _, d in k8s_documents() if d["kind"] == "RayService")
+    assert yaml.safe_load(service["spec"]["serveConfigV2"]) == config
+    cluster = service["spec"]["rayClusterConfig"]
+    assert cluster["authOptions"] == {"mode": "token", "secretName": "lipsync-ray-auth"}
+    assert cluster["headGroupSpec"]["serviceType"] == "ClusterIP"
+    for pod in [cluster["headGroupSpec"]["template"]["spec"], *(g["template"]["spec"] for g in cluster["workerGroupSpecs"])]:
+        env = {e["name"]: e for c in _containers(pod) for e in c.get("env", [])}
+        assert env["LIPSYNC_SERVE_TOKEN"]["valueFrom"]["secretKeyRef"] == {"name": "lipsync-serve-token", "key": "token"}
+
+    # The file's args build the application (model pinned through a registry we start here).
+    import mlflow
+
+    from pipelines.tracking.registry import register_checkpoint
+
+    save_checkpoint(tmp_path / "wav2lip.safetensors", Wav2Lip(width=0.0625), ModelConfig(kind="wav2lip", width=0.0625))
+    client = mlflow.MlflowClient(mlflow_server.uri)
+    run = client.create_run(client.create_experiment("serve-config-test"))
+    client.log_artifact(run.info.run_id, str(tmp_path / "wav2lip.safetensors"), "checkpoint")
+    # Its own model name: the session's registry also holds the training tests' wav2lip.
+    register_checkpoint(run.info.run_id, "checkpoint", "serve-config-test", alias="champion",
+                        tracking_uri=mlflow_server.uri)
+    assert app.args["model"] == "models:/wav2lip@champion"
+    args = {**app.args, "model": "models:/serve-config-test@champion", "tracking_uri": mlflow_server.uri}
+    monkeypatch.delenv("LIPSYNC_SERVE_TOKEN", raising=False)
+    with pytest.raises(ConfigError, match="set LIPSYNC_SERVE_TOKEN"):
+        build(args)
+    monkeypatch.setenv("LIPSYNC_SERVE_TOKEN", "a-token-for-this-test")
+    built = build(args)
+    deployment = built._bound_deployment
+    (bound,) = deployment.init_args
+    assert bound["version"] == "models:/serve-config-test/1" and bound["model"] == args["model"]
+    assert "a-token-for-this-test" not in repr(bound) and bound["token_digest"]
+    assert deployment._deployment_config.autoscaling_config.max_replicas == app.args["max_replicas"]
+    assert deployment.ray_actor_options["num_cpus"] == app.args["num_cpus"]
+    with pytest.raises(ConfigError, match="unknown args replicas"):
+        build({**args, "replicas": 3})
 
 
 # ---------------------------------------------------------------- entrypoints and workflow flags

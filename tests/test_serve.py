@@ -8,7 +8,6 @@ last one stops it with SIGTERM.
 from __future__ import annotations
 
 import glob
-import json
 import os
 import queue
 import signal
@@ -52,24 +51,27 @@ def media(tmp_path_factory):
     return root
 
 
-@pytest.fixture(scope="module")
-def registered(mlflow_server, tmp_path_factory):
-    """A small random generator registered as serve-test@champion (version 1)."""
+def register_generator(tracking_uri: str, folder: Path, seed: int, alias: str | None = None) -> str:
+    """A small random generator (weights from ``seed``) registered as a new serve-test version."""
     import mlflow
 
     from pipelines.tracking.registry import register_checkpoint
 
-    folder = tmp_path_factory.mktemp("serve_checkpoint")
-    torch.manual_seed(0)
+    torch.manual_seed(seed)
     save_checkpoint(folder / "wav2lip.safetensors", Wav2Lip(width=0.25).eval(), ModelConfig(kind="wav2lip", width=0.25))
-    client = mlflow.MlflowClient(mlflow_server.uri)
-    experiment = client.create_experiment("serve-test")
-    run = client.create_run(experiment)
+    client = mlflow.MlflowClient(tracking_uri)
+    experiment = client.get_experiment_by_name(MODEL_NAME)
+    run = client.create_run(experiment.experiment_id if experiment else client.create_experiment(MODEL_NAME))
     client.log_artifacts(run.info.run_id, str(folder), "checkpoint")
     client.set_terminated(run.info.run_id)
-    version = register_checkpoint(run.info.run_id, "checkpoint", MODEL_NAME, alias="champion",
-                                  tracking_uri=mlflow_server.uri)
+    version = register_checkpoint(run.info.run_id, "checkpoint", MODEL_NAME, alias=alias, tracking_uri=tracking_uri)
     return f"models:/{MODEL_NAME}/{version}"
+
+
+@pytest.fixture(scope="module")
+def registered(mlflow_server, tmp_path_factory):
+    """serve-test@champion: version 1."""
+    return register_generator(mlflow_server.uri, tmp_path_factory.mktemp("serve_checkpoint"), seed=0, alias="champion")
 
 
 class Service:
@@ -111,6 +113,18 @@ def service(mlflow_server, registered, tmp_path_factory):
     assert f"serving {url}" in seen, seen
     yield Service(proc, url, token_file.read_text().strip(), token_file, seen, lines)
     stop_process_group(proc)
+
+
+def _in_flight(service, face, audio):
+    """A request started on a thread, returned once the replica holds it: (thread, {"r": response})."""
+    first: dict = {}
+    worker = threading.Thread(target=lambda: first.update(r=service.post(face, audio)))
+    worker.start()
+    deadline = time.monotonic() + 60
+    while requests.get(f"{service.url}/healthz", timeout=30).json()["ongoing"] < 1:
+        assert worker.is_alive() and time.monotonic() < deadline, first
+        time.sleep(0.05)
+    return worker, first
 
 
 def _our_temp_folders() -> set[str]:
@@ -209,13 +223,7 @@ def test_an_async_job_reports_progress_and_hands_over_its_video(service, media, 
 
 
 def test_a_busy_replica_answers_503_with_retry_after_and_finishes_the_first(service, media):
-    first: dict = {}
-    worker = threading.Thread(target=lambda: first.update(r=service.post(media / "face.mp4", media / "speech_12s.wav")))
-    worker.start()
-    deadline = time.monotonic() + 60
-    while requests.get(f"{service.url}/healthz", timeout=30).json()["ongoing"] < 1:
-        assert worker.is_alive() and time.monotonic() < deadline, first
-        time.sleep(0.05)
+    worker, first = _in_flight(service, media / "face.mp4", media / "speech_12s.wav")
     second = service.post(media / "face.mp4", media / "speech_1_4s.wav")
     assert second.status_code == 503 and int(second.headers["retry-after"]) > 0, second.text
     assert "busy" in second.json()["error"]
@@ -228,25 +236,9 @@ def test_an_alias_move_swaps_the_version_without_failing_the_request_in_flight(s
                                                                              mlflow_server, tmp_path):
     import mlflow
 
-    from pipelines.tracking.registry import register_checkpoint
-
-    old = registered
-    torch.manual_seed(1)
-    save_checkpoint(tmp_path / "ckpt" / "wav2lip.safetensors", Wav2Lip(width=0.25).eval(),
-                    ModelConfig(kind="wav2lip", width=0.25))
+    old, new = registered, register_generator(mlflow_server.uri, tmp_path, seed=1)
     client = mlflow.MlflowClient(mlflow_server.uri)
-    run = client.create_run(client.get_experiment_by_name("serve-test").experiment_id)
-    client.log_artifacts(run.info.run_id, str(tmp_path / "ckpt"), "checkpoint")
-    client.set_terminated(run.info.run_id)
-    new = f"models:/{MODEL_NAME}/" + register_checkpoint(run.info.run_id, "checkpoint", MODEL_NAME,
-                                                         tracking_uri=mlflow_server.uri)
-    first: dict = {}
-    worker = threading.Thread(target=lambda: first.update(r=service.post(media / "face.mp4", media / "speech_60s.wav")))
-    worker.start()
-    deadline = time.monotonic() + 60
-    while requests.get(f"{service.url}/healthz", timeout=30).json()["ongoing"] < 1:
-        assert worker.is_alive() and time.monotonic() < deadline, first
-        time.sleep(0.05)
+    worker, first = _in_flight(service, media / "face.mp4", media / "speech_60s.wav")
     client.set_registered_model_alias(MODEL_NAME, "champion", new.rsplit("/", 1)[1])
     deadline = time.monotonic() + 180
     while requests.get(f"{service.url}/healthz", timeout=30).json()["version"] != new:
