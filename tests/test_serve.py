@@ -116,9 +116,17 @@ def service(mlflow_server, registered, tmp_path_factory):
 
 
 def _in_flight(service, face, audio):
-    """A request started on a thread, returned once the replica holds it: (thread, {"r": response})."""
+    """A request started on a thread, returned once the replica holds it: (thread, {"r": response}
+    or {"error": the requests exception})."""
     first: dict = {}
-    worker = threading.Thread(target=lambda: first.update(r=service.post(face, audio)))
+
+    def send():
+        try:
+            first["r"] = service.post(face, audio)
+        except requests.RequestException as e:
+            first["error"] = e
+
+    worker = threading.Thread(target=send)
     worker.start()
     deadline = time.monotonic() + 60
     while requests.get(f"{service.url}/healthz", timeout=30).json()["ongoing"] < 1:
@@ -232,6 +240,25 @@ def test_a_busy_replica_answers_503_with_retry_after_and_finishes_the_first(serv
     assert service.post(media / "face.mp4", media / "speech_1_4s.wav").status_code == 200  # serving again
 
 
+def test_a_replica_killed_mid_request_is_an_error_for_that_caller_and_the_service_recovers(service, media):
+    import psutil
+
+    worker, first = _in_flight(service, media / "face.mp4", media / "speech_60s.wav")
+    (replica,) = [p for p in psutil.Process(service.proc.pid).children(recursive=True)
+                  if (p.cmdline() or [""])[0].startswith("ray::ServeReplica:lipsync")]
+    held = [f for f in _our_temp_folders() if f"lipsync-serve-{replica.pid}-" in f]
+    assert held, "the replica's request folder was not found"
+    replica.kill()
+    worker.join(timeout=120)
+    # The caller is told: Serve answers 5xx, or the connection is closed without an answer.
+    assert isinstance(first.get("error"), requests.ConnectionError) or first["r"].status_code >= 500, first
+    deadline = time.monotonic() + 180
+    while (r := service.post(media / "face.mp4", media / "speech_1_4s.wav")).status_code != 200:
+        assert time.monotonic() < deadline, f"no recovery: {r.status_code} {r.text[:300]}"
+        time.sleep(1)
+    assert not any(os.path.exists(f) for f in held), "the new replica left the dead one's folder"
+
+
 def test_an_alias_move_swaps_the_version_without_failing_the_request_in_flight(service, media, registered,
                                                                              mlflow_server, tmp_path):
     import mlflow
@@ -257,6 +284,10 @@ def test_an_alias_move_swaps_the_version_without_failing_the_request_in_flight(s
 
 
 def test_sigterm_stops_the_service_and_its_cluster(service):
+    import psutil
+
+    cluster = psutil.Process(service.proc.pid).children(recursive=True)  # GCS, raylet, Serve's actors
+    assert any((p.cmdline() or [""])[0].startswith("ray::ServeReplica") for p in cluster), cluster
     service.proc.send_signal(signal.SIGTERM)
     service.proc.wait(timeout=120)
     rest = []
@@ -265,11 +296,5 @@ def test_sigterm_stops_the_service_and_its_cluster(service):
     assert service.proc.returncode == 0 and "stopped" in rest, rest
     with pytest.raises(requests.ConnectionError):
         requests.get(f"{service.url}/healthz", timeout=5)
-    deadline = time.monotonic() + 30
-    while True:  # the local cluster it started (GCS, raylet, Serve's actors) went with it
-        try:
-            os.killpg(service.proc.pid, 0)
-        except ProcessLookupError:
-            break
-        assert time.monotonic() < deadline, "processes of the service's cluster outlived it"
-        time.sleep(0.5)
+    gone, alive = psutil.wait_procs(cluster, timeout=30)
+    assert not alive, f"processes of the service's cluster outlived it: {alive}"

@@ -20,6 +20,7 @@ when the job ends): nothing stays on disk. Errors are JSON ``{"error": "<one lin
 
 import asyncio
 import logging
+import os
 import shutil
 import tempfile
 import time
@@ -40,6 +41,22 @@ log = logging.getLogger("lipsync.serve")
 
 MEDIA = ("face", "audio")
 GRACE_S = 3600
+TEMP_PREFIX = "lipsync-serve-"  # + the replica's pid: a new replica removes a dead one's folders
+
+
+def remove_dead_replicas_folders() -> None:
+    """A replica killed mid-request (OOM, a lost node's restart) leaves its request's folder;
+    the next replica on the machine removes every folder whose replica process is gone."""
+    for folder in Path(tempfile.gettempdir()).glob(f"{TEMP_PREFIX}*-*"):
+        pid = folder.name[len(TEMP_PREFIX):].split("-", 1)[0]
+        if not pid.isdigit() or not folder.is_dir():
+            continue
+        try:
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            shutil.rmtree(folder, ignore_errors=True)
+        except PermissionError:  # another user's live process
+            pass
 
 
 @dataclass
@@ -71,6 +88,7 @@ class LipsyncService:
         from lipsync.inference.pipeline import LipSyncer
 
         self.config = ServiceConfig(**config)
+        remove_dead_replicas_folders()
         self.base = InferenceOptions(progress=False, precision=self.config.precision,
                                      device=self.config.device).check()
         self.syncer = LipSyncer(self.config.version, self.base, tracking_uri=self.config.tracking_uri)
@@ -91,7 +109,7 @@ class LipsyncService:
         if refused is not None:
             return refused
         self.admitted += 1
-        folder = Path(tempfile.mkdtemp(prefix="lipsync-serve-"))
+        folder = Path(tempfile.mkdtemp(prefix=f"{TEMP_PREFIX}{os.getpid()}-"))
         labels: dict[str, str] = {}  # saved path -> "face (clip.mp4)": errors name what the caller sent
         handed_over = False  # to an asynchronous job, which then cleans up
         try:
