@@ -95,8 +95,11 @@ def test_team_server_refuses_strangers_and_serves_the_team(team_mlflow_server, s
                           env={**server.env, "PATH": "/usr/bin:/bin"}, capture_output=True, text=True,
                           check=True, timeout=60).stdout.split()
     assert rows == ["1", "1"], rows
+    # The checkpoint, and the same file inside the registered version's MLflow Model.
     keys = [k for k in s3_server.keys("mlflow-artifacts/") if run.info.run_id in k and k.endswith("expert.safetensors")]
-    assert len(keys) == 1, s3_server.keys("mlflow-artifacts/")
+    assert sorted(k.split("/artifacts/", 1)[1] for k in keys) == [
+        "checkpoints/step-0000010/expert.safetensors",
+        "checkpoints/step-0000010/mlflow-model/artifacts/expert.safetensors"], keys
 
     # Without credentials the same client is refused.
     monkeypatch.delenv("MLFLOW_TRACKING_USERNAME")
