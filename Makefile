@@ -27,6 +27,10 @@ $(VENV)/.installed: pyproject.toml
 	@ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || command -v initdb >/dev/null || \
 		{ echo "installing PostgreSQL for the team MLflow server tests"; \
 		  $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq --no-install-recommends postgresql; }
+	@# The service's web page is tested in a real headless browser (Debian's chromium + its driver).
+	@command -v chromium >/dev/null && command -v chromedriver >/dev/null || \
+		{ echo "installing chromium and chromedriver for the web page test"; \
+		  $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq --no-install-recommends chromium chromium-driver; }
 	touch $@
 
 install: $(VENV)/.installed

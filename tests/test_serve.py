@@ -230,6 +230,53 @@ def test_an_async_job_reports_progress_and_hands_over_its_video(service, media, 
     assert _our_temp_folders() <= before, "a job left its temporary folder behind"
 
 
+def test_the_web_page_uploads_waits_and_plays_a_result_as_long_as_the_audio(service, media):
+    """The page at / in a real headless browser (Debian's chromium through Selenium)."""
+    import shutil
+
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service as Driver
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    for tool in ("chromium", "chromedriver"):
+        assert shutil.which(tool), f"{tool} is missing: make install installs Debian's chromium and chromium-driver"
+    options = webdriver.ChromeOptions()
+    options.binary_location = shutil.which("chromium")
+    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                 "--autoplay-policy=no-user-gesture-required", "--mute-audio"):
+        options.add_argument(flag)
+    browser = webdriver.Chrome(options=options, service=Driver(shutil.which("chromedriver")))
+    try:
+        browser.get(f"{service.url}/")
+        assert browser.title == "lipsync"
+        browser.find_element(By.ID, "face").send_keys(str(media / "face.mp4"))
+        browser.find_element(By.ID, "audio").send_keys(str(media / "speech_1_4s.wav"))
+        browser.find_element(By.ID, "token").send_keys("not-the-token")
+        browser.find_element(By.ID, "submit").click()
+        WebDriverWait(browser, 60).until(lambda b: "bearer token" in b.find_element(By.ID, "status").text)
+        token = browser.find_element(By.ID, "token")
+        token.clear()
+        token.send_keys(service.token)
+        browser.find_element(By.ID, "submit").click()
+        WebDriverWait(browser, 180).until(lambda b: b.execute_script(
+            "const v = document.getElementById('result'); return !v.hidden && v.readyState >= 1 || v.error !== null"))
+        error = browser.execute_script("const e = document.getElementById('result').error; return e && e.code")
+        assert error is None, f"the browser cannot play the result (MediaError {error})"
+        duration = browser.execute_script("return document.getElementById('result').duration")
+        assert duration == pytest.approx(1.4, abs=0.05)
+        played = browser.execute_async_script("""
+            const done = arguments[arguments.length - 1], v = document.getElementById('result');
+            v.muted = true;
+            v.play().then(() => setTimeout(() => done(v.currentTime), 700), (e) => done('play failed: ' + e));""")
+        assert isinstance(played, float) and played > 0.2, played
+        link = browser.find_element(By.ID, "download")
+        assert link.is_displayed() and link.get_attribute("href").startswith("blob:")
+        assert browser.find_element(By.ID, "input").get_attribute("src").startswith("blob:")  # the input beside it
+    finally:
+        browser.quit()
+
+
 def test_a_busy_replica_answers_503_with_retry_after_and_finishes_the_first(service, media):
     worker, first = _in_flight(service, media / "face.mp4", media / "speech_12s.wav")
     second = service.post(media / "face.mp4", media / "speech_1_4s.wav")

@@ -1,5 +1,7 @@
 """The Ray Serve deployment: the service's routes.
 
+* ``GET /`` (no token): the web page (``page.html``): pick or drop a face and an audio file
+  (or record one), type the token, watch the job's progress, play and download the result.
 * ``GET /healthz`` (no token): the model as named, the version it was pinned to, the
   generator's backend, and the requests this replica holds.
 * ``POST /v1/lipsync`` (multipart ``face``, ``audio`` and any of infer's options as text
@@ -29,7 +31,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import HTMLResponse, JSONResponse, Response
 from ray import serve
 
 from lipsync.errors import LipsyncError
@@ -41,6 +43,7 @@ log = logging.getLogger("lipsync.serve")
 
 MEDIA = ("face", "audio")
 GRACE_S = 3600
+PAGE = (Path(__file__).resolve().parent / "page.html").read_text()  # the web page at /: plain HTML + JS
 TEMP_PREFIX = "lipsync-serve-"  # + the replica's pid: a new replica removes a dead one's folders
 
 
@@ -97,6 +100,11 @@ class LipsyncService:
         self.limit = int(self.config.max_upload_mb * 2**20)
         self.jobs: set = set()  # the running jobs' tasks (the loop keeps only weak references)
         self._board = None
+
+    @app.get("/", response_class=HTMLResponse)
+    def page(self) -> HTMLResponse:
+        # The page holds no secret: the person types the token, its script sends it per request.
+        return HTMLResponse(PAGE, headers={"Cache-Control": "no-store"})
 
     @app.get("/healthz")
     def healthz(self) -> dict:
