@@ -73,7 +73,7 @@ def test_demo_runs_the_whole_chain_and_reuses_finished_steps(tmp_path):
     assert side.has_audio and side.n_frames == info.n_frames and side.width > info.width
     assert strip.stat().st_size > 10_000
     for line in ("dubbed output", "undubbed input", "ground truth", "expert accuracy", "clips processed",
-                 "sync filter"):
+                 "sync filter", "serve the champion (HTTP API and a web page): python "):
         assert line in first.stdout, line
 
     # A second run changes nothing: every step is reused, and the output is the same file.

@@ -193,3 +193,6 @@ class Chain:
         print(f"log of every command: {self.log_path}")
         print(f"browse runs, sample grids and registered models: "
               f"mlflow ui --backend-store-uri {tracking} --host 127.0.0.1")
+        print(f"serve the champion (HTTP API and a web page): "
+              f"python {Path(__file__).resolve().parents[2] / 'workflows' / 'serve.py'} "
+              f"--model models:/wav2lip@champion --tracking-uri {tracking}")
