@@ -190,6 +190,13 @@ def test_each_refusal_is_its_status_and_one_json_line(service, media, case, face
     assert _our_temp_folders() <= before, f"{case}: a temporary folder was left behind"
 
 
+def test_an_upload_without_content_length_is_411(service):
+    chunks = (part for part in (b"--x\r\n", b"not read\r\n"))  # a generator body: sent chunked
+    r = requests.post(f"{service.url}/v1/lipsync", data=chunks, timeout=60,
+                      headers={"Authorization": f"Bearer {service.token}", "Content-Type": "multipart/form-data; boundary=x"})
+    assert r.status_code == 411 and "Content-Length" in r.json()["error"], r.text
+
+
 def test_an_async_job_reports_progress_and_hands_over_its_video(service, media, tmp_path):
     auth = {"Authorization": f"Bearer {service.token}"}
     before = _our_temp_folders()

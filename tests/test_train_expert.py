@@ -56,13 +56,26 @@ def metric_points(client: MlflowClient, run_id: str, key: str) -> list[tuple[int
 
 
 def assert_plain_safetensors_folder(folder: Path) -> None:
-    """Every file of a downloaded model version is a safetensors file and nothing else: an
-    8-byte header size, a JSON header, then the declared tensors' bytes, which cover the rest
-    of the file exactly - no byte is left where a pickle could hide."""
+    """A downloaded model version holds no pickle: its weights are safetensors files (an 8-byte
+    header size, a JSON header, then the declared tensors' bytes, which cover the rest of the
+    file exactly - no byte is left where a pickle could hide), and the rest is the MLflow
+    Model's text: its MLmodel, environment and example files, and our pyfunc code verbatim."""
     from safetensors.torch import load_file
 
+    from pipelines.tracking.mlflow_model import PYFUNC_CODE
+
     files = [p for p in folder.rglob("*") if p.is_file()]
-    assert files and all(p.suffix == ".safetensors" for p in files), files
+    text = {"MLmodel", "conda.yaml", "python_env.yaml", "requirements.txt", "input_example.json",
+            "serving_input_example.json"}
+    others = [p for p in files if p.suffix != ".safetensors"]
+    assert files and all(p.name in text or p.name == PYFUNC_CODE.name for p in others), others
+    for path in others:
+        if path.name == PYFUNC_CODE.name:
+            assert path.read_bytes() == PYFUNC_CODE.read_bytes(), path
+        else:
+            path.read_text(encoding="utf-8")  # text, not a binary blob
+    files = [p for p in files if p.suffix == ".safetensors"]
+    assert files
     for path in files:
         raw = path.read_bytes()
         size = int.from_bytes(raw[:8], "little")

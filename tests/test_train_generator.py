@@ -280,7 +280,10 @@ def test_generator_trains_restores_resumes_registers_and_infers(ray_local, mlflo
     for folder, name in (("checkpoints", "wav2lip.safetensors"), ("discriminators", "disc.safetensors")):
         for step in (4, 8):
             files = [a.path for a in client.list_artifacts(result.run_id, f"{folder}/step-{step:07d}")]
-            assert files == [f"{folder}/step-{step:07d}/{name}"]  # one model per folder
+            # One model per folder; the registered step's also holds that model as an MLflow Model.
+            registered = folder == "checkpoints" and step == result.best_step
+            model_dir = [f"{folder}/step-{step:07d}/mlflow-model"] if registered else []
+            assert sorted(files) == sorted([f"{folder}/step-{step:07d}/{name}", *model_dir]), files
     assert {a.path for a in client.list_artifacts(result.run_id, "samples")} == {
         "samples/step-0000004.png", "samples/step-0000008.png"}
     png = Path(client.download_artifacts(result.run_id, "samples/step-0000008.png", str(tmp_path)))

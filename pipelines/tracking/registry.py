@@ -43,18 +43,22 @@ def register_checkpoint(
 
 def _log_mlflow_model(client: MlflowClient, run_id: str, artifact_path: str) -> str:
     """The MLflow Model of the checkpoint in ``artifact_path``, logged beside it; its URI (the
-    folder's own for a kind without a pyfunc)."""
+    folder's own for a kind without a pyfunc, or a folder holding no model file)."""
     import tempfile
     from pathlib import Path
 
     from lipsync.checkpoints import load_checkpoint
+    from lipsync.errors import CheckpointError
     from lipsync.model_ref import find_checkpoint_file
     from pipelines.tracking.mlflow_model import MODEL_DIR, PYFUNC_KINDS, save_mlflow_model
 
     with tempfile.TemporaryDirectory(prefix="lipsync-register-") as tmp:
         local = Path(client.download_artifacts(run_id, artifact_path, tmp))
-        checkpoint = find_checkpoint_file(local, f"runs:/{run_id}/{artifact_path}")
-        kind = load_checkpoint(checkpoint).config.kind
+        try:
+            checkpoint = find_checkpoint_file(local, f"runs:/{run_id}/{artifact_path}")
+            kind = load_checkpoint(checkpoint).config.kind
+        except CheckpointError:  # not one of our model files: registered as the folder it is
+            kind = None
         if kind not in PYFUNC_KINDS:
             return f"runs:/{run_id}/{artifact_path}"
         model = save_mlflow_model(checkpoint, kind, Path(tmp) / MODEL_DIR)
