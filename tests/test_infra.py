@@ -177,7 +177,11 @@ def test_serve_config_is_a_valid_serve_deploy_file_and_the_rayservice_carries_it
     (app,) = ServeDeploySchema.model_validate(config).applications
     assert app.import_path == "pipelines.serve.app:build" and app.route_prefix == "/"
     service = next(d for _, d in k8s_documents() if d["kind"] == "RayService")
-    assert yaml.safe_load(service["spec"]["serveConfigV2"]) == config
+    # The same config; only the proxy's host is widened, to the pod's network (loopback by default).
+    assert config["http_options"]["host"] == "127.0.0.1"
+    embedded = yaml.safe_load(service["spec"]["serveConfigV2"])
+    assert embedded["http_options"].pop("host") == "0.0.0.0" and config["http_options"].pop("host")
+    assert embedded == config
     cluster = service["spec"]["rayClusterConfig"]
     assert cluster["authOptions"] == {"mode": "token", "secretName": "lipsync-ray-auth"}
     assert cluster["headGroupSpec"]["serviceType"] == "ClusterIP"

@@ -75,7 +75,7 @@ print(json.dumps({"code": info.flavors["python_function"].get("model_code_path")
 """
 
 
-def test_a_registered_version_is_an_mlflow_model_with_signature_and_example(registry):
+def test_a_registered_version_is_an_mlflow_model_with_signature_and_example(registry, tmp_path):
     client = registry["client"]
     for name, inputs in ((GENERATOR, ["audio", "audio_b64", "face", "face_b64", "out"]), (EXPERT, ["video", "video_b64"])):
         version = client.get_model_version_by_alias(name, "champion")
@@ -87,7 +87,7 @@ def test_a_registered_version_is_an_mlflow_model_with_signature_and_example(regi
     from lipsync.model_ref import fetch
 
     for ref in (f"models:/{GENERATOR}@champion", f"models:/{GENERATOR}/{registry['old']}"):
-        model, config = load_model(str(fetch(ref, None, registry["uri"])), kind="wav2lip")
+        model, config = load_model(str(fetch(ref, tmp_path / ref.rsplit("/", 1)[-1], registry["uri"])), kind="wav2lip")
         want = load_model(str(registry["weights"]), kind="wav2lip")[0].state_dict()
         assert all(torch.equal(v, want[k]) for k, v in model.state_dict().items()), ref
 

@@ -89,6 +89,11 @@ def serve_until_stopped(args: argparse.Namespace) -> None:
     init_ray(args.address)
     from ray import serve
 
+    from pipelines.serve.model_store import remove_model_file, ship_model_file
+
+    if not model_ref.is_mlflow_uri(args.model):  # replicas on other nodes have no such path
+        config = dataclasses.replace(config, model_store=ship_model_file(version))
+
     def deploy(config: ServiceConfig) -> None:
         serve.run(deployment(config, min_replicas=args.min_replicas, max_replicas=args.max_replicas,
                              num_cpus=args.num_cpus, num_gpus=args.num_gpus),
@@ -118,6 +123,7 @@ def serve_until_stopped(args: argparse.Namespace) -> None:
     finally:
         serve.shutdown()
         remove_job_board()
+        remove_model_file()
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -74,6 +74,7 @@ class ServiceConfig:
     device: str = "auto"
     retry_after_s: int = 5
     job_ttl_s: float = 3600.0  # how long a finished job's status and video are kept
+    model_store: str | None = None  # a local checkpoint file shipped to the replicas (model_store.py)
 
 
 def error(status: int, message: str, headers: dict | None = None) -> JSONResponse:
@@ -94,7 +95,15 @@ class LipsyncService:
         remove_dead_replicas_folders()
         self.base = InferenceOptions(progress=False, precision=self.config.precision,
                                      device=self.config.device).check()
-        self.syncer = LipSyncer(self.config.version, self.base, tracking_uri=self.config.tracking_uri)
+        model = self.config.version
+        if self.config.model_store:  # the starter's file, on whichever node this replica runs
+            from pipelines.serve.model_store import fetch_model_file
+
+            shipped = fetch_model_file(self.config.model_store)
+            model = str(shipped)
+        self.syncer = LipSyncer(model, self.base, tracking_uri=self.config.tracking_uri)
+        if self.config.model_store:
+            shutil.rmtree(shipped.parent, ignore_errors=True)  # loaded: the copy is not needed
         self.lock = asyncio.Lock()
         self.admitted = 0  # running + waiting on this replica (requests and jobs)
         self.limit = int(self.config.max_upload_mb * 2**20)
